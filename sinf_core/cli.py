@@ -1,0 +1,40 @@
+"""The `sinf` command line. Each subcommand lives in ``sinf_core.commands.<name>``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import SinfError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .commands import COMMAND_MODULES
+
+    parser = argparse.ArgumentParser(prog="sinf", description="Semantic Inference: route, prune, measure.")
+    parser.add_argument("--version", action="version", version=f"sinf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for mod_name in COMMAND_MODULES:
+        mod = importlib.import_module(f".commands.{mod_name}", __package__)
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except SinfError as exc:
+        print(f"sinf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sinf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

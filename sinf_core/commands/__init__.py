@@ -1,0 +1,6 @@
+"""One module per `sinf` subcommand; each defines NAME, HELP, add_arguments(parser) and run(args)."""
+
+COMMAND_MODULES = [
+    "train",
+    "eval",
+]

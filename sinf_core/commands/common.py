@@ -1,0 +1,36 @@
+"""Options shared by subcommands, and a progress bar that knows when it is not on a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tqdm.auto import tqdm
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: $SINF_DATA_DIR or ~/.cache/sinf/data)")
+    p.add_argument("--download", action="store_true", help="download the data set if it is missing")
+    p.add_argument("--dataset", help="registered data set name or an image-folder path (default: the model's)")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="registered model name (see `sinf models`)")
+    p.add_argument("--checkpoint", help="weights file (.safetensors or .pt state dict) instead of the registered ones")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    add_data_options(p)
+
+
+def open_from_args(args: argparse.Namespace):
+    from ..experiment import open_experiment
+
+    return open_experiment(args.model, args.dataset, args.data_dir, args.download, args.checkpoint, args.device)
+
+
+def progress(total: int | None, desc: str, unit: str = "img", quiet: bool = False) -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def emit(obj: dict, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, indent=None if as_json else 2) if as_json else text)

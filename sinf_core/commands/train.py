@@ -1,0 +1,81 @@
+"""`sinf train MODEL`: train a registered model on CIFAR-100 or an image folder (resumable)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import add_data_options, progress
+
+NAME = "train"
+HELP = "train a registered model (bf16 + channels_last on CPU, SGD + cosine, resumable checkpoints)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="registered model name (see `sinf models`)")
+    add_data_options(p)
+    p.add_argument("--out", help="run folder for checkpoints and the summary (default runs/<model>)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--checkpoint-every", type=int, default=100, help="optimizer steps between checkpoints")
+    p.add_argument("--no-bf16", action="store_true", help="train in float32")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after-steps", type=int, help=argparse_suppress())
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def run(args) -> int:
+    from ..data import load_dataset, make_splits
+    from ..device import pick_device
+    from ..evaluate import collect_logits
+    from ..models import build_model, get_entry
+    from ..train import TrainConfig, train
+
+    entry = get_entry(args.model)
+    device = pick_device(args.device)
+    ds_name = args.dataset or entry.dataset
+    tr = load_dataset(ds_name, "train", args.data_dir, args.download)
+    te = load_dataset(ds_name, "test", args.data_dir, args.download)
+    splits = make_splits(tr.labels.numpy(), te.labels.numpy(), "heldout")
+    fit, calib = tr.subset(splits.fit), tr.subset(splits.calib)
+    model = build_model(args.model)
+    if model.num_classes != tr.num_classes:
+        from ..errors import SinfError
+
+        raise SinfError(f"{args.model} predicts {model.num_classes} classes but {ds_name} has {tr.num_classes}")
+    cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                      bf16=not args.no_bf16, channels_last=device.type == "cpu" or device.type == "cuda",
+                      checkpoint_every=args.checkpoint_every, seed=args.seed)
+    out = Path(args.out or Path("runs") / args.model)
+
+    def evaluate(m) -> dict:
+        lg = collect_logits(m, calib, batch_size=500, device=device, bf16=cfg.bf16)
+        return {"calib_top1": round(100.0 * float((lg.argmax(1) == calib.labels).float().mean()), 2)}
+
+    bar = progress(None, f"train {args.model}", unit="step")
+
+    def on_step(info: dict) -> None:
+        bar.total = info["total"]
+        bar.n = info["step"]
+        bar.set_postfix(epoch=info["epoch"], loss=f"{info['loss']:.3f}", acc=f"{info['acc']:.1f}%", lr=f"{info['lr']:.4f}")
+
+    summary = train(model, fit, cfg, out, device, evaluate, on_step, args.stop_after_steps)
+    bar.close()
+    if "stopped_at_step" not in summary:
+        lg = collect_logits(model, te, batch_size=500, device=device)
+        summary["test_top1"] = round(100.0 * float((lg.argmax(1) == te.labels).float().mean()), 2)
+        from ..io import write_json
+
+        write_json(out / "summary.json", summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0

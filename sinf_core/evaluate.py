@@ -1,0 +1,50 @@
+"""Accuracy of a classifier: top-1, superclass accuracy of the prediction, per-cluster accuracy."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data import Hierarchy, ImageDataset, iterate_batches
+from .device import autocast
+
+
+@torch.inference_mode()
+def collect_logits(
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    indices: np.ndarray | None = None,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    bf16: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Logits [N, classes] (float32, CPU) of ``model`` over ``dataset[indices]`` in order."""
+    device = torch.device(device)
+    model.eval()
+    out = []
+    for x, _ in iterate_batches(dataset, batch_size, indices, device):
+        with autocast(device, bf16):
+            out.append(model(x).float().cpu())
+        if on_batch:
+            on_batch(len(x))
+    return torch.cat(out) if out else torch.zeros(0, dataset.num_classes)
+
+
+def accuracy_report(pred: np.ndarray, labels: np.ndarray, hierarchy: Hierarchy) -> dict:
+    """``pred`` / ``labels``: fine class indices [N]. Percentages, rounded to 0.01."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    cl = hierarchy.cluster_array()
+    correct = pred == labels
+    per_cluster = {}
+    for m, name in enumerate(hierarchy.cluster_names):
+        mask = cl[labels] == m
+        per_cluster[name] = round(100.0 * float(correct[mask].mean()), 2) if mask.any() else None
+    return {
+        "n": int(len(labels)),
+        "top1": round(100.0 * float(correct.mean()), 2) if len(labels) else None,
+        "superclass_acc": round(100.0 * float((cl[pred] == cl[labels]).mean()), 2) if len(labels) else None,
+        "per_cluster": per_cluster,
+    }

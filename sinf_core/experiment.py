@@ -1,0 +1,72 @@
+"""An experiment: one model, its data, and the fixed splits every later step uses (METHOD.md section 0)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import Hierarchy, ImageDataset, Splits, load_dataset, make_splits
+from .device import pick_device
+from .models import SinfModel, get_entry, load_model
+
+
+@dataclass
+class Experiment:
+    model_name: str
+    model: SinfModel
+    train: ImageDataset
+    test: ImageDataset
+    splits: Splits
+    device: torch.device
+
+    @property
+    def hierarchy(self) -> Hierarchy:
+        return self.train.hierarchy
+
+    def fit_data(self) -> ImageDataset:
+        """What statistics, filter scores and router training may look at."""
+        return self.train.subset(self.splits.fit)
+
+    def calib_data(self) -> ImageDataset:
+        """What decisions that look at model outputs may look at."""
+        src = self.train if self.splits.calib_source == "train" else self.test
+        return src.subset(self.splits.calib)
+
+    def report_data(self) -> ImageDataset:
+        """What reported numbers are computed on (disjoint from calibration)."""
+        return self.test.subset(self.splits.report)
+
+    def with_hierarchy(self, hierarchy: Hierarchy) -> "Experiment":
+        return Experiment(self.model_name, self.model, self.train.with_hierarchy(hierarchy),
+                          self.test.with_hierarchy(hierarchy), self.splits, self.device)
+
+
+def open_experiment(
+    model_name: str,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    checkpoint: str | Path | None = None,
+    device: str | None = None,
+    protocol: str | None = None,
+) -> Experiment:
+    """Load the model (pretrained or ``checkpoint``) and its data set, and fix the splits.
+
+    ``protocol`` defaults to the model's registry entry ('pretrained' for public weights that saw all
+    of train, 'heldout' for models trained here); a user checkpoint defaults to 'heldout'.
+    """
+    entry = get_entry(model_name)
+    dev = pick_device(device)
+    train = load_dataset(dataset or entry.dataset, "train", data_dir, download)
+    test = load_dataset(dataset or entry.dataset, "test", data_dir, download)
+    model = load_model(model_name, checkpoint=checkpoint).to(dev)
+    proto = protocol or ("heldout" if checkpoint else entry.protocol)
+    splits = make_splits(train.labels.numpy(), test.labels.numpy(), proto)
+    return Experiment(model_name, model, train, test, splits, dev)
+
+
+def indices_of(labels: np.ndarray, classes: list[int]) -> np.ndarray:
+    return np.flatnonzero(np.isin(np.asarray(labels), classes))

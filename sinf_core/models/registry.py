@@ -1,0 +1,185 @@
+"""Model registry: a name maps to a builder plus metadata (weights, published accuracy, split protocol)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import SinfError
+from .base import SinfModel
+from .resnet_cifar import cifar_resnet, cifar_resnet50
+from .vgg_cifar import cifar_vgg
+
+WEIGHTS_ENV = "SINF_WEIGHTS_DIR"
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+_RELEASE = "https://github.com/chenyaofo/pytorch-cifar-models/releases/download"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """``weights_url``: public release file, fetched through torch.hub's cache. ``weights_file``: a
+    safetensors file in ``assets/`` (models trained by this project). ``protocol``: the split protocol
+    (METHOD.md section 0): 'pretrained' when the weights saw all of train, 'heldout' otherwise."""
+
+    name: str
+    build: Callable[[], SinfModel]
+    dataset: str = "cifar100"
+    weights_url: str | None = None
+    weights_file: str | None = None
+    published_top1: float | None = None
+    protocol: str = "pretrained"
+    description: str = ""
+
+
+def _entries() -> dict[str, ModelEntry]:
+    e: dict[str, ModelEntry] = {}
+    for depth, tag, top1 in [(20, "23dac2f1", 68.83), (32, "84213ce6", 70.16), (44, "ffe32858", 71.63), (56, "f2eff4c8", 72.63)]:
+        name = f"cifar100_resnet{depth}"
+        e[name] = ModelEntry(
+            name, lambda d=depth: cifar_resnet(d, 100), weights_url=f"{_RELEASE}/resnet/{name}-{tag}.pt",
+            published_top1=top1, description=f"CIFAR ResNet-{depth} (BasicBlock, 16/32/64), pytorch-cifar-models weights",
+        )
+    for arch, tag, top1 in [("vgg11", "57d0759e", 70.78), ("vgg13", "5ebe5778", 74.63), ("vgg16", "7d8c4031", 74.00), ("vgg19", "b98f7bd7", 73.87)]:
+        name = f"cifar100_{arch}_bn"
+        e[name] = ModelEntry(
+            name, lambda a=arch: cifar_vgg(a, 100), weights_url=f"{_RELEASE}/vgg/{name}-{tag}.pt",
+            published_top1=top1, description=f"{arch.upper()}-BN for CIFAR, pytorch-cifar-models weights",
+        )
+    e["cifar100_resnet50"] = ModelEntry(
+        "cifar100_resnet50", lambda: cifar_resnet50(100), description="CIFAR-style bottleneck ResNet-50 (no public weights)",
+        protocol="heldout",
+    )
+    e["cifar100_vgg16_bn_sinf"] = ModelEntry(
+        "cifar100_vgg16_bn_sinf", lambda: cifar_vgg("vgg16", 100, width=0.5), weights_file="cifar100_vgg16_bn_sinf.safetensors",
+        protocol="heldout", description="VGG16-BN at width 0.5, trained by this project on CIFAR-100 train minus the calibration split",
+    )
+    return e
+
+
+MODELS: dict[str, ModelEntry] = _entries()
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise SinfError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def seed_hub_cache(weights_dir: str | Path | None = None) -> list[Path]:
+    """Place local copies of release files (``$SINF_WEIGHTS_DIR``) into torch.hub's download cache,
+    so pretrained loading finds them offline exactly as it would after a download. Returns new files."""
+    src = Path(weights_dir or os.environ.get(WEIGHTS_ENV, "")) if (weights_dir or os.environ.get(WEIGHTS_ENV)) else None
+    if src is None or not src.is_dir():
+        return []
+    dest = hub_checkpoint_dir()
+    placed = []
+    for entry in MODELS.values():
+        if not entry.weights_url:
+            continue
+        fname = entry.weights_url.rsplit("/", 1)[1]
+        if (src / fname).is_file() and not (dest / fname).is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            tmp = dest / f".{fname}.tmp"
+            shutil.copyfile(src / fname, tmp)
+            os.replace(tmp, dest / fname)
+            placed.append(dest / fname)
+    return placed
+
+
+def load_state_dict_checked(model: torch.nn.Module, state: dict, source: str) -> None:
+    """``strict=True`` loading with an error that lists missing / unexpected / mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+        parts = [f"checkpoint {source} does not fit {type(model).__name__}:"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches ({len(shapes)}): {show(shapes)}")
+        raise SinfError("\n  ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A state dict from ``.safetensors`` or a torch file (``weights_only=True``: never unpickles code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SinfError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SinfError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a training checkpoint of ours
+    if not isinstance(state, dict):
+        raise SinfError(f"{path} does not hold a state dict")
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def build_model(name: str) -> SinfModel:
+    return get_entry(name).build()
+
+
+def load_model(name: str, pretrained: bool = True, checkpoint: str | Path | None = None, progress: bool = True) -> SinfModel:
+    """Build ``name``; load ``checkpoint`` if given, else its registered weights when ``pretrained``.
+
+    Release weights go through ``torch.hub.load_state_dict_from_url`` (its cache, hash check off since
+    the re-saved copies differ) with ``weights_only=True``; the model is returned in eval mode.
+    """
+    entry = get_entry(name)
+    model = entry.build()
+    if checkpoint is not None:
+        load_state_dict_checked(model, read_checkpoint(checkpoint), str(checkpoint))
+    elif pretrained:
+        if entry.weights_file:
+            path = ASSETS_DIR / entry.weights_file
+            if not path.is_file():
+                raise SinfError(f"{name}: weights file {path} is missing from assets/")
+            load_state_dict_checked(model, read_checkpoint(path), str(path))
+        elif entry.weights_url:
+            seed_hub_cache()
+            try:
+                state = torch.hub.load_state_dict_from_url(
+                    entry.weights_url, map_location="cpu", progress=progress, check_hash=False, weights_only=True
+                )
+            except Exception as exc:
+                fname = entry.weights_url.rsplit("/", 1)[1]
+                raise SinfError(
+                    f"cannot get weights for {name}: {exc.__class__.__name__}: {exc}. Offline, place {fname} in "
+                    f"{hub_checkpoint_dir()} or set {WEIGHTS_ENV} to a folder that holds it."
+                ) from exc
+            load_state_dict_checked(model, state, entry.weights_url)
+        else:
+            raise SinfError(f"{name} has no pretrained weights; train it with `sinf train {name}` and pass --checkpoint")
+    return model.eval()
+
+
+def model_card(name: str) -> dict | None:
+    """The JSON card next to an assets/ weights file, if any."""
+    entry = get_entry(name)
+    if not entry.weights_file:
+        return None
+    card = ASSETS_DIR / (Path(entry.weights_file).stem + ".json")
+    return json.loads(card.read_text()) if card.is_file() else None

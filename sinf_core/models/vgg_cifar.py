@@ -45,9 +45,6 @@ class CifarVGG(SinfModel):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
         # One unit per conv: conv, bn, relu and a following max-pool, as views of ``features``.
         self._unit_list = []
         self._conv_at: list[int] = []

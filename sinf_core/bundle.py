@@ -1,0 +1,194 @@
+"""An analysed model on disk: one folder with a versioned JSON manifest, JSON artefacts and safetensors.
+
+Every pipeline step is cached under a key computed from its inputs (settings, model checksum, the keys
+of the steps it depends on): ``Bundle.step(name, inputs, compute)`` recomputes only when that key
+changed. Writes are atomic (temp file + rename) and the manifest is written last, so a killed build
+leaves a bundle that resumes. Checksums are verified on load; a bundle from another format version,
+another model, or with a corrupted or missing file is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__
+from .errors import SinfError
+from .io import atomic_write, write_json
+
+FORMAT = "sinf-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+Artefacts = dict[str, Any]  # file name -> JSON-able object (".json") or dict[str, Tensor] (".safetensors")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    """Checksum of a model's weights (names, shapes, values), independent of file format."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode() + str(v.dtype).encode())
+        t = v.detach().cpu().contiguous().reshape(-1)
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict
+
+    # ---------------------------------------------------------------- open / create
+    @classmethod
+    def open(cls, root: str | Path, model: str | None = None, verify: bool = True) -> "Bundle":
+        """Open an existing bundle; refuse another format version, another model, or damaged files."""
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise SinfError(f"no SINF bundle at {root} (missing {MANIFEST}); build one with `sinf build MODEL`")
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise SinfError(f"bundle manifest {path} is corrupted ({exc}); rebuild with `sinf build`") from exc
+        if manifest.get("format") != FORMAT:
+            raise SinfError(f"{path} is not a SINF bundle manifest")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise SinfError(
+                f"bundle {root} has format version {manifest.get('format_version')} (written by sinf "
+                f"{manifest.get('sinf_version')}); this sinf {__version__} reads version {FORMAT_VERSION}. "
+                "Rebuild it with `sinf build`."
+            )
+        if model is not None and manifest.get("model") != model:
+            raise SinfError(f"bundle {root} is for model {manifest.get('model')!r}, not {model!r}")
+        bundle = cls(root, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    @classmethod
+    def open_or_create(cls, root: str | Path, model: str, model_sha256: str, info: dict | None = None) -> "Bundle":
+        """Open the bundle at ``root`` for this model + weights, or start a new one there.
+
+        An existing bundle for other weights is refused rather than overwritten."""
+        root = Path(root)
+        if (root / MANIFEST).is_file():
+            b = cls.open(root, model=model, verify=False)
+            if b.manifest.get("model_sha256") != model_sha256:
+                raise SinfError(
+                    f"bundle {root} was built from different weights of {model}; choose another --out folder "
+                    "or delete it"
+                )
+            b.verify(drop_damaged=True)
+            return b
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "sinf_version": __version__,
+            "model": model, "model_sha256": model_sha256, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "info": info or {}, "steps": {},
+        }
+        b = cls(root, manifest)
+        b._write_manifest()
+        return b
+
+    # ---------------------------------------------------------------- integrity
+    def verify(self, drop_damaged: bool = False) -> list[str]:
+        """Check every recorded file's checksum. Damaged steps raise, or are dropped (to be recomputed)."""
+        damaged = []
+        for name, step in list(self.manifest["steps"].items()):
+            for fname, digest in step["files"].items():
+                p = self.root / fname
+                if not p.is_file() or sha256_file(p) != digest:
+                    damaged.append(f"{name}: {fname}")
+                    if drop_damaged:
+                        self.manifest["steps"].pop(name, None)
+                    break
+        if damaged and not drop_damaged:
+            raise SinfError(
+                f"bundle {self.root} is partial or corrupted ({'; '.join(damaged)}); run `sinf build` again to "
+                "recompute the damaged steps"
+            )
+        if damaged:
+            self._write_manifest()
+        return damaged
+
+    # ---------------------------------------------------------------- steps
+    def has(self, name: str) -> bool:
+        return name in self.manifest["steps"]
+
+    def step_key(self, name: str) -> str | None:
+        s = self.manifest["steps"].get(name)
+        return s["key"] if s else None
+
+    def step(self, name: str, inputs: dict, compute: Callable[[], Artefacts]) -> tuple[str, bool]:
+        """Run ``compute`` unless step ``name`` is cached with the same inputs. Returns (key, recomputed)."""
+        key = sha256_json({"step": name, "inputs": inputs, "model_sha256": self.manifest["model_sha256"]})
+        if self.step_key(name) == key:
+            return key, False
+        t0 = time.perf_counter()
+        artefacts = compute()
+        files = {fname: self._write_artefact(fname, obj) for fname, obj in artefacts.items()}
+        self.manifest["steps"][name] = {
+            "key": key, "inputs": inputs, "files": files, "seconds": round(time.perf_counter() - t0, 2),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self._write_manifest()
+        return key, True
+
+    def files_of(self, name: str) -> list[str]:
+        if not self.has(name):
+            raise SinfError(f"bundle {self.root} has no step {name!r}; run `sinf build {self.manifest['model']}`")
+        return list(self.manifest["steps"][name]["files"])
+
+    def json(self, fname: str) -> Any:
+        p = self.root / fname
+        if not p.is_file():
+            raise SinfError(f"bundle {self.root} is missing {fname}; run `sinf build {self.manifest['model']}`")
+        return json.loads(p.read_text())
+
+    def tensors(self, fname: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        p = self.root / fname
+        if not p.is_file():
+            raise SinfError(f"bundle {self.root} is missing {fname}; run `sinf build {self.manifest['model']}`")
+        return load_file(str(p))
+
+    def put(self, name: str, artefacts: Artefacts, inputs: dict | None = None) -> None:
+        """Store artefacts under a step unconditionally (e.g. the app saving a user's configuration)."""
+        self.step(name, {**(inputs or {}), "_put": time.time()}, lambda: artefacts)
+
+    # ---------------------------------------------------------------- internals
+    def _write_artefact(self, fname: str, obj: Any) -> str:
+        path = self.root / fname
+        if fname.endswith(".json"):
+            write_json(path, obj)
+        elif fname.endswith(".safetensors"):
+            from safetensors.torch import save_file
+
+            tensors = {k: v.detach().cpu().contiguous() for k, v in obj.items()}
+            atomic_write(path, lambda p: save_file(tensors, str(p)))
+        else:
+            raise SinfError(f"bundle artefact {fname!r} must end in .json or .safetensors")
+        return sha256_file(path)
+
+    def _write_manifest(self) -> None:
+        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(self.root / MANIFEST, self.manifest)

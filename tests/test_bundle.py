@@ -1,0 +1,62 @@
+import json
+
+import pytest
+import torch
+
+from conftest import make_tiny_resnet
+from sinf_core.bundle import MANIFEST, Bundle, state_dict_sha256
+from sinf_core.errors import SinfError
+
+
+def _bundle(tmp_path):
+    return Bundle.open_or_create(tmp_path / "b", "tiny", state_dict_sha256(make_tiny_resnet()))
+
+
+def test_step_is_cached_by_inputs(tmp_path):
+    b = _bundle(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a.json": {"x": len(calls)}, "a.safetensors": {"t": torch.arange(3.0)}}
+
+    _, fresh = b.step("a", {"q": 20}, compute)
+    _, again = b.step("a", {"q": 20}, compute)
+    assert fresh and not again and len(calls) == 1
+    _, changed = b.step("a", {"q": 30}, compute)
+    assert changed and b.json("a.json") == {"x": 2}
+    reopened = Bundle.open(tmp_path / "b", model="tiny")
+    assert torch.equal(reopened.tensors("a.safetensors")["t"], torch.arange(3.0))
+
+
+def test_corrupted_partial_and_foreign_bundles_refused(tmp_path):
+    b = _bundle(tmp_path)
+    b.step("a", {}, lambda: {"a.json": {"x": 1}})
+    (tmp_path / "b" / "a.json").write_text('{"x": 999}')
+    with pytest.raises(SinfError, match="partial or corrupted"):
+        Bundle.open(tmp_path / "b")
+    # a resumed build drops the damaged step and recomputes it
+    b2 = Bundle.open_or_create(tmp_path / "b", "tiny", state_dict_sha256(make_tiny_resnet()))
+    assert not b2.has("a")
+    with pytest.raises(SinfError, match="not 'other'"):
+        Bundle.open(tmp_path / "b", model="other")
+    with pytest.raises(SinfError, match="different weights"):
+        Bundle.open_or_create(tmp_path / "b", "tiny", "0" * 64)
+    m = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    m["format_version"] = 99
+    (tmp_path / "b" / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(SinfError, match="format version 99"):
+        Bundle.open(tmp_path / "b")
+    (tmp_path / "b" / MANIFEST).write_text("{not json")
+    with pytest.raises(SinfError, match="corrupted"):
+        Bundle.open(tmp_path / "b")
+    with pytest.raises(SinfError, match="no SINF bundle"):
+        Bundle.open(tmp_path / "nowhere")
+
+
+def test_weights_checksum_changes_with_weights():
+    a, b = make_tiny_resnet(seed=0), make_tiny_resnet(seed=0)
+    assert state_dict_sha256(a) == state_dict_sha256(b)
+    with torch.no_grad():
+        b.fc.bias[0] += 1e-3
+    assert state_dict_sha256(a) != state_dict_sha256(b)

@@ -1,7 +1,46 @@
-"""SINF Studio: entry point (placeholder until the app pages land)."""
+"""SINF Studio: explore filter overlap, tune pruning per cluster, run routed inference live, show the speed-up.
 
-import streamlit as st
+Run with ``streamlit run app/streamlit_app.py`` (``make run``). Pages live in ``app/pages/``; everything they
+load comes through ``app/state.py``; all computation is in ``sinf_core``.
+"""
 
-st.set_page_config(page_title="SINF Studio", layout="wide")
-st.title("SINF Studio")
-st.write("Semantic Inference: a shared stem, a route predictor, and per-cluster pruned subgraphs.")
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import state, ui  # noqa: E402
+
+PAGES = Path(__file__).resolve().parent / "pages"
+
+st.set_page_config(page_title="SINF Studio", page_icon=":material/alt_route:", layout="wide")
+
+nav = st.navigation([
+    st.Page(PAGES / "home.py", title="Home", icon=":material/home:", default=True),
+    st.Page(PAGES / "clusters.py", title="Clusters", icon=":material/bubble_chart:"),
+    st.Page(PAGES / "overlap.py", title="Filter overlap", icon=":material/grid_on:"),
+    st.Page(PAGES / "pruning.py", title="Pruning", icon=":material/content_cut:"),
+    st.Page(PAGES / "live.py", title="Live inference", icon=":material/bolt:"),
+    st.Page(PAGES / "report.py", title="Speed-up report", icon=":material/speed:"),
+])
+
+with st.sidebar:
+    st.markdown("**SINF Studio**: semantic inference, one routed subgraph per cluster.")
+    ui.source_caption(state.source())
+    timing = st.empty()
+
+t0 = time.perf_counter()
+try:
+    nav.run()
+finally:
+    dt = time.perf_counter() - t0
+    times = st.session_state.setdefault("sinf_page_times", [])
+    times.append((nav.title, round(dt, 3)))
+    timing.caption(f"{nav.title} rendered in {dt:.2f} s")

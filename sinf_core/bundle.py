@@ -26,7 +26,7 @@ FORMAT = "sinf-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
-Artefacts = dict[str, Any]  # file name -> JSON-able object (".json") or dict[str, Tensor] (".safetensors")
+Artefacts = dict[str, Any]  # file name -> bytes (stored as is), JSON-able object (".json") or dict[str, Tensor] (".safetensors")
 
 
 def sha256_file(path: Path) -> str:
@@ -178,7 +178,9 @@ class Bundle:
     # ---------------------------------------------------------------- internals
     def _write_artefact(self, fname: str, obj: Any) -> str:
         path = self.root / fname
-        if fname.endswith(".json"):
+        if isinstance(obj, bytes):  # a file written by another component, stored as is
+            atomic_write(path, lambda p: p.write_bytes(obj))
+        elif fname.endswith(".json"):
             write_json(path, obj)
         elif fname.endswith(".safetensors"):
             from safetensors.torch import save_file

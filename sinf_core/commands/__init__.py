@@ -3,4 +3,7 @@
 COMMAND_MODULES = [
     "train",
     "eval",
+    "scores",
+    "subgraph",
+    "build",
 ]

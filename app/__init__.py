@@ -1,0 +1,1 @@
+"""SINF Studio, the Streamlit app (entry point: app/streamlit_app.py)."""

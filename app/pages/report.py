@@ -1,0 +1,75 @@
+"""Speed-up report: the benchmark table, the Pareto fronts, the hardware, and exports."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from app import state, ui
+from sinf_core import report
+from sinf_core.errors import SinfError
+
+st.title("Speed-up report")
+st.markdown(
+    "Base model, SINF, early exit, the cascade, and a statically pruned network of the same expected FLOPs, measured "
+    "side by side in one run by `sinf bench`: top-1 on the report split, latency at batch size 1 (median), "
+    "throughput at a large batch, FLOPs and parameters. Each mode's point is chosen on the calibration split.")
+
+src = state.source()
+bench = state.bench(src)
+origin = "the bundle"
+with st.expander("Load another benchmark file (`sinf bench MODEL --json` output)", expanded=bench is None):
+    up = st.file_uploader("Benchmark JSON", type=["json"], key="bench_upload")
+    if up is not None:
+        try:
+            loaded = json.loads(up.getvalue().decode("utf-8"))
+            report.bench_modes(loaded)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            st.error(f"{up.name} is not a JSON file: {exc}")
+        except SinfError as exc:
+            st.error(f"{up.name} is not a SINF benchmark: {exc}")
+        else:
+            bench, origin = loaded, up.name
+
+if bench is None:
+    ui.bundle_notice(src, "The benchmark")
+    st.code(f"sinf bench {src.model} --json > bench.json   # then load it above", language="bash")
+    st.stop()
+
+try:
+    rows = report.bench_table(bench)
+except SinfError as exc:
+    st.error(f"The benchmark from {origin} cannot be read: {exc}")
+    st.stop()
+
+st.caption(f"From {origin}. Hardware: {report.hardware_text(bench)}")
+by_mode = {r["mode"]: r for r in rows}
+cols = st.columns(max(1, len(rows) - 1))
+for col, r in zip(cols, [r for r in rows if r["mode"] != "base"]):
+    tr = r.get("throughput_ratio")
+    col.metric(report.MODE_LABELS.get(r["mode"], r["mode"]), "n/a" if tr is None else f"{tr:.2f}x throughput",
+               delta=None if r.get("delta_top1") is None else f"{r['delta_top1']:+.2f} points top-1",
+               delta_color="normal", border=True)
+
+table = pd.DataFrame([{label: report.fmt(k, r.get(k)) for k, label in report.COLUMNS} for r in rows])
+st.dataframe(table, hide_index=True, key="bench_table")
+st.caption("Speed-up at batch size 1 = base latency / mode latency; throughput ratio = mode / base images per second. "
+           "FLOPs per image = 2 x multiply-accumulates, expected over the routes taken.")
+
+figs = report.figures(bench)
+for i in range(0, len(figs), 2):
+    cs = st.columns(2)
+    for j, fig in enumerate(figs[i:i + 2]):
+        cs[j].plotly_chart(fig, key=f"bench_fig_{i + j}")
+
+st.subheader("Export")
+title = f"SINF speed-up report: {src.model}"
+e1, e2, e3 = st.columns(3)
+e1.download_button("Standalone HTML report", lambda: report.to_html(bench, title, f"source: {origin}"),
+                   file_name=f"sinf_report_{src.model}.html", mime="text/html", key="dl_html")
+e2.download_button("Table as CSV", report.to_csv(bench), file_name=f"sinf_bench_{src.model}.csv", mime="text/csv",
+                   key="dl_csv")
+e3.download_button("Benchmark as JSON", report.to_json(bench, {"model": src.model}),
+                   file_name=f"sinf_bench_{src.model}.json", mime="application/json", key="dl_json")

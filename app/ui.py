@@ -1,0 +1,58 @@
+"""Small UI helpers shared by the pages: error boxes, messages for missing parts, formatting."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import streamlit as st
+
+from sinf_core.errors import SinfError
+from sinf_core.plots import cluster_color, fmt_count  # noqa: F401  (re-exported for pages)
+
+from . import state
+
+
+@contextlib.contextmanager
+def guard(what: str = "") -> Iterator[None]:
+    """Show a ``SinfError`` as an error box (no traceback) and let the rest of the page run."""
+    try:
+        yield
+    except SinfError as exc:
+        st.error(f"{what + ': ' if what else ''}{exc}")
+
+
+def load_experiment(src: state.Source):
+    """The experiment, or a clear message and ``st.stop()`` when the model or the data cannot be loaded."""
+    try:
+        return state.experiment(src)
+    except SinfError as exc:
+        st.error(f"Cannot load {src.model}: {exc}")
+        st.info("Choose another model or data folder on the Home page, or set SINF_DATA_DIR / SINF_WEIGHTS_DIR.")
+        st.stop()
+
+
+def bundle_notice(src: state.Source, what: str) -> None:
+    """Explain that ``what`` needs the bundle, with the command that builds it."""
+    problem = state.bundle_problem(src)
+    if problem:
+        st.warning(f"The bundle cannot be used: {problem}")
+    else:
+        st.info(f"{what} comes from the analysis bundle, which is not built yet for {src.model}. "
+                f"Build it on the Home page or in a terminal:")
+    st.code(state.build_command(src), language="bash")
+
+
+def percent(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f} %"
+
+
+def cluster_chip(name: str, index: int) -> str:
+    """Markdown/HTML of a cluster name in its colour."""
+    return (f"<span style='background:{cluster_color(index)};color:white;padding:1px 7px;border-radius:8px;"
+            f"font-size:0.9em'>{name}</span>")
+
+
+def source_caption(src: state.Source) -> None:
+    st.caption(f"Model **{src.model}**" + (f" (weights {src.checkpoint})" if src.checkpoint else "")
+               + (f", data {src.dataset}" if src.dataset else "") + f"  \nBundle `{src.bundle}`")

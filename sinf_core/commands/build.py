@@ -1,0 +1,71 @@
+"""`sinf build MODEL`: the whole pipeline into one bundle folder (resumable, cached per step)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from .common import add_model_options, open_from_args, progress
+
+NAME = "build"
+HELP = "run the whole SINF analysis (stats, clusters, overlap, router, scores, grid, benchmark) into a bundle"
+
+
+def add_arguments(p) -> None:
+    add_model_options(p)
+    p.add_argument("--out", help="bundle folder (default: $SINF_CACHE_DIR/bundles/<model>)")
+    p.add_argument("--methods", help="comma-separated filter scores (default: all)")
+    p.add_argument("--r-m", type=float, default=0.05, help="removed fraction at the first pruned layer")
+    p.add_argument("--r-l-grid", default="0.1,0.3,0.5,0.7,0.9", help="removed fractions at the last layer")
+    p.add_argument("--route-target", type=float, default=0.75, help="router accuracy that fixes the attachment tap")
+    p.add_argument("--taps", help="comma-separated candidate taps for the router (default: spread over the model)")
+    p.add_argument("--no-bench", action="store_true", help="skip the benchmark step")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the analysis passes")
+    p.add_argument("--json", action="store_true", help="print the manifest's step summary as JSON")
+
+
+def run(args) -> int:
+    from ..errors import SinfError
+    from ..pipeline import BuildSettings, build_bundle, default_bundle_dir
+
+    def floats(text: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError as exc:
+            raise SinfError(f"not a comma-separated list of numbers: {text!r}") from exc
+
+    settings = BuildSettings(r_M=args.r_m, r_L_grid=floats(args.r_l_grid), route_target=args.route_target,
+                             bench=not args.no_bench, bf16=args.bf16)
+    if args.methods:
+        settings.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if args.taps:
+        settings.taps = tuple(t.strip() for t in args.taps.split(",") if t.strip())
+    t0 = time.perf_counter()
+    exp = open_from_args(args)
+    out = args.out or default_bundle_dir(args.model)
+    bars: dict[str, object] = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bars.clear()
+            bar = bars[stage] = progress(total, stage, unit="it", quiet=args.json)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def log(line: str) -> None:
+        if not args.json:
+            print(line, flush=True)
+
+    bundle = build_bundle(exp, out, settings, on_progress, log)
+    for bar in bars.values():
+        bar.close()
+    seconds = round(time.perf_counter() - t0, 1)
+    summary = {"bundle": str(bundle.root), "seconds": seconds,
+               "steps": {k: v["seconds"] for k, v in bundle.manifest["steps"].items()},
+               "this_run": bundle.manifest.get("last_build_seconds", {})}
+    print(json.dumps(summary, indent=None if args.json else 2))
+    return 0

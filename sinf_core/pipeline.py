@@ -1,0 +1,220 @@
+"""`sinf build`: the whole analysis of one model, written step by step into a bundle.
+
+statistics (fit) -> clusters -> overlap -> router + exit heads (fit, calibrated on calib) -> filter
+scores (fit) -> the oracle-routing grid of every score x r_L (calib and report) -> benchmark. Each step
+is cached in the bundle under a key of its inputs, so a second run recomputes nothing and an
+interrupted run resumes at the first missing step. Artefact names are the bundle contract the app reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .bundle import Bundle, state_dict_sha256
+from .experiment import Experiment
+from .errors import SinfError
+
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class BuildSettings:
+    methods: tuple[str, ...] = ("dcs", "l1", "bn_gamma", "mean_act", "apoz", "taylor", "hrank", "chip", "tvs", "random")
+    r_M: float = 0.05
+    r_L_grid: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    q: float = 20.0
+    k: int = 20
+    route_target: float = 0.75
+    taps: tuple[str, ...] | None = None
+    router: dict = field(default_factory=dict)  # extra RoutePredictor parameters (epochs, max_fit_samples, ...)
+    score_options: dict = field(default_factory=dict)
+    stats_feature_sample: int = 2000
+    batch_size: int = 256
+    bf16: bool = False
+    bench: bool = True
+    bench_options: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_bundle_dir(model_name: str) -> Path:
+    from .stats import cache_dir
+
+    return cache_dir() / "bundles" / model_name
+
+
+def _data_json(exp: Experiment) -> dict:
+    h = exp.hierarchy
+    return {
+        "dataset": exp.train.name,
+        "class_names": list(h.class_names),
+        "cluster_names": list(h.cluster_names),
+        "cluster_of_class": list(h.cluster_of_class),
+        "splits": exp.splits.summary(),
+        "mean": list(exp.train.mean),
+        "std": list(exp.train.std),
+        "n_train": len(exp.train),
+        "n_test": len(exp.test),
+        "input_shape": list(exp.train.images.shape[1:]),
+    }
+
+
+def build_bundle(
+    exp: Experiment,
+    out: str | Path,
+    settings: BuildSettings | None = None,
+    on_progress: ProgressFn | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Bundle:
+    """Run (or resume) every step for ``exp`` into the bundle folder ``out``; returns the bundle."""
+    from .clusters import adjusted_rand, cluster_classes, cluster_maps
+    from .overlap import filter_overlap
+    from .router import ExitPredictor, RoutePredictor, fit_router_and_exit
+    from .scores import compute_all_scores
+    from .stats import ActivationStats, collect_stats
+
+    s = settings or BuildSettings()
+    prog = on_progress or (lambda stage, done, total: None)
+    model, dev = exp.model.eval(), exp.device
+    fit, calib, report = exp.fit_data(), exp.calib_data(), exp.report_data()
+    bundle = Bundle.open_or_create(out, exp.model_name, state_dict_sha256(model),
+                                   {"dataset": exp.train.name, "protocol": exp.splits.protocol})
+    base_inputs = {"splits": exp.splits.summary(), "dataset": exp.train.name, "n_train": len(exp.train)}
+    timings: dict[str, float] = {}
+
+    def run(name: str, inputs: dict, compute: Callable[[], dict]) -> str:
+        t0 = time.perf_counter()
+        key, fresh = bundle.step(name, {**base_inputs, **inputs}, compute)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        log(f"{name}: {'computed' if fresh else 'cached'} in {timings[name]:.1f} s")
+        return key
+
+    def counter(stage: str, total: int) -> Callable[[int], None]:
+        done = [0]
+
+        def on_batch(n: int) -> None:
+            done[0] += n
+            prog(stage, done[0], total)
+
+        return on_batch
+
+    # 1. data description
+    run("data", {}, lambda: {"data.json": _data_json(exp)})
+
+    # 2. statistics over the fit split (and over calibration: its confusion matrix feeds spectral clusters)
+    k_stats = run("stats", {"feature_sample": s.stats_feature_sample, "bs": s.batch_size, "bf16": s.bf16}, lambda: {
+        "stats.safetensors": collect_stats(model, fit, None, s.batch_size, dev, s.bf16,
+                                           on_batch=counter("statistics (fit)", len(fit)),
+                                           feature_sample=s.stats_feature_sample).to_tensors(),
+        "stats_calib.safetensors": collect_stats(model, calib, None, s.batch_size, dev, s.bf16,
+                                                 on_batch=counter("statistics (calib)", len(calib))).to_tensors(),
+    })
+    stats = ActivationStats.from_tensors(bundle.tensors("stats.safetensors"))
+    calib_stats = ActivationStats.from_tensors(bundle.tensors("stats_calib.safetensors"))
+
+    # 3. clusters: hierarchy, Ward on prototypes, spectral on the calibration confusion; UMAP maps
+    def clusters_step() -> dict:
+        h = exp.hierarchy
+        out = {"hierarchy": {"k": h.num_clusters, "assignment": list(h.cluster_of_class)}}
+        for method in ("ward", "spectral"):
+            found = cluster_classes(method, h.class_names, s.k, h, stats, calib_stats)
+            out[method] = {"k": s.k, "assignment": list(found.cluster_of_class), "ari": round(adjusted_rand(found, h), 4)}
+        prog("UMAP maps", 0, 1)
+        maps = cluster_maps(stats)
+        out["umap_classes"] = np.asarray(maps["classes"]).round(4).tolist()
+        if "samples" in maps:
+            out["umap_samples"] = {"xy": np.asarray(maps["samples"]).round(4).tolist(),
+                                   "labels": np.asarray(maps["sample_labels"]).tolist()}
+        return {"clusters.json": out}
+
+    run("clusters", {"stats": k_stats, "k": s.k}, clusters_step)
+
+    # 4. filter overlap and the depth profile
+    run("overlap", {"stats": k_stats, "q": s.q},
+        lambda: {"overlap.json": filter_overlap(stats, exp.hierarchy, s.q).to_json()})
+
+    # 5. router and exit heads; the router's tap is the stem boundary for everything after it
+    router_params = {"accuracy_target": s.route_target, **s.router}
+    if s.taps:
+        router_params["taps"] = list(s.taps)
+
+    def router_step() -> dict:
+        import tempfile
+
+        router = RoutePredictor(**router_params)
+        exit_head = ExitPredictor(**{k: v for k, v in router_params.items() if k != "taps"})
+        fit_router_and_exit(router, exit_head, model, fit, calib, dev, on_progress=prog)
+        rep = router.evaluate(model, report, dev)
+        files = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, heads in (("router", router), ("exit", exit_head)):
+                heads.save(tmp, name)
+                for ext in ("safetensors", "json"):
+                    files[f"{name}.{ext}"] = (Path(tmp) / f"{name}.{ext}").read_bytes()
+        files["router_report.json"] = {"summary": router.summary(), "report_accuracy": rep["accuracy"],
+                                       "exit_summary": exit_head.summary()}
+        return files
+
+    k_router = run("router", {"params": router_params}, router_step)
+    tap = bundle.json("router.json")["tap"]
+
+    # 6. filter scores for every cluster and prunable layer (fit split)
+    def scores_step() -> dict:
+        tables = compute_all_scores(list(s.methods), model, None, fit, exp.hierarchy, stats, s.score_options,
+                                    batch_size=s.batch_size, device=dev, bf16=s.bf16,
+                                    on_progress=lambda st, d, t: prog(f"scores: {st}", d, t))
+        return {f"scores_{m}.safetensors": {f"{c}|{layer}": v for c, per in tab.items() for layer, v in per.items()}
+                for m, tab in tables.items()}
+
+    k_scores = run("scores", {"methods": list(s.methods), "options": s.score_options, "stats": k_stats}, scores_step)
+
+    # 7. oracle-routing grid: every score x r_L, calibration and report splits
+    def grid_step() -> dict:
+        from .subgraph import evaluate_cluster_subgraphs, make_cluster_specs
+
+        rows = []
+        stem_caches: dict[str, dict] = {"calib": {}, "report": {}}
+        total = len(s.methods) * len(s.r_L_grid) * 2
+        done = 0
+        for m in s.methods:
+            scores = load_scores(bundle, m)
+            for r_L in s.r_L_grid:
+                specs = make_cluster_specs(model, exp.model_name, tap, scores, exp.hierarchy, s.r_M, r_L)
+                for split, data in (("calib", calib), ("report", report)):
+                    res = evaluate_cluster_subgraphs(model, specs, data, exp.hierarchy, s.batch_size, dev, s.bf16,
+                                                     stem_cache=stem_caches[split])
+                    rows.append({"method": m, "r_M": s.r_M, "r_L": r_L, "split": split,
+                                 "mean_acc": res["mean"]["accuracy"],
+                                 "per_cluster": [r["accuracy"] for r in res["clusters"]],
+                                 "flops": [r["flops_with_stem"] for r in res["clusters"]],
+                                 "params": [r["params_with_stem"] for r in res["clusters"]],
+                                 "flop_ratio": res["mean"]["flop_ratio"]})
+                    done += 1
+                    prog("grid (oracle routing)", done, total)
+        return {"grid.json": {"tap": tap, "rows": rows}}
+
+    run("grid", {"scores": k_scores, "router": k_router, "r_M": s.r_M, "r_L_grid": list(s.r_L_grid)}, grid_step)
+
+    bundle.manifest["last_build_seconds"] = timings
+    bundle._write_manifest()
+    return bundle
+
+
+def load_scores(bundle: Bundle, method: str) -> dict[int, dict[str, torch.Tensor]]:
+    """{cluster: {layer: Tensor[C]}} of one score method from a bundle."""
+    fname = f"scores_{method}.safetensors"
+    if fname not in bundle.files_of("scores"):
+        raise SinfError(f"bundle {bundle.root} has no scores for {method!r}")
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in bundle.tensors(fname).items():
+        c, layer = key.split("|", 1)
+        out.setdefault(int(c), {})[layer] = v
+    return out

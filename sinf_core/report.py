@@ -1,0 +1,207 @@
+"""The speed-up report from a benchmark (``sinf bench --json`` / a bundle's bench.json): a table with
+ratios to the base model, the operating points, and exports as standalone HTML, CSV and JSON.
+
+The benchmark JSON holds, for each mode (``base``, ``sinf``, ``exit``, ``cascade``, ``static``):
+``top1``, ``latency_ms_bs1``, ``throughput_ips``, ``flops``, ``params``; the modes sit under ``modes``
+or at the top level. Operating points (``pareto`` or ``points``: a list of dicts with ``mode`` or a
+{mode: [points]} mapping) and ``hardware`` (a dict or a string) are optional.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from typing import Any, Mapping
+
+from .errors import SinfError
+
+MODES = ("base", "sinf", "exit", "cascade", "static")
+MODE_LABELS = {
+    "base": "base model", "sinf": "SINF (router + subgraphs)", "exit": "early exit", "cascade": "cascade (exit, route, fall back)",
+    "static": "static pruning (same expected FLOPs)",
+}
+METRICS = ("top1", "latency_ms_bs1", "throughput_ips", "flops", "params")
+COLUMNS = [
+    ("mode", "mode"), ("top1", "top-1 (%)"), ("delta_top1", "vs base (points)"),
+    ("latency_ms_bs1", "latency bs=1 (ms)"), ("latency_speedup", "bs=1 speed-up (x)"),
+    ("throughput_ips", "throughput (img/s)"), ("throughput_ratio", "throughput vs base (x)"),
+    ("flops", "FLOPs per image"), ("flops_ratio", "FLOPs vs base"), ("params", "parameters"),
+]
+
+
+def bench_modes(bench: Mapping[str, Any]) -> dict[str, dict]:
+    """{mode: metrics} for the modes present, in the canonical order (then any others)."""
+    if not isinstance(bench, Mapping):
+        raise SinfError("a benchmark must be a JSON object")
+    src = bench.get("modes", bench)
+    if not isinstance(src, Mapping):
+        raise SinfError("the benchmark's 'modes' must be an object")
+    found = {k: dict(v) for k, v in src.items() if isinstance(v, Mapping) and any(m in v for m in METRICS)}
+    if "base" not in found:
+        raise SinfError("the benchmark has no 'base' mode with top1 / latency_ms_bs1 / throughput_ips / flops / params")
+    order = [m for m in MODES if m in found] + sorted(m for m in found if m not in MODES)
+    return {m: found[m] for m in order}
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f else None  # NaN -> None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b not in (None, 0.0) else None
+
+
+def bench_table(bench: Mapping[str, Any]) -> list[dict]:
+    """One row per mode: the raw metrics plus ``delta_top1`` (points vs base), ``latency_speedup``
+    (base latency / mode latency), ``throughput_ratio`` (mode / base) and ``flops_ratio`` (mode / base)."""
+    modes = bench_modes(bench)
+    base = {k: _num(modes["base"].get(k)) for k in METRICS}
+    rows = []
+    for name, m in modes.items():
+        v = {k: _num(m.get(k)) for k in METRICS}
+        rows.append({
+            "mode": name, **v,
+            "delta_top1": None if v["top1"] is None or base["top1"] is None else v["top1"] - base["top1"],
+            "latency_speedup": _ratio(base["latency_ms_bs1"], v["latency_ms_bs1"]),
+            "throughput_ratio": _ratio(v["throughput_ips"], base["throughput_ips"]),
+            "flops_ratio": _ratio(v["flops"], base["flops"]),
+        })
+    return rows
+
+
+def bench_points(bench: Mapping[str, Any]) -> list[dict]:
+    """Operating points as a flat list of dicts, each with ``mode``."""
+    raw = bench.get("pareto", bench.get("points"))
+    if raw is None:
+        return []
+    out = []
+    if isinstance(raw, Mapping):
+        for mode, pts in raw.items():
+            if isinstance(pts, Mapping):  # {"points": [...], ...}
+                pts = pts.get("points", [])
+            for p in pts or []:
+                if isinstance(p, Mapping):
+                    out.append({"mode": mode, **p})
+    elif isinstance(raw, list):
+        out = [dict(p) for p in raw if isinstance(p, Mapping)]
+    return out
+
+
+def chosen_points(bench: Mapping[str, Any]) -> dict[str, dict]:
+    """The reported point of each mode (its metrics), keyed by mode."""
+    return {m: dict(v) for m, v in bench_modes(bench).items()}
+
+
+def hardware_text(bench: Mapping[str, Any]) -> str:
+    hw = bench.get("hardware")
+    if hw is None:
+        return "hardware not recorded"
+    if isinstance(hw, Mapping):
+        return ", ".join(f"{k}: {v}" for k, v in hw.items())
+    return str(hw)
+
+
+def fmt(key: str, v: Any) -> str:
+    """Human formatting of one table cell."""
+    if v is None:
+        return "n/a"
+    if key == "mode":
+        return str(v)
+    f = float(v)
+    if key in ("top1",):
+        return f"{f:.2f}"
+    if key == "delta_top1":
+        return f"{f:+.2f}"
+    if key in ("latency_ms_bs1",):
+        return f"{f:.2f}"
+    if key in ("latency_speedup", "throughput_ratio"):
+        return f"{f:.2f}x"
+    if key == "flops_ratio":
+        return f"{100 * f:.1f} %"
+    if key == "throughput_ips":
+        return f"{f:,.0f}"
+    if key in ("flops", "params"):
+        for div, s in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+            if abs(f) >= div:
+                return f"{f / div:.3g}{s}"
+        return f"{f:.0f}"
+    return f"{f:.4g}"
+
+
+def to_csv(bench: Mapping[str, Any]) -> str:
+    """The table as CSV (raw numbers, one row per mode, header = column keys)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[k for k, _ in COLUMNS], lineterminator="\n")
+    w.writeheader()
+    for r in bench_table(bench):
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k, _ in COLUMNS})
+    return buf.getvalue()
+
+
+def to_json(bench: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
+    """The benchmark plus the derived table, as indented JSON."""
+    return json.dumps({"benchmark": bench, "table": bench_table(bench), **(extra or {})}, indent=2, default=str)
+
+
+def figures(bench: Mapping[str, Any]) -> list:
+    """The report's Plotly figures: throughput and latency per mode, and the Pareto fronts."""
+    from . import plots
+
+    modes = bench_modes(bench)
+    figs = [
+        plots.mode_bars_figure(modes, "throughput_ips", "Throughput at a large batch", "images per second"),
+        plots.mode_bars_figure(modes, "latency_ms_bs1", "Latency at batch size 1 (median)", "milliseconds per image"),
+    ]
+    pts = bench_points(bench)
+    if any(p.get("flops") is not None for p in pts):
+        figs.append(plots.pareto_figure(pts, "flops", "expected MFLOPs per image (2 x MACs)",
+                                        "Accuracy vs expected FLOPs", x_scale=1e-6, chosen=chosen_points(bench)))
+    lat_key = next((k for k in ("latency_ms_bs1", "latency_ms", "throughput_ips") if any(k in p for p in pts)), None)
+    if lat_key in ("latency_ms_bs1", "latency_ms"):
+        figs.append(plots.pareto_figure(pts, lat_key, "measured latency (ms per image)",
+                                        "Accuracy vs measured latency", chosen=chosen_points(bench)))
+    elif not pts:
+        chosen = chosen_points(bench)
+        figs.append(plots.pareto_figure([], "flops", "MFLOPs per image (2 x MACs)", "Accuracy vs FLOPs (reported points)",
+                                        x_scale=1e-6, chosen=chosen))
+        figs.append(plots.pareto_figure([], "latency_ms_bs1", "latency at batch size 1 (ms)",
+                                        "Accuracy vs measured latency (reported points)", chosen=chosen))
+    return figs
+
+
+def to_html(bench: Mapping[str, Any], title: str = "SINF speed-up report", subtitle: str = "") -> str:
+    """A standalone HTML page (plotly.js inlined, no network needed): table, hardware, figures."""
+    rows = bench_table(bench)
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(fmt(k, r.get(k)))}</td>" for k, _ in COLUMNS) + "</tr>" for r in rows)
+    parts = []
+    for i, fig in enumerate(figures(bench)):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False,
+                                 default_width="100%", default_height=f"{fig.layout.height or 450}px"))
+    notes = bench.get("notes") or bench.get("note") or ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; width: 100%; margin: 1rem 0; font-size: 0.92rem; }}
+th, td {{ border: 1px solid #ddd; padding: 0.35rem 0.55rem; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+th {{ background: #f3f5f8; }}
+.meta {{ color: #555; font-size: 0.9rem; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="meta">{html.escape(subtitle)}</p>
+<p class="meta">Hardware: {html.escape(hardware_text(bench))}</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<p class="meta">FLOPs per image = 2 x multiply-accumulates. Speed-ups are ratios measured side by side in one run;
+the router's and the exit head's cost are included. {html.escape(str(notes))}</p>
+{''.join(parts)}
+</body></html>
+"""

@@ -1,0 +1,117 @@
+"""Scores on disk: one bundle per (model, weights) under $SINF_CACHE_DIR/scores (default ~/.cache/sinf).
+
+Each (method, resolved options, data, layers, clusters) is one bundle step holding a safetensors file
+(keys ``"<cluster>/<layer>"``, ``"all/<layer>"`` for the unconditioned target) and a JSON meta file.
+The step name carries a hash of those inputs, so several option sets live side by side; checksums and
+atomic writes come from ``sinf_core.bundle``. Missing methods are computed together in one shared pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..bundle import Bundle, sha256_json, state_dict_sha256
+from ..data import Hierarchy, ImageDataset
+from ..models import SinfModel
+from . import ScoreTable, compute_all_scores, get_score, resolve_layers, resolve_options
+from .base import Target
+
+CACHE_FORMAT = 1
+
+
+def cache_dir(path: str | Path | None = None) -> Path:
+    """``path``, else $SINF_CACHE_DIR, else ~/.cache/sinf."""
+    if path:
+        return Path(path)
+    env = os.environ.get("SINF_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "sinf"
+
+
+def data_fingerprint(data: ImageDataset, split: str) -> dict:
+    """What identifies the data a score looked at: name, split, size, and a hash of images + labels."""
+    h = hashlib.sha256()
+    h.update(data.labels.numpy().tobytes())
+    h.update(data.images.numpy().tobytes())
+    return {"dataset": data.name, "split": split, "n": len(data), "sha256": h.hexdigest()}
+
+
+def _key(t: Target) -> str:
+    return "all" if t is None else str(t)
+
+
+def table_to_tensors(table: ScoreTable) -> dict[str, torch.Tensor]:
+    return {f"{_key(t)}/{layer}": v.detach().to(torch.float32).contiguous().clone()
+            for t, layers in table.items() for layer, v in layers.items()}
+
+
+def tensors_to_table(tensors: dict[str, torch.Tensor], targets: Sequence[Target], layers: Sequence[str]) -> ScoreTable:
+    return {t: {l: tensors[f"{_key(t)}/{l}"] for l in layers} for t in targets}
+
+
+def load_or_compute_scores(
+    methods: Sequence[str],
+    model: SinfModel,
+    model_name: str,
+    data: ImageDataset,
+    split: str = "fit",
+    clusters: Hierarchy | None = None,
+    layers: Sequence[str] | None = None,
+    options: dict[str, Any] | None = None,
+    targets: Sequence[Target] | None = None,
+    stats: Any = None,
+    root: str | Path | None = None,
+    recompute: bool = False,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    bf16: bool = False,
+    on_progress=None,
+) -> dict[str, dict]:
+    """{method: {"scores": ScoreTable, "cached": bool, "seconds": float, "file": Path, "options": dict}}.
+
+    Cached methods are loaded; the others are computed in one ``compute_all_scores`` call and stored."""
+    clusters = clusters or data.hierarchy
+    lay = [l.name for l in resolve_layers(model, layers)]
+    tg = list(range(clusters.num_clusters)) if targets is None else list(targets)
+    sha = state_dict_sha256(model)
+    bundle = Bundle.open_or_create(cache_dir(root) / "scores" / f"{model_name}-{sha[:12]}", model_name, sha,
+                                   {"what": "filter scores"})
+    fp = data_fingerprint(data, split)
+    steps, todo, result = {}, [], {}
+    for m in dict.fromkeys(methods):
+        inputs = {"format": CACHE_FORMAT, "method": m, "options": resolve_options(m, options), "data": fp,
+                  "layers": lay, "targets": [_key(t) for t in tg], "clusters": clusters.to_json(),
+                  "stats_samples": None if stats is None or not get_score(m).data_dependent else int(stats.total)}
+        name = f"{m}.{sha256_json(inputs)[:12]}"
+        steps[m] = (name, inputs)
+        if bundle.has(name) and not recompute:
+            result[m] = {"scores": tensors_to_table(bundle.tensors(f"{name}.safetensors"), tg, lay), "cached": True,
+                         "seconds": bundle.json(f"{name}.json")["seconds"],
+                         "file": bundle.root / f"{name}.safetensors", "options": inputs["options"]}
+        else:
+            todo.append(m)
+    if todo:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        tables = compute_all_scores(todo, model, lay, data, clusters, stats, options, tg, batch_size, device, bf16,
+                                    on_progress, timings)
+        wall = time.perf_counter() - t0
+        for m in todo:
+            name, inputs = steps[m]
+            meta = {"method": m, "options": inputs["options"], "layers": lay, "targets": inputs["targets"],
+                    "cluster_names": list(clusters.cluster_names), "data": fp,
+                    "seconds": round(timings.get(m, 0.0) + timings.get("features", 0.0) / len(todo), 3),
+                    "shared_pass_seconds": round(timings.get("features", 0.0), 3), "batch_seconds": round(wall, 3)}
+            art = {f"{name}.safetensors": table_to_tensors(tables[m]), f"{name}.json": meta}
+            if recompute:
+                bundle.put(name, art, inputs)
+            else:
+                bundle.step(name, inputs, lambda art=art: art)
+            result[m] = {"scores": tables[m], "cached": False, "seconds": meta["seconds"],
+                         "file": bundle.root / f"{name}.safetensors", "options": inputs["options"]}
+    return {m: result[m] for m in dict.fromkeys(methods)}

@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_dataset, make_tiny_resnet
+from sinf_core.bundle import Bundle
+from sinf_core.data import make_splits
+from sinf_core.experiment import Experiment
+from sinf_core.pipeline import BuildSettings, build_bundle, load_scores
+
+QUICK = BuildSettings(
+    methods=("dcs", "l1", "random"), r_L_grid=(0.3, 0.7), k=3, stats_feature_sample=30,
+    router={"epochs": 1, "batch_size": 32, "taps": ["layer2.0", "layer2.1"]}, bench=False, batch_size=32,
+)
+
+
+def tiny_experiment() -> Experiment:
+    train, test = make_tiny_dataset(n_per_class=20, seed=0), make_tiny_dataset(n_per_class=10, seed=1)
+    splits = make_splits(train.labels.numpy(), test.labels.numpy(), "pretrained")
+    import torch
+
+    return Experiment("tiny_resnet", make_tiny_resnet(), train, test, splits, torch.device("cpu"))
+
+
+def test_build_writes_the_contract_and_caches(tmp_path):
+    exp = tiny_experiment()
+    b = build_bundle(exp, tmp_path / "b", QUICK)
+    for f in ("data.json", "stats.safetensors", "clusters.json", "overlap.json", "router.json", "exit.json",
+              "scores_dcs.safetensors", "grid.json"):
+        assert (tmp_path / "b" / f).is_file(), f
+    grid = b.json("grid.json")
+    assert len(grid["rows"]) == 3 * 2 * 2
+    assert {r["split"] for r in grid["rows"]} == {"calib", "report"}
+    # more pruning -> fewer FLOPs, for every method
+    for m in QUICK.methods:
+        f = {r["r_L"]: np.mean(r["flops"]) for r in grid["rows"] if r["method"] == m and r["split"] == "calib"}
+        assert f[0.7] < f[0.3]
+    scores = load_scores(b, "dcs")
+    assert set(scores) == {0, 1, 2}
+    # a second run recomputes nothing
+    log = []
+    build_bundle(exp, tmp_path / "b", QUICK, log=log.append)
+    assert all("cached" in line for line in log), log
+    assert Bundle.open(tmp_path / "b", model="tiny_resnet").has("grid")
+
+
+def test_stem_cache_gives_identical_evaluation():
+    from sinf_core.subgraph import SubgraphSpec, evaluate_cluster_subgraphs
+
+    exp = tiny_experiment()
+    model = exp.model
+    specs = {m: SubgraphSpec("tiny", "layer2.0", {"layer3.0.conv1": [0, 2, 5], "layer3.1.conv1": [1]},
+                             exp.hierarchy.members(m)) for m in range(3)}
+    plain = evaluate_cluster_subgraphs(model, specs, exp.test, batch_size=7)
+    cache: dict = {}
+    first = evaluate_cluster_subgraphs(model, specs, exp.test, batch_size=7, stem_cache=cache)
+    again = evaluate_cluster_subgraphs(model, specs, exp.test, batch_size=7, stem_cache=cache)
+    assert "layer2.0" in cache and cache["layer2.0"].shape[0] == len(exp.test)
+    for res in (first, again):
+        assert [r["accuracy"] for r in res["clusters"]] == [r["accuracy"] for r in plain["clusters"]]

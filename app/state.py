@@ -875,10 +875,23 @@ def decode_upload(data: bytes, size: int) -> Upload:
 
 # ==================================================================================== build artefacts
 def grid(src: Source) -> list[dict] | None:
+    """The build's oracle-routing grid (every score x r_L, calibration and report splits), one dict per
+    row with ``flops`` / ``params`` as the mean over clusters of the subgraph-with-stem figures (the grid
+    stores them per cluster), or None without a grid."""
     g = bundle_json(src, "grid.json")
     if g is None:
         return None
-    return list(g.get("rows", g) if isinstance(g, dict) else g)
+    rows = []
+    for r in list(g.get("rows", []) if isinstance(g, dict) else g):
+        r = dict(r)
+        for key in ("flops", "params"):
+            v = r.get(key)
+            if isinstance(v, list):
+                vals = [x for x in v if x is not None]
+                r[key + "_per_cluster"] = v
+                r[key] = float(np.mean(vals)) if vals else None
+        rows.append(r)
+    return rows
 
 
 def bench(src: Source) -> dict | None:

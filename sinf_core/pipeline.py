@@ -29,6 +29,7 @@ class BuildSettings:
     methods: tuple[str, ...] = ("dcs", "l1", "bn_gamma", "mean_act", "apoz", "taylor", "hrank", "chip", "tvs", "random")
     r_M: float = 0.05
     r_L_grid: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    grid_taps: tuple[str, ...] = ("router",)  # stem boundaries for the oracle grid; "router" = the router's tap
     q: float = 20.0
     k: int = 20
     route_target: float = 0.75
@@ -182,26 +183,40 @@ def build_bundle(
 
         rows = []
         stem_caches: dict[str, dict] = {"calib": {}, "report": {}}
-        total = len(s.methods) * len(s.r_L_grid) * 2
+        taps = [tap if t == "router" else t for t in s.grid_taps]
+        total = len(taps) * len(s.methods) * len(s.r_L_grid) * 2
         done = 0
-        for m in s.methods:
-            scores = load_scores(bundle, m)
-            for r_L in s.r_L_grid:
-                specs = make_cluster_specs(model, exp.model_name, tap, scores, exp.hierarchy, s.r_M, r_L)
-                for split, data in (("calib", calib), ("report", report)):
-                    res = evaluate_cluster_subgraphs(model, specs, data, exp.hierarchy, s.batch_size, dev, s.bf16,
-                                                     stem_cache=stem_caches[split])
-                    rows.append({"method": m, "r_M": s.r_M, "r_L": r_L, "split": split,
-                                 "mean_acc": res["mean"]["accuracy"],
-                                 "per_cluster": [r["accuracy"] for r in res["clusters"]],
-                                 "flops": [r["flops_with_stem"] for r in res["clusters"]],
-                                 "params": [r["params_with_stem"] for r in res["clusters"]],
-                                 "flop_ratio": res["mean"]["flop_ratio"]})
-                    done += 1
-                    prog("grid (oracle routing)", done, total)
-        return {"grid.json": {"tap": tap, "rows": rows}}
+        for grid_tap in taps:
+            for m in s.methods:
+                scores = load_scores(bundle, m)
+                for r_L in s.r_L_grid:
+                    specs = make_cluster_specs(model, exp.model_name, grid_tap, scores, exp.hierarchy, s.r_M, r_L)
+                    for split, data in (("calib", calib), ("report", report)):
+                        res = evaluate_cluster_subgraphs(model, specs, data, exp.hierarchy, s.batch_size, dev, s.bf16,
+                                                         stem_cache=stem_caches[split])
+                        rows.append({"tap": grid_tap, "method": m, "r_M": s.r_M, "r_L": r_L, "split": split,
+                                     "mean_acc": res["mean"]["accuracy"],
+                                     "per_cluster": [r["accuracy"] for r in res["clusters"]],
+                                     "flops": [r["flops_with_stem"] for r in res["clusters"]],
+                                     "params": [r["params_with_stem"] for r in res["clusters"]],
+                                     "flop_ratio": res["mean"]["flop_ratio"]})
+                        done += 1
+                        prog("grid (oracle routing)", done, total)
+        return {"grid.json": {"tap": tap, "taps": taps, "rows": rows}}
 
-    run("grid", {"scores": k_scores, "router": k_router, "r_M": s.r_M, "r_L_grid": list(s.r_L_grid)}, grid_step)
+    run("grid", {"scores": k_scores, "router": k_router, "r_M": s.r_M, "r_L_grid": list(s.r_L_grid),
+                 "taps": list(s.grid_taps), "bf16": s.bf16}, grid_step)
+
+    # 8. benchmark: operating points chosen on calibration, reported on the report split, timed side by side
+    if s.bench:
+        from .bench import BenchOptions, run_benchmark
+
+        bench_opts = {"score_options": dict(s.score_options), **s.bench_options}
+        if "score" not in s.bench_options and "dcs" not in s.methods and s.methods:
+            bench_opts["score"] = s.methods[0]
+        BenchOptions.from_dict(bench_opts).validate()  # a bad option fails here, before any work
+        run("bench", {"router": k_router, "scores": k_scores, "options": bench_opts},
+            lambda: {"bench.json": run_benchmark(exp, bundle, bench_opts, prog, log)})
 
     bundle.manifest["last_build_seconds"] = timings
     bundle._write_manifest()

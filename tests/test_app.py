@@ -126,3 +126,292 @@ def open_page(page: str, timeout: float = 120):
 
 def no_exception(at) -> None:
     assert not at.exception, [e.value for e in at.exception]
+
+
+@pytest.fixture(scope="module")
+def nobundle_env(tiny_env, tmp_path_factory):
+    """The same tiny model and data with an empty bundle folder (nothing built yet)."""
+    env = {**tiny_env, "SINF_APP_BUNDLE": str(tmp_path_factory.mktemp("empty_bundle") / "bundle")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    os.environ.update({k: v for k, v in old.items() if v is not None})
+
+
+def metric(at, prefix: str):
+    """The value of the first metric whose label starts with ``prefix``."""
+    for m in at.metric:
+        if m.label.startswith(prefix):
+            return m.value
+    raise AssertionError(f"no metric {prefix!r}; metrics: {[m.label for m in at.metric]}")
+
+
+def texts(at) -> str:
+    """All markdown, captions, infos, warnings and errors of the page, joined."""
+    parts = [e.value for e in at.markdown] + [e.value for e in at.caption] + [e.value for e in at.info]
+    parts += [e.value for e in at.warning] + [e.value for e in at.error]
+    return "\n".join(str(p) for p in parts)
+
+
+BENCH = {  # a benchmark in the `sinf bench --json` layout (a fixture for the page, not a measurement)
+    "modes": {
+        "base": {"top1": 72.5, "latency_ms_bs1": 10.0, "throughput_ips": 1000.0, "flops": 2.5e8, "params": 860000},
+        "sinf": {"top1": 71.0, "latency_ms_bs1": 11.0, "throughput_ips": 1100.0, "flops": 2.2e8, "params": 900000},
+        "exit": {"top1": 70.5, "latency_ms_bs1": 8.0, "throughput_ips": 1400.0, "flops": 1.8e8, "params": 880000},
+        "cascade": {"top1": 70.9, "latency_ms_bs1": 8.5, "throughput_ips": 1500.0, "flops": 1.7e8, "params": 920000},
+        "static": {"top1": 66.0, "latency_ms_bs1": 9.0, "throughput_ips": 1150.0, "flops": 2.2e8, "params": 700000},
+    },
+    "pareto": [
+        {"mode": "sinf", "gamma": 0.5, "top1": 71.0, "flops": 2.2e8, "latency_ms_bs1": 11.0},
+        {"mode": "sinf", "gamma": 0.8, "top1": 72.0, "flops": 2.4e8, "latency_ms_bs1": 11.5},
+        {"mode": "exit", "tau": 0.9, "top1": 70.5, "flops": 1.8e8, "latency_ms_bs1": 8.0},
+    ],
+    "hardware": {"cpu": "test CPU", "threads": 2, "torch": "2.x"},
+}
+
+
+# ====================================================================================== pages
+def test_home(tiny_env):
+    from sinf_core.cost import model_cost
+    from sinf_core.models import load_model
+    from sinf_core.plots import fmt_count
+
+    at = open_page("home")
+    no_exception(at)
+    assert at.title[0].value == "SINF Studio"
+    assert any(s.label == "Model" for s in at.selectbox) and any(t.label == "Bundle folder" for t in at.text_input)
+    assert metric(at, "Classes") == "6" and metric(at, "Test images") == "120"
+    model = load_model(TINY, checkpoint=tiny_env["SINF_APP_CHECKPOINT"])
+    if any(m.label.startswith("Base top-1 (report") for m in at.metric):  # the bundle has a benchmark
+        assert metric(at, "SINF top-1").endswith("%")
+    else:
+        assert metric(at, "Base parameters") == fmt_count(model_cost(model).params)
+        assert "sinf build tiny_resnet_app" in "\n".join(c.value for c in at.code)
+    assert len(at.dataframe[-1].value) == 3  # cluster membership table
+
+
+def test_clusters_switch_method_and_k(tiny_env):
+    from sinf_core.bundle import Bundle
+    from sinf_core.clusters import adjusted_rand, cluster_classes
+    from sinf_core.stats import ActivationStats
+
+    at = open_page("clusters")
+    no_exception(at)
+    assert metric(at, "Agreement") == "1.000 (itself)"
+    assert len(at.dataframe[0].value) == 3  # membership: 3 clusters
+    at.radio(key="cluster_method").set_value("ward").run()
+    at.slider(key="cluster_k").set_value(2).run()
+    no_exception(at)
+    assert metric(at, "Clusters") == "2" and len(at.dataframe[0].value) == 2
+    b = Bundle.open(tiny_env["SINF_APP_BUNDLE"])
+    stats = ActivationStats.from_tensors(b.tensors("stats.safetensors"))
+    h = b.json("data.json")
+    from sinf_core.data import Hierarchy
+
+    hier = Hierarchy(tuple(h["class_names"]), tuple(h["cluster_names"]), tuple(h["cluster_of_class"]))
+    expected = adjusted_rand(cluster_classes("ward", hier.class_names, 2, hier, fit_stats=stats), hier)
+    assert metric(at, "Agreement") == f"{expected:.3f}"
+    at.toggle(key="show_samples").set_value(True).run()
+    no_exception(at)
+
+
+def test_overlap_q_and_layer(tiny_env):
+    from sinf_core.models import load_model
+    from sinf_core.overlap import top_q_count
+
+    model = load_model(TINY, checkpoint=tiny_env["SINF_APP_CHECKPOINT"])
+    at = open_page("overlap")
+    no_exception(at)
+    layer = at.selectbox(key="layer").value
+    channels = model.prunable_layer(layer).channels
+    assert metric(at, "Channels in the layer") == str(channels)
+    assert metric(at, "Top 20 % set size") == str(top_q_count(channels, 20))
+    before = metric(at, "Within-cluster")
+    at.slider(key="q").set_value(50).run()
+    no_exception(at)
+    assert metric(at, "Top 50 % set size") == str(top_q_count(channels, 50))
+    first = model.prunable_layers()[0].name
+    at.selectbox(key="layer").set_value(first).run()
+    at.radio(key="view").set_value("between classes").run()
+    no_exception(at)
+    assert metric(at, "Channels in the layer") == str(model.prunable_layer(first).channels)
+    assert before is not None
+
+
+def _mean_flops_with_stem(env, r_M, r_L, overrides=None):
+    """Independent check: the library's own evaluation of the same configuration."""
+    from sinf_core.bundle import Bundle
+    from sinf_core.experiment import open_experiment
+    from sinf_core.pipeline import load_scores
+    from sinf_core.subgraph import evaluate_cluster_subgraphs, make_cluster_specs
+
+    exp = open_experiment(TINY, checkpoint=env["SINF_APP_CHECKPOINT"], device="cpu")
+    b = Bundle.open(env["SINF_APP_BUNDLE"])
+    tap = b.json("router.json")["tap"]
+    specs = make_cluster_specs(exp.model, TINY, tap, load_scores(b, "dcs"), exp.hierarchy, r_M, r_L,
+                               overrides=overrides)
+    return evaluate_cluster_subgraphs(exp.model, specs, exp.calib_data(), exp.hierarchy, baseline=True)
+
+
+def test_pruning_form_changes_numbers_and_saves(tiny_env):
+    from sinf_core.plots import fmt_count
+
+    at = open_page("pruning")
+    no_exception(at)
+    assert at.selectbox(key="method").value == "dcs"
+    flops0 = metric(at, "FLOPs per subgraph")
+    ev = _mean_flops_with_stem(tiny_env, 0.05, 0.5)
+    assert flops0 == fmt_count(ev["mean"]["flops_with_stem"])
+    at.slider(key="r_M").set_value(0.3)
+    at.slider(key="r_L").set_value(0.9)
+    at.checkbox(key="ov_on_1").set_value(True)
+    at.slider(key="ov_rm_1").set_value(0.0)
+    at.slider(key="ov_rl_1").set_value(0.1)
+    at.button(key="apply").click().run()
+    no_exception(at)
+    flops1 = metric(at, "FLOPs per subgraph")
+    ev1 = _mean_flops_with_stem(tiny_env, 0.3, 0.9, overrides={1: (0.0, 0.1)})
+    assert flops1 == fmt_count(ev1["mean"]["flops_with_stem"]) and flops1 != flops0
+    assert metric(at, "Mean per-cluster accuracy").startswith(f"{ev1['mean']['accuracy']:.2f}")
+    table = at.dataframe[0].value
+    assert list(table["r_L"]) == [0.9, 0.1, 0.9] and list(table["r_M"]) == [0.3, 0.0, 0.3]
+    at.button(key="save").click().run()
+    no_exception(at)
+    saved = json.loads((Path(tiny_env["SINF_APP_BUNDLE"]) / "config.json").read_text())
+    assert saved["r_M"] == 0.3 and saved["r_L"] == 0.9 and saved["overrides"] == {"k1": [0.0, 0.1]}
+    from sinf_core.bundle import Bundle
+
+    Bundle.open(tiny_env["SINF_APP_BUNDLE"])  # still a valid bundle (checksums verified)
+
+
+def _png(img, fmt="PNG", **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_live_single_image_thresholds_and_batch(tiny_env):
+    from sinf_core.data import normalise
+    from sinf_core.experiment import open_experiment
+
+    at = open_page("live")
+    no_exception(at)
+    assert {"mode", "gamma", "tau"} <= {w.key for w in list(at.radio) + list(at.slider) if w.key}
+    # gamma = 1: everything falls back, so SINF answers exactly as the base model
+    at.slider(key="gamma").set_value(1.0).run()
+    no_exception(at)
+    sinf = [m for m in at.metric if m.label.startswith("SINF (")][0]
+    assert sinf.label == "SINF (fallback)" and sinf.value == metric(at, "Base model")
+    at.slider(key="gamma").set_value(0.0).run()
+    assert [m.label for m in at.metric if m.label.startswith("SINF (")] == ["SINF (route)"]
+    # the cascade with tau = 0 answers at the exit head
+    at.radio(key="mode").set_value("cascade").run()
+    at.slider(key="tau").set_value(0.0).run()
+    no_exception(at)
+    assert [m.label for m in at.metric if m.label.startswith("SINF (")] == ["SINF (exit)"]
+    # a batch run: the base accuracy shown equals the model's accuracy on the same images
+    at.slider(key="batch_n").set_value(100)
+    at.button(key="batch_run").click().run()
+    no_exception(at)
+    exp = open_experiment(TINY, checkpoint=tiny_env["SINF_APP_CHECKPOINT"], device="cpu")
+    rep = exp.report_data()
+    idx = np.random.default_rng(0).permutation(len(rep))[:100]
+    with torch.inference_mode():
+        pred = exp.model(normalise(rep.images[idx], rep.mean, rep.std)).argmax(1)
+    acc = 100.0 * float((pred == rep.labels[idx]).float().mean())
+    assert metric(at, "Base accuracy") == f"{acc:.2f} %"
+    assert metric(at, "SINF accuracy").endswith("%")
+
+
+def test_live_uploads_good_and_bad(tiny_env):
+    from PIL import Image
+
+    rgb = Image.new("RGB", (300, 200), (200, 30, 30))
+    frames = [Image.new("RGB", (40, 40), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    import io
+
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    full = _png(rgb)
+    cases = {  # name: (bytes, expected error or None, expected note for a usable image)
+        "notimage.png": (b"this is not an image at all", "not an image", None),
+        "empty.png": (b"", "empty", None),
+        "truncated.png": (full[: len(full) // 2], "truncated or corrupt", None),
+        "huge.png": (_png(Image.new("1", (10000, 10000))), "too large", None),
+        "tiny.png": (_png(Image.new("RGB", (1, 1), (0, 255, 0))), None, "upscaled"),
+        "gray.png": (_png(Image.new("L", (50, 40), 128)), None, "colour mode L"),
+        "rgba.png": (_png(Image.new("RGBA", (64, 64), (0, 0, 255, 100))), None, "transparency"),
+        "anim.gif": (gif.getvalue(), None, "first frame"),
+        "photo.jpg": (_png(rgb, "JPEG"), None, "resized from 300x200"),
+    }
+    at = open_page("live")
+    for name, (data, expect_error, note) in cases.items():
+        at.file_uploader(key="upload").set_value((name, data, "image/png")).run()
+        no_exception(at)
+        errors = [e.value for e in at.error]
+        if expect_error:
+            assert len(errors) == 1 and name in errors[0] and expect_error in errors[0], (name, errors)
+        else:
+            assert not errors, (name, errors)
+            assert any(m.label.startswith("SINF (") for m in at.metric), name
+            assert note in texts(at), (name, note)
+        assert any(m.label == "Base model" for m in at.metric) or expect_error  # the page keeps working
+    at.file_uploader(key="upload").set_value(None).run()
+    no_exception(at)
+
+
+def test_report_page_upload_and_exports(tiny_env):
+    at = open_page("report")
+    no_exception(at)
+    if not at.dataframe:  # the bundle has no benchmark: a clear notice, then a file can be loaded
+        assert "sinf bench" in "\n".join(c.value for c in at.code)
+    at.file_uploader(key="bench_upload").set_value(("bench.json", b"{not json", "application/json")).run()
+    no_exception(at)
+    assert "not a JSON file" in texts(at)
+    at.file_uploader(key="bench_upload").set_value(("b.json", json.dumps({"x": 1}).encode(), "application/json")).run()
+    assert "not a SINF benchmark" in texts(at)
+    at.file_uploader(key="bench_upload").set_value(("b.json", json.dumps(BENCH).encode(), "application/json")).run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert list(table["mode"]) == ["base", "sinf", "exit", "cascade", "static"]
+    assert list(table["throughput vs base (x)"]) == ["1.00x", "1.10x", "1.40x", "1.50x", "1.15x"]
+    assert "test CPU" in texts(at)
+    assert len(at.get("download_button")) == 3
+
+
+def test_pages_without_a_bundle(nobundle_env):
+    """Nothing built: Clusters / Overlap / Pruning compute what they need; Live and the report explain."""
+    for page in ("home", "clusters", "overlap", "pruning", "live", "report"):
+        at = open_page(page, timeout=300)
+        no_exception(at)
+        if page in ("live", "report"):
+            assert "sinf build" in "\n".join(c.value for c in at.code), page
+    at = open_page("pruning", timeout=300)
+    assert metric(at, "Expected FLOPs per input")
+    assert "oracle routing" in texts(at)
+
+
+def test_damaged_bundle_and_missing_data(tiny_env, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(tiny_env["SINF_APP_BUNDLE"], bad)
+    (bad / "stats.safetensors").write_bytes(b"garbage")
+    os.environ["SINF_APP_BUNDLE"] = str(bad)
+    try:
+        for page in ("home", "live", "report"):
+            at = open_page(page)
+            no_exception(at)
+            assert "corrupted" in texts(at), page
+    finally:
+        os.environ["SINF_APP_BUNDLE"] = tiny_env["SINF_APP_BUNDLE"]
+    os.environ["SINF_APP_DATASET"] = str(tmp_path / "no_such_folder")
+    try:
+        for page in ("home", "clusters", "live"):
+            at = open_page(page)
+            no_exception(at)
+            assert "Cannot load" in texts(at), page
+    finally:
+        os.environ.pop("SINF_APP_DATASET", None)

@@ -59,3 +59,19 @@ def test_stem_cache_gives_identical_evaluation():
     assert "layer2.0" in cache and cache["layer2.0"].shape[0] == len(exp.test)
     for res in (first, again):
         assert [r["accuracy"] for r in res["clusters"]] == [r["accuracy"] for r in plain["clusters"]]
+
+
+def test_compare_scores_table():
+    from sinf_core.comparison import compare_scores, comparison_markdown
+
+    rows = []
+    for m, accs in {"dcs": [80, 60], "l1": [78, 62], "random": [70, 40]}.items():
+        for r, a in zip((0.3, 0.7), accs):
+            for split, shift in (("calib", 1.0), ("report", 0.0)):
+                rows.append({"tap": "t", "method": m, "r_M": 0.05, "r_L": r, "split": split, "mean_acc": a + shift})
+    cmp = compare_scores({"tap": "t", "rows": rows}, "t")
+    assert cmp["rows"][0]["best_baseline"] == "l1" and cmp["rows"][0]["dcs_minus_best"] == 2.0
+    assert cmp["rows"][1]["dcs_minus_best"] == -2.0
+    assert cmp["ranking"][-1] == "random"
+    md = comparison_markdown(cmp, "x")
+    assert "| 0.3 |" in md and "+2.00" in md and "-2.00" in md

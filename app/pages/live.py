@@ -148,7 +148,7 @@ st.subheader("Batch run on the report split")
 with st.form("batch_form"):
     n = st.slider("Test images", 50, min(5000, len(report)), min(500, len(report)), 50, key="batch_n")
     bs = st.select_slider("Batch size", [1, 8, 32, 64, 128, 256], value=64, key="batch_bs")
-    go = st.form_submit_button("Run", type="primary")
+    go = st.form_submit_button("Run", type="primary", key="batch_run")
 if go:
     idx = np.random.default_rng(0).permutation(len(report))[:n]
     imgs, labels = report.images[idx], report.labels[idx]

@@ -50,7 +50,7 @@ with st.form("pruning_form"):
                           label_visibility="collapsed")
             if on:
                 overrides[name] = [round(rm, 4), round(rl, 4)]
-    submitted = st.form_submit_button("Apply", type="primary")
+    submitted = st.form_submit_button("Apply", type="primary", key="apply")
 
 if submitted:
     cfg = {**cfg, "method": method, "r_M": round(r_M, 4), "r_L": round(r_L, 4), "overrides": overrides}

@@ -6,4 +6,6 @@ COMMAND_MODULES = [
     "scores",
     "subgraph",
     "build",
+    "compare",
+    "bench",
 ]

@@ -19,6 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("--r-l-grid", default="0.1,0.3,0.5,0.7,0.9", help="removed fractions at the last layer")
     p.add_argument("--route-target", type=float, default=0.75, help="router accuracy that fixes the attachment tap")
     p.add_argument("--taps", help="comma-separated candidate taps for the router (default: spread over the model)")
+    p.add_argument("--grid-taps", default="router",
+                   help="comma-separated stem boundaries for the oracle-routing grid ('router' = the router's tap)")
     p.add_argument("--no-bench", action="store_true", help="skip the benchmark step")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the analysis passes")
     p.add_argument("--json", action="store_true", help="print the manifest's step summary as JSON")
@@ -38,6 +40,7 @@ def run(args) -> int:
                              bench=not args.no_bench, bf16=args.bf16)
     if args.methods:
         settings.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    settings.grid_taps = tuple(t.strip() for t in args.grid_taps.split(",") if t.strip())
     if args.taps:
         settings.taps = tuple(t.strip() for t in args.taps.split(",") if t.strip())
     t0 = time.perf_counter()

@@ -56,13 +56,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     methods = list(SCORES) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     opts = parse_options(args)
-    # Validate before the (slow) data and model load.
-    from ..scores import get_score
-
-    for m in methods:
-        get_score(m)
-    if opts:
-        check_options(methods, opts)
+    check_options(methods, opts)  # unknown methods / options fail before the (slow) data and model load
     exp = open_from_args(args)
     data = exp.fit_data()
     bars: dict = {}

@@ -163,7 +163,7 @@ def tvs_layer(sums: torch.Tensor, sumsq: torch.Tensor, counts: torch.Tensor, cla
     if len(cls) < 2:
         raise SinfError(f"TVS needs samples of at least two classes; the data has {len(cls)} of {classes}")
     n = counts[cls].view(-1, 1)
-    mu = (sums[cls].flatten(2) / n.view(-1, 1, 1)).transpose(0, 1)  # [C, k, D]
+    mu = (sums[cls].flatten(2).to(torch.float64) / n.view(-1, 1, 1)).transpose(0, 1)  # [C, k, D]
     sq = (mu * mu).sum(-1)  # [C, k]
     d2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * (mu @ mu.transpose(1, 2))).clamp_min(0)  # [C, k, k]
     k = len(cls)

@@ -1,0 +1,1257 @@
+"""The benchmark: base vs SINF vs early exit vs the cascade vs static pruning, side by side (METHOD.md 8-11).
+
+What it does, in order (METHOD.md section 0 says which split each step may look at):
+
+1. **Heads** (fit split, temperatures on calibration): route heads at every swept tap (reused from a
+   bundle when it has them) and early-exit heads at the same taps, trained in one loop on a cached
+   subsample of the fit split and cached on disk.
+2. **Precompute** (calibration split): one stem pass gives the features at every swept tap and the
+   base model's predictions; per tap the router's and exit head's calibrated confidences; per tap and
+   schedule (r_M, r_L) the prediction of the routed cluster's subgraph for every sample.
+3. **Sweep**: every (tap, r_M, r_L, gamma, tau) point's calibration top-1 and expected FLOPs is a
+   vectorised combination of those arrays (no network runs per point); Pareto front per mode.
+4. **Choice**: the few lowest-cost front points within the accuracy budget are timed (throughput,
+   interleaved with the base model, on calibration images) and each mode takes the FASTEST MEASURED
+   point within the budget (``pick_fastest``).
+5. **Static pruning**: one network pruned from the same tap with the best global (not cluster
+   conditioned) score, uniform removed fraction r found by bisection (then topped up channel by
+   channel) so its FLOPs match the chosen point's expected FLOPs; the score is chosen on calibration.
+6. **Report** (report split): the real engines run over the whole report split (top-1, per-cluster
+   accuracy, route accuracy, exit / route / fallback rates, expected FLOPs from the actual
+   decisions, parameters), then latency at batch size 1 and throughput at a large batch for all five
+   contenders, measured interleaved in one run.
+
+Timing rules: ``torch.inference_mode``, device synchronised before every clock read, warm-up first,
+round-robin repetitions with a rotating order so machine noise hits every contender alike, medians;
+bf16 autocast and channels_last apply to every contender alike (the base too). FLOPs are 2 x MACs as
+``torch.utils.flop_counter`` counts them (see ``sinf_core.cost``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cost import Cost, count_flops, count_params, model_cost, module_cost, stem_cost, stem_output, tail_cost
+from .data import ImageDataset, iterate_batches, normalise
+from .device import autocast, timed
+from .engine import EXIT, FALLBACK, ROUTE, InferenceResult, SemanticInference
+from .errors import SinfError
+from .models import SinfModel
+from .router import ExitPredictor, RouteHead, RoutePredictor, TapHeads, default_taps, fit_heads, forward_taps
+from .subgraph import (SubgraphSpec, build_subgraph, first_pruned_index, keep_indices, make_cluster_specs,
+                       model_schedule)
+
+MODES = ("sinf", "exit", "cascade")
+CONTENDERS = ("base",) + MODES + ("static",)
+BENCH_FORMAT = "sinf-bench"
+BENCH_VERSION = 1
+
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+LogFn = Callable[[str], None]
+
+# --------------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchOptions:
+    """Everything the benchmark can be told. Defaults fit ResNet-56 / CIFAR-100 on 2 CPU cores.
+
+    ``budget``: accuracy budget in points of calibration top-1 below the base model's.
+    ``taps``: swept taps (None: the bundle router's taps, else ``default_taps(model)``).
+    ``schedules``: (r_M, r_L) pairs swept for the subgraphs; ``multiple_of``: kept counts rounded up
+    to this multiple (None: exact). ``gammas`` / ``taus``: swept thresholds (1.0 = never route / exit).
+    ``score``: the cluster-conditioned filter score of the subgraphs. ``static_scores``: global scores
+    tried for the static network (the best on calibration wins); ``static_match``: whose expected
+    FLOPs the static network matches ('best' = the fastest chosen mode, or a mode name).
+    ``head_fit_samples`` / ``head_epochs`` / ``exit_hidden``: head training (fit split subsample).
+    ``candidates_per_mode``: front points timed per mode; ``screen_pool`` / ``screen_reps``: their
+    throughput screening on calibration images. ``pool`` / ``batch_size`` / ``throughput_reps``: the
+    final throughput run (report images); ``latency_calls`` / ``latency_warmup``: batch-size-1 calls.
+    ``bf16``: autocast for every contender; ``channels_last``: None = same as ``bf16``.
+    ``threads``: torch CPU threads during the benchmark (None: leave as is). ``cache``: keep fitted
+    heads under ``cache_dir`` (default $SINF_CACHE_DIR or ~/.cache/sinf) / bench.
+    ``score_options``: options of the filter scores (as in ``compute_all_scores``).
+    """
+
+    budget: float = 2.0
+    taps: tuple[str, ...] | None = None
+    schedules: tuple[tuple[float, float], ...] = ((0.05, 0.3), (0.05, 0.5), (0.25, 0.5), (0.25, 0.75))
+    multiple_of: int | None = 8
+    gammas: tuple[float, ...] = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
+    taus: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
+    score: str = "dcs"
+    static_scores: tuple[str, ...] = ("l1", "bn_gamma", "mean_act", "taylor")
+    static_match: str = "best"
+    head_fit_samples: int = 10000
+    head_epochs: int = 4
+    exit_hidden: int = 64
+    route_target: float = 0.75
+    candidates_per_mode: int = 3
+    screen_pool: int = 1024
+    screen_reps: int = 2
+    pool: int = 2048
+    batch_size: int = 256
+    throughput_reps: int = 3
+    latency_calls: int = 200
+    latency_warmup: int = 20
+    bf16: bool = False
+    channels_last: bool | None = None
+    threads: int | None = None
+    cache: bool = True
+    cache_dir: str | None = None
+    score_options: dict = field(default_factory=dict)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "BenchOptions":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise SinfError(f"unknown benchmark option(s) {bad}; known: {sorted(known)}")
+        for k in ("taps", "gammas", "taus", "static_scores"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        if d.get("schedules") is not None:
+            d["schedules"] = tuple(tuple(s) for s in d["schedules"])
+        return cls(**d)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @property
+    def use_channels_last(self) -> bool:
+        return self.bf16 if self.channels_last is None else bool(self.channels_last)
+
+    def validate(self) -> "BenchOptions":
+        """Raise SinfError for any value the benchmark cannot use; returns self."""
+        try:
+            b = float(self.budget)
+        except (TypeError, ValueError):
+            raise SinfError(f"the accuracy budget must be a number of points, got {self.budget!r}") from None
+        if not math.isfinite(b) or b < 0:
+            raise SinfError(f"the accuracy budget must be a finite number of points >= 0, got {self.budget}")
+        for name in ("gammas", "taus"):
+            vals = getattr(self, name)
+            if not vals:
+                raise SinfError(f"{name} must list at least one threshold")
+            for v in vals:
+                if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+                    raise SinfError(f"{name} must lie in [0, 1], got {v!r}")
+        if not self.schedules:
+            raise SinfError("give at least one (r_M, r_L) schedule")
+        for s in self.schedules:
+            if len(s) != 2 or not all(isinstance(v, (int, float)) and 0.0 <= float(v) < 1.0 for v in s):
+                raise SinfError(f"a schedule is (r_M, r_L) with removed fractions in [0, 1), got {s!r}")
+        if self.multiple_of is not None and int(self.multiple_of) < 1:
+            raise SinfError(f"multiple_of must be a positive integer or None, got {self.multiple_of}")
+        positive = ("head_fit_samples", "head_epochs", "exit_hidden", "candidates_per_mode", "screen_pool",
+                    "screen_reps", "pool", "batch_size", "throughput_reps", "latency_calls")
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise SinfError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.latency_warmup, int) or self.latency_warmup < 0:
+            raise SinfError(f"latency_warmup must be an integer >= 0, got {self.latency_warmup!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise SinfError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.static_match not in ("best",) + MODES:
+            raise SinfError(f"static_match must be 'best' or one of {MODES}, got {self.static_match!r}")
+        if not 0.0 <= float(self.route_target) <= 1.0:
+            raise SinfError(f"route_target must be in [0, 1], got {self.route_target}")
+        from .scores import get_score
+
+        get_score(self.score)
+        for s in self.static_scores:
+            get_score(s)
+        if not self.static_scores:
+            raise SinfError("give at least one global score for the static network")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing primitives
+# --------------------------------------------------------------------------------------------------
+
+
+def _rotation(names: Sequence[str], i: int) -> list[str]:
+    k = i % len(names)
+    return list(names[k:]) + list(names[:k])
+
+
+def interleaved_latency(
+    contenders: Mapping[str, Callable[[torch.Tensor], object]],
+    images: torch.Tensor,
+    calls: int = 200,
+    warmup: int = 20,
+    device: torch.device | str = "cpu",
+    on_progress: ProgressFn | None = None,
+) -> dict[str, dict]:
+    """Batch-size-1 latency of several callables, measured side by side.
+
+    ``images`` [M, C, H, W] are prepared inputs (already on ``device``); call i feeds image
+    ``i % M`` (as a batch of one) to every contender, in an order that rotates with i, so drift and
+    noise hit all alike and every contender sees the same images (their routes differ per image).
+    ``warmup`` untimed rounds first. The clock is read after a device synchronisation.
+    Returns {name: {median_ms, p10_ms, p90_ms, mean_ms, calls}}.
+    """
+    if not contenders:
+        raise SinfError("no contenders to time")
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise SinfError(f"latency needs a non-empty image batch [M, C, H, W], got {list(images.shape)}")
+    if calls < 1 or warmup < 0:
+        raise SinfError("latency needs calls >= 1 and warmup >= 0")
+    device = torch.device(device)
+    names = list(contenders)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    m = int(images.shape[0])
+    with torch.inference_mode():
+        for i in range(warmup + calls):
+            x = images[i % m : i % m + 1]
+            for name in _rotation(names, i):
+                t0 = timed(device)
+                contenders[name](x)
+                t1 = timed(device)
+                if i >= warmup:
+                    times[name].append((t1 - t0) * 1000.0)
+            if on_progress:
+                on_progress("latency (batch 1)", i + 1, warmup + calls)
+    out = {}
+    for n, ts in times.items():
+        q = np.percentile(ts, [10, 90])
+        out[n] = {"median_ms": float(statistics.median(ts)), "p10_ms": float(q[0]), "p90_ms": float(q[1]),
+                  "mean_ms": float(np.mean(ts)), "calls": len(ts)}
+    return out
+
+
+def interleaved_throughput(
+    contenders: Mapping[str, Callable[[torch.Tensor], object]],
+    pool: torch.Tensor,
+    reps: int = 3,
+    warmup: int = 1,
+    device: torch.device | str = "cpu",
+    on_progress: ProgressFn | None = None,
+) -> dict[str, dict]:
+    """Images per second of several callables over the same ``pool`` [N, C, H, W], side by side.
+
+    Each repetition runs every contender once over the whole pool (each callable batches it its own
+    way: the base in fixed batches, SINF's ``run_pool`` grouping routes over the pool), in an order
+    that rotates with the repetition. ``warmup`` untimed rounds first. Returns {name: {ips (pool size /
+    median seconds), median_s, all_s}}.
+    """
+    if not contenders:
+        raise SinfError("no contenders to time")
+    if pool.ndim != 4 or pool.shape[0] == 0:
+        raise SinfError(f"throughput needs a non-empty image pool [N, C, H, W], got {list(pool.shape)}")
+    if reps < 1 or warmup < 0:
+        raise SinfError("throughput needs reps >= 1 and warmup >= 0")
+    device = torch.device(device)
+    names = list(contenders)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    total = (warmup + reps) * len(names)
+    done = 0
+    with torch.inference_mode():
+        for i in range(warmup + reps):
+            for name in _rotation(names, i):
+                t0 = timed(device)
+                contenders[name](pool)
+                t1 = timed(device)
+                if i >= warmup:
+                    times[name].append(t1 - t0)
+                done += 1
+                if on_progress:
+                    on_progress("throughput", done, total)
+    n = int(pool.shape[0])
+    return {k: {"ips": n / statistics.median(v), "median_s": float(statistics.median(v)), "all_s": list(v)}
+            for k, v in times.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Costs and the expected FLOPs per input (METHOD.md section 9)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathCosts:
+    """Per-image cost of every path through a routed classifier at one tap.
+
+    ``stem``: units up to the tap; ``tail``: the unpruned tail (the fallback); ``router`` / ``exit``:
+    the heads (None when the mode does not use them); ``subgraphs``: per cluster (None: no subgraph).
+    """
+
+    stem: Cost
+    tail: Cost
+    router: Cost | None = None
+    exit: Cost | None = None
+    subgraphs: tuple[Cost | None, ...] = ()
+
+    def params(self) -> int:
+        """Parameters stored by the whole system: stem, heads, every subgraph and the fallback tail."""
+        p = self.stem.params + self.tail.params
+        p += sum(c.params for c in (self.router, self.exit) if c is not None)
+        return int(p + sum(c.params for c in self.subgraphs if c is not None))
+
+    def sub_flops(self) -> np.ndarray:
+        """float64 [K]: each cluster's subgraph FLOPs (the tail's where there is none: it falls back)."""
+        return np.asarray([self.tail.flops if c is None else c.flops for c in self.subgraphs], dtype=np.float64)
+
+
+def expected_flops(
+    stem: float,
+    tail: float,
+    sub_flops: Sequence[float],
+    p_route: Sequence[float],
+    p_fallback: float,
+    router: float = 0.0,
+    exit: float = 0.0,
+    p_router: float = 1.0,
+) -> float:
+    """stem + exit head + P(router runs) * router + sum_m P(route m) * subgraph_m + P(fallback) * tail.
+
+    METHOD.md section 9 (``exit`` = 0 and ``p_router`` = 1 without an exit head). In the cascade the
+    router runs only on inputs that did not exit (``p_router`` = 1 - P(exit)); exited inputs cost
+    nothing after the exit head."""
+    if len(sub_flops) != len(p_route):
+        raise SinfError(f"{len(sub_flops)} subgraph costs but {len(p_route)} route probabilities")
+    return float(stem + exit + p_router * router + float(np.dot(np.asarray(sub_flops, dtype=np.float64),
+                                                               np.asarray(p_route, dtype=np.float64)))
+                 + p_fallback * tail)
+
+
+def decision_flops(costs: PathCosts, mode_per_sample: torch.Tensor, route: torch.Tensor) -> float:
+    """Expected FLOPs per input with the probabilities taken from actual decisions.
+
+    ``mode_per_sample`` int [N] (EXIT / ROUTE / FALLBACK codes of ``sinf_core.engine``), ``route``
+    int [N] (the router's cluster, -1 where the router did not run), as in an ``InferenceResult``."""
+    n = int(mode_per_sample.shape[0])
+    if n == 0:
+        raise SinfError("no decisions to average over")
+    mode = mode_per_sample.long().cpu()
+    route = route.long().cpu()
+    K = len(costs.subgraphs)
+    routed = route[mode == ROUTE]
+    p_route = (torch.bincount(routed, minlength=K).double() / n).numpy() if K else np.zeros(0)
+    return expected_flops(costs.stem.flops, costs.tail.flops, costs.sub_flops() if K else [], p_route,
+                          float((mode == FALLBACK).sum()) / n,
+                          costs.router.flops if costs.router is not None else 0.0,
+                          costs.exit.flops if costs.exit is not None else 0.0,
+                          float((route >= 0).sum()) / n)
+
+
+def head_cost(head: nn.Module, model: SinfModel, tap: str, input_shape: Sequence[int]) -> Cost:
+    """Parameters and per-image FLOPs of a head on the stem output at ``tap``."""
+    with torch.no_grad():
+        h = stem_output(model, tap, input_shape)
+    return module_cost(head.eval(), h)
+
+
+# --------------------------------------------------------------------------------------------------
+# Static pruning comparator
+# --------------------------------------------------------------------------------------------------
+
+
+class StaticNet(nn.Module):
+    """One statically pruned network: the unpruned stem up to ``tap`` (the base model's own units,
+    shared) followed by a pruned tail (a ``Subgraph`` with the full head). ``forward(x)``: images ->
+    logits [N, classes]."""
+
+    def __init__(self, model: SinfModel, tap: str | None, tail: nn.Module):
+        super().__init__()
+        t = -1 if tap is None else model.unit_index(tap)
+        self.stem = nn.ModuleList([m for _, m in model.units()[: t + 1]])
+        self.tail = tail
+        self.tap = tap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for unit in self.stem:
+            x = unit(x)
+        return self.tail(x)
+
+
+def _schedule_flops(model: SinfModel, model_name: str, tap: str | None, scores: Mapping[str, torch.Tensor],
+                    kept: Mapping[str, int], input_shape: Sequence[int]) -> tuple[int, SubgraphSpec]:
+    spec = SubgraphSpec(model_name, tap, keep_indices(scores, kept), None)
+    sub = build_subgraph(model, spec)
+    return count_flops(sub, stem_output(model, tap, input_shape)), spec
+
+
+def static_for_flops(
+    model: SinfModel,
+    model_name: str,
+    tap: str | None,
+    scores: Mapping[str, torch.Tensor],
+    target_flops: float,
+    multiple_of: int | None = None,
+    input_shape: Sequence[int] = (3, 32, 32),
+    iterations: int = 30,
+) -> dict:
+    """Prune every layer after ``tap`` by one removed fraction r (kept = ceil((1 - r) C), rounded up to
+    ``multiple_of``) chosen by bisection so the network's FLOPs per image (stem + pruned tail) come as
+    close to ``target_flops`` as one channel step allows without exceeding it: bisection finds the
+    smallest r whose FLOPs are <= target, then channels (``multiple_of`` at a time) are added back,
+    layer by layer in forward order, while the total stays <= target. ``scores``: {layer: Tensor[C]}
+    (global, not cluster conditioned) choose which channels stay.
+
+    Returns {spec, r, flops, target_flops, reachable}: ``reachable`` is False when even r = 0.99 stays
+    above the target (the spec is then the most pruned one) or r = 0 is already below it (no pruning).
+    """
+    stem = stem_cost(model, tap, input_shape).flops if tap is not None else 0
+    target = float(target_flops)
+    layers = model.prunable_layers()
+    first = first_pruned_index(model, tap)
+    names = [l.name for l in layers[first:]]
+    chans = {l.name: l.channels for l in layers}
+
+    def flops_of(kept: Mapping[str, int]) -> tuple[int, SubgraphSpec]:
+        f, spec = _schedule_flops(model, model_name, tap, scores, kept, input_shape)
+        return stem + f, spec
+
+    def sched(r: float) -> dict[str, int]:
+        return model_schedule(model, tap, r, r, multiple_of)
+
+    f0, spec0 = flops_of(sched(0.0))
+    if not names or f0 <= target:
+        return {"spec": spec0, "r": 0.0, "flops": int(f0), "target_flops": target, "reachable": f0 <= target}
+    r_max = 0.99
+    fmax, specmax = flops_of(sched(r_max))
+    if fmax > target:
+        return {"spec": specmax, "r": r_max, "flops": int(fmax), "target_flops": target, "reachable": False}
+    lo, hi = 0.0, r_max  # flops(lo) > target >= flops(hi)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if flops_of(sched(mid))[0] <= target:
+            hi = mid
+        else:
+            lo = mid
+    kept = sched(hi)
+    upper = sched(lo)  # one step less pruned: above the target
+    step = int(multiple_of or 1)
+    best, best_spec = flops_of(kept)
+    for name in names:
+        while kept[name] < min(upper[name], chans[name]):
+            trial = dict(kept)
+            trial[name] = min(chans[name], kept[name] + step)
+            f, spec = flops_of(trial)
+            if f > target:
+                break
+            kept, best, best_spec = trial, f, spec
+    return {"spec": best_spec, "r": hi, "flops": int(best), "target_flops": target, "reachable": True}
+
+
+def channel_step_flops(model: SinfModel, tap: str | None, input_shape: Sequence[int] = (3, 32, 32),
+                       multiple_of: int | None = None) -> int:
+    """The largest FLOPs change from removing ``multiple_of`` (default 1) output channels of one
+    prunable layer after ``tap`` (its conv and its consumer's input), measured with the FLOP counter
+    on the unpruned tail versus a tail with that layer cut."""
+    base = tail_cost(model, tap, input_shape).flops
+    first = first_pruned_index(model, tap)
+    step = int(multiple_of or 1)
+    worst = 0
+    for layer in model.prunable_layers()[first:]:
+        if layer.channels <= step:
+            continue
+        keep = {layer.name: list(range(layer.channels - step))}
+        sub = build_subgraph(model, SubgraphSpec("step", tap, keep, None))
+        worst = max(worst, base - count_flops(sub, stem_output(model, tap, input_shape)))
+    return int(worst)
+
+
+# --------------------------------------------------------------------------------------------------
+# Operating-point sweep (calibration split)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScheduleData:
+    """One (r_M, r_L) at one tap: the per-cluster specs and costs, and for every calibration sample
+    the prediction of the subgraph of the cluster the router picked."""
+
+    r_M: float
+    r_L: float
+    specs: dict[int, SubgraphSpec]
+    costs: tuple[Cost, ...]
+    pred: torch.Tensor  # int64 [N]
+
+
+@dataclass
+class TapData:
+    """Everything the sweep needs at one tap, on the calibration split (tensors on the CPU)."""
+
+    tap: str
+    route_conf: torch.Tensor  # float32 [N]
+    route_pred: torch.Tensor  # int64 [N]
+    exit_conf: torch.Tensor  # float32 [N]
+    exit_pred: torch.Tensor  # int64 [N]
+    stem: Cost
+    tail: Cost
+    router: Cost
+    exit: Cost
+    schedules: list[ScheduleData] = field(default_factory=list)
+
+
+def _mean_over_samples(x: torch.Tensor) -> torch.Tensor:
+    return x.double().mean(-1)
+
+
+def sweep_tap(labels: torch.Tensor, base_pred: torch.Tensor, td: TapData, gammas: Sequence[float],
+              taus: Sequence[float]) -> list[dict]:
+    """Calibration top-1 (%) and expected FLOPs of every operating point at one tap, vectorised.
+
+    Decisions follow ``SemanticInference``: exit when the exit confidence >= tau (tau = 1: never),
+    else route when the router's >= gamma (gamma = 1: never), else fall back to the unpruned tail
+    (whose prediction is the base model's). Points: mode 'exit' per tau; 'sinf' per (schedule,
+    gamma); 'cascade' per (schedule, gamma, tau). Each point: mode, tap, r_M, r_L, gamma, tau, top1,
+    flops, exit_rate, route_rate, fallback_rate."""
+    n = int(labels.shape[0])
+    if n == 0:
+        raise SinfError("the sweep needs at least one calibration sample")
+    g = torch.as_tensor(list(gammas), dtype=torch.float32)
+    t = torch.as_tensor(list(taus), dtype=torch.float32)
+    routed = (td.route_conf.view(1, n) >= g.view(-1, 1)) & (g < 1.0).view(-1, 1)  # [G, N]
+    exited = (td.exit_conf.view(1, n) >= t.view(-1, 1)) & (t < 1.0).view(-1, 1)  # [T, N]
+    base_ok = base_pred == labels
+    exit_ok = td.exit_pred == labels
+    stem, tail, rf, ef = float(td.stem.flops), float(td.tail.flops), float(td.router.flops), float(td.exit.flops)
+    points: list[dict] = []
+
+    def rec(mode: str, r: ScheduleData | None, gamma: float | None, tau: float | None, ok: float, flops: float,
+            p_exit: float, p_route: float) -> None:
+        points.append({"mode": mode, "tap": td.tap, "r_M": None if r is None else r.r_M,
+                       "r_L": None if r is None else r.r_L, "gamma": gamma, "tau": tau,
+                       "top1": 100.0 * ok, "flops": flops, "exit_rate": p_exit, "route_rate": p_route,
+                       "fallback_rate": max(0.0, 1.0 - p_exit - p_route)})
+
+    # early exit alone
+    acc = _mean_over_samples(torch.where(exited, exit_ok.view(1, n), base_ok.view(1, n)))
+    pe = _mean_over_samples(exited)
+    for i, tau in enumerate(taus):
+        rec("exit", None, None, float(tau), float(acc[i]), stem + ef + (1.0 - float(pe[i])) * tail, float(pe[i]), 0.0)
+    for sd in td.schedules:
+        sub_ok = sd.pred == labels
+        subf = torch.as_tensor([c.flops for c in sd.costs], dtype=torch.float64)[td.route_pred]  # [N]
+        # SINF alone
+        acc = _mean_over_samples(torch.where(routed, sub_ok.view(1, n), base_ok.view(1, n)))
+        cost = _mean_over_samples(torch.where(routed, subf.view(1, n), torch.full((1, n), tail, dtype=torch.float64)))
+        pr = _mean_over_samples(routed)
+        for j, gamma in enumerate(gammas):
+            rec("sinf", sd, float(gamma), None, float(acc[j]), stem + rf + float(cost[j]), 0.0, float(pr[j]))
+        # the cascade: [T, G, N]
+        ex = exited.view(-1, 1, n)
+        ro = routed.view(1, -1, n) & ~ex
+        ok = torch.where(ex, exit_ok.view(1, 1, n), torch.where(ro, sub_ok.view(1, 1, n), base_ok.view(1, 1, n)))
+        after = torch.where(ex, torch.zeros((), dtype=torch.float64),
+                            torch.where(ro, subf.view(1, 1, n), torch.full((), tail, dtype=torch.float64)))
+        acc = _mean_over_samples(ok)
+        cost = _mean_over_samples(after)
+        pr = _mean_over_samples(ro)
+        for i, tau in enumerate(taus):
+            for j, gamma in enumerate(gammas):
+                rec("cascade", sd, float(gamma), float(tau), float(acc[i, j]),
+                    stem + ef + (1.0 - float(pe[i])) * rf + float(cost[i, j]), float(pe[i]), float(pr[i, j]))
+    return points
+
+
+def pareto_front(points: Sequence[dict]) -> list[dict]:
+    """Points not dominated in (higher top1, lower flops), sorted by flops ascending."""
+    front: list[dict] = []
+    best = -math.inf
+    for p in sorted(points, key=lambda p: (p["flops"], -p["top1"])):
+        if p["top1"] > best:
+            front.append(p)
+            best = p["top1"]
+    return front
+
+
+def candidates_within_budget(front: Sequence[dict], base_top1: float, budget: float, n: int) -> list[dict]:
+    """The ``n`` cheapest (expected FLOPs) front points whose top-1 is within ``budget`` points of
+    ``base_top1``: the ones worth timing."""
+    ok = [p for p in front if p["top1"] >= base_top1 - budget - 1e-9]
+    return sorted(ok, key=lambda p: p["flops"])[:n]
+
+
+def pick_fastest(points: Sequence[dict], throughput: Sequence[float], base_top1: float, budget: float) -> int | None:
+    """Index of the point with the highest measured ``throughput`` (images/s, one per point) among
+    those whose top1 >= base_top1 - budget (ties: higher top1, then fewer FLOPs); None if none is
+    within the budget."""
+    if len(points) != len(throughput):
+        raise SinfError(f"{len(points)} points but {len(throughput)} throughput figures")
+    if budget < 0:
+        raise SinfError(f"the accuracy budget must be >= 0 points, got {budget}")
+    ok = [i for i, p in enumerate(points) if p["top1"] >= base_top1 - budget - 1e-9]
+    if not ok:
+        return None
+    return max(ok, key=lambda i: (throughput[i], points[i]["top1"], -points[i]["flops"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Heads
+# --------------------------------------------------------------------------------------------------
+
+
+def _cache_root(options: BenchOptions) -> Path:
+    from .scores.cache import cache_dir
+
+    return cache_dir(options.cache_dir) / "bench"
+
+
+def _head_params(options: BenchOptions) -> dict:
+    return {"max_fit_samples": options.head_fit_samples, "epochs": options.head_epochs,
+            "accuracy_target": options.route_target, "random_state": options.seed}
+
+
+def fit_bench_heads(
+    exp,
+    taps: Sequence[str],
+    options: BenchOptions,
+    router: RoutePredictor | None = None,
+    on_progress: ProgressFn | None = None,
+    log: LogFn = lambda s: None,
+) -> tuple[dict[str, RouteHead], dict[str, RouteHead], dict]:
+    """Route and exit heads at every tap of ``taps``: route heads from ``router`` where it has them
+    (e.g. a bundle's), the others and every exit head trained in one loop (fit split subsample,
+    temperatures on calibration) and cached on disk. Returns ({tap: route head}, {tap: exit head},
+    summary with the calibration accuracy of each)."""
+    from .bundle import sha256_json, state_dict_sha256
+
+    model = exp.model.eval()
+    missing = [t for t in taps if router is None or t not in router.heads_]
+    params = _head_params(options)
+    key = sha256_json({"model": state_dict_sha256(model), "taps": list(taps), "missing": missing, "params": params,
+                       "exit_hidden": options.exit_hidden, "splits": exp.splits.summary(),
+                       "n_train": len(exp.train), "hierarchy": exp.hierarchy.to_json()})
+    folder = _cache_root(options) / f"{exp.model_name}-{key[:16]}"
+    exit_p: ExitPredictor | None = None
+    extra: RoutePredictor | None = None
+    if options.cache and (folder / "exit.json").is_file():
+        try:
+            exit_p = ExitPredictor.load(folder, "exit")
+            extra = RoutePredictor.load(folder, "router") if missing else None
+            log(f"heads: cached in {folder}")
+        except SinfError as exc:
+            log(f"heads: cache unusable ({exc}); refitting")
+            exit_p = extra = None
+    if exit_p is None:
+        t0 = time.perf_counter()
+        exit_p = ExitPredictor(taps=list(taps), hidden=options.exit_hidden, **params)
+        preds: list[TapHeads] = [exit_p]
+        if missing:
+            extra = RoutePredictor(taps=missing, **params)
+            preds.append(extra)
+        fit_heads(preds, model, exp.fit_data(), exp.calib_data(), exp.device, on_progress)
+        log(f"heads: fitted {len(taps)} exit + {len(missing)} route heads in {time.perf_counter() - t0:.0f} s")
+        if options.cache:
+            folder.mkdir(parents=True, exist_ok=True)
+            exit_p.save(folder, "exit")
+            if extra is not None:
+                extra.save(folder, "router")
+    route_heads, route_acc = {}, {}
+    for t in taps:
+        src = extra if t in missing else router
+        route_heads[t] = src.head(t)
+        route_acc[t] = src.calib_accuracy_[t]
+    exit_heads = {t: exit_p.head(t) for t in taps}
+    summary = {"route_calib_accuracy": route_acc, "exit_calib_accuracy": {t: exit_p.calib_accuracy_[t] for t in taps},
+               "route_from_bundle": [t for t in taps if t not in missing], "cache": str(folder) if options.cache else None}
+    return route_heads, exit_heads, summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Precompute on a split
+# --------------------------------------------------------------------------------------------------
+
+
+def _prep(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _cl(module: nn.Module, channels_last: bool) -> nn.Module:
+    return module.to(memory_format=torch.channels_last) if channels_last else module
+
+
+@torch.inference_mode()
+def stem_features(model: SinfModel, data: ImageDataset, taps: Sequence[str], batch_size: int,
+                  device: torch.device, bf16: bool = False, channels_last: bool = False,
+                  on_progress: ProgressFn | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One pass over ``data``: the stem output at every tap ({tap: [N, ...]} on ``device``) and the base
+    model's predictions [N] (CPU), the tail run from the deepest tap."""
+    if len(data) == 0:
+        raise SinfError("no samples to run the stem on")
+    units = sorted({model.unit_index(t) for t in taps})
+    names = model.unit_names()
+    feats: dict[int, list[torch.Tensor]] = {u: [] for u in units}
+    preds = []
+    done = 0
+    for x, _ in iterate_batches(data, batch_size, None, device):
+        with autocast(device, bf16):
+            hs = forward_taps(model, _prep(x, channels_last), units)
+            for u, h in zip(units, hs):
+                feats[u].append(h)
+            preds.append(model.forward_tail(hs[-1], units[-1]).float().argmax(1).cpu())
+        done += x.shape[0]
+        if on_progress:
+            on_progress("stem features", done, len(data))
+    return {names[u]: torch.cat(v) for u, v in feats.items()}, torch.cat(preds)
+
+
+@torch.inference_mode()
+def _head_outputs(head: RouteHead, h: torch.Tensor, batch_size: int, device: torch.device,
+                  bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibrated top probability and argmax [N] (CPU), computed exactly as the engine does."""
+    confs, preds = [], []
+    head = head.to(device).eval()
+    for s in range(0, h.shape[0], batch_size):
+        with autocast(device, bf16):
+            z = head(h[s : s + batch_size]).float()
+        p = torch.softmax(z / head.temperature.float(), dim=1)
+        c, k = p.max(1)
+        confs.append(c.cpu())
+        preds.append(k.cpu())
+    return torch.cat(confs), torch.cat(preds)
+
+
+@torch.inference_mode()
+def routed_predictions(subgraphs: Mapping[int, nn.Module], h: torch.Tensor, route: torch.Tensor,
+                       batch_size: int, device: torch.device, bf16: bool = False) -> torch.Tensor:
+    """For every sample i, the prediction [N] (CPU) of ``subgraphs[route[i]]`` on ``h[i]``, run in
+    groups of one cluster (``batch_size`` at a time); -1 where the cluster has no subgraph."""
+    out = torch.full((h.shape[0],), -1, dtype=torch.long)
+    route_dev = route.to(h.device)
+    for m, sub in subgraphs.items():
+        idx = (route_dev == int(m)).nonzero().flatten()
+        for piece in idx.split(batch_size):
+            with autocast(device, bf16):
+                z = sub(h.index_select(0, piece)).float()
+            out[piece.cpu()] = z.argmax(1).cpu()
+    return out
+
+
+def build_subgraphs(model: SinfModel, specs: Mapping[int, SubgraphSpec], device: torch.device,
+                    channels_last: bool = False) -> dict[int, nn.Module]:
+    return {m: _cl(build_subgraph(model, s).to(device).eval(), channels_last) for m, s in specs.items()}
+
+
+def tap_sweep_data(
+    model: SinfModel,
+    model_name: str,
+    tap: str,
+    h: torch.Tensor,
+    route_head: RouteHead,
+    exit_head: RouteHead,
+    cluster_scores: Mapping[int, Mapping[str, torch.Tensor]],
+    hierarchy,
+    schedules: Sequence[tuple[float, float]],
+    multiple_of: int | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    bf16: bool = False,
+    channels_last: bool = False,
+    work: SinfModel | None = None,
+    input_shape: Sequence[int] = (3, 32, 32),
+) -> TapData:
+    """Everything ``sweep_tap`` needs at ``tap`` from the stem features ``h`` [N, ...] of a split:
+    the heads' calibrated confidences and predictions, the path costs, and per (r_M, r_L) schedule the
+    cluster subgraphs (restricted heads, ``cluster_scores``) and each sample's prediction by the
+    subgraph of the cluster the router picked. ``work``: the copy of ``model`` that runs (e.g. in
+    channels_last); costs are counted on ``model``."""
+    device = torch.device(device)
+    work = model if work is None else work
+    input_shape = tuple(input_shape)
+    rc, rp = _head_outputs(route_head, h, batch_size, device, bf16)
+    ec, ep = _head_outputs(exit_head, h, batch_size, device, bf16)
+    td = TapData(tap, rc, rp, ec, ep, stem_cost(model, tap, input_shape), tail_cost(model, tap, input_shape),
+                 head_cost(route_head, model, tap, input_shape), head_cost(exit_head, model, tap, input_shape))
+    example = stem_output(model, tap, input_shape)
+    for r_M, r_L in schedules:
+        specs = make_cluster_specs(model, model_name, tap, cluster_scores, hierarchy, r_M, r_L, multiple_of)
+        subs = build_subgraphs(work, specs, device, channels_last)
+        costs = tuple(module_cost(subs[m], example) for m in range(hierarchy.num_clusters))
+        pred = routed_predictions(subs, h, rp, batch_size, device, bf16)
+        td.schedules.append(ScheduleData(float(r_M), float(r_L), specs, costs, pred))
+    return td
+
+
+# --------------------------------------------------------------------------------------------------
+# Report-split metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def _per_cluster(pred: torch.Tensor, labels: torch.Tensor, cluster_of: torch.Tensor, names: Sequence[str]) -> list[dict]:
+    rows = []
+    ok = (pred == labels)
+    for m, name in enumerate(names):
+        sel = cluster_of == m
+        n = int(sel.sum())
+        rows.append({"cluster": name, "n": n, "top1": round(100.0 * float(ok[sel].double().mean()), 4) if n else None})
+    return rows
+
+
+def result_metrics(res: InferenceResult, labels: torch.Tensor, clusters: torch.Tensor, names: Sequence[str],
+                   costs: PathCosts) -> dict:
+    """Top-1, per-cluster accuracy, route accuracy (where the router ran, and among routed inputs),
+    exit / route / fallback rates and expected FLOPs from the actual decisions of ``res``."""
+    n = len(res)
+    mode = res.mode_per_sample.long()
+    ran = res.route >= 0
+    routed = mode == ROUTE
+    exited = mode == EXIT
+    out = {
+        "top1": round(100.0 * float((res.pred == labels).double().mean()), 4),
+        "per_cluster": _per_cluster(res.pred, labels, clusters, names),
+        "route_accuracy": round(100.0 * float((res.route[ran] == clusters[ran]).double().mean()), 4) if ran.any() else None,
+        "routed_route_accuracy": (round(100.0 * float((res.route[routed] == clusters[routed]).double().mean()), 4)
+                                  if routed.any() else None),
+        "exit_accuracy": (round(100.0 * float((res.pred[exited] == labels[exited]).double().mean()), 4)
+                          if exited.any() else None),
+        "exit_rate": float(exited.double().mean()),
+        "route_rate": float(routed.double().mean()),
+        "fallback_rate": float((mode == FALLBACK).double().mean()),
+        "flops": decision_flops(costs, res.mode_per_sample, res.route),
+        "params": costs.params(),
+        "n": n,
+    }
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Hardware
+# --------------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_info(device: torch.device) -> dict:
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        info["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------------
+
+
+def _point_label(p: dict) -> str:
+    parts = [p["mode"], f"tap={p['tap']}"]
+    if p.get("r_M") is not None:
+        parts.append(f"r={p['r_M']:.2f}->{p['r_L']:.2f}")
+    if p.get("gamma") is not None:
+        parts.append(f"gamma={p['gamma']:.2f}")
+    if p.get("tau") is not None:
+        parts.append(f"tau={p['tau']:.2f}")
+    return " ".join(parts)
+
+
+def _round_point(p: dict) -> dict:
+    q = dict(p)
+    q["top1"] = round(q["top1"], 4)
+    q["flops"] = round(q["flops"], 1)
+    for k in ("exit_rate", "route_rate", "fallback_rate"):
+        q[k] = round(q[k], 4)
+    return q
+
+
+class _Contenders:
+    """Builds the callables the timing primitives run, with bf16 / channels_last applied alike."""
+
+    def __init__(self, device: torch.device, bf16: bool, channels_last: bool, batch_size: int):
+        self.device, self.bf16, self.cl, self.bs = device, bf16, channels_last, batch_size
+
+    def plain(self, net: nn.Module) -> tuple[Callable, Callable]:
+        """(pool fn, single fn) for a plain network: fixed batches, argmax, predictions on the CPU."""
+        dev, bf16, cl, bs = self.device, self.bf16, self.cl, self.bs
+
+        def one(x: torch.Tensor) -> torch.Tensor:
+            with autocast(dev, bf16):
+                return net(_prep(x, cl)).float().argmax(1)
+
+        def pool(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([one(chunk) for chunk in x.split(bs)]).cpu()
+
+        return pool, lambda x: one(x).cpu()
+
+    def engine(self, eng: SemanticInference) -> tuple[Callable, Callable]:
+        bs = self.bs
+        return (lambda x: eng.run_pool(x, bs).pred), (lambda x: eng.run(x).pred)
+
+
+def _images_on(data: ImageDataset, n: int | None, device: torch.device) -> torch.Tensor:
+    k = len(data) if n is None else min(n, len(data))
+    return normalise(data.images[:k].to(device), data.mean, data.std)
+
+
+def run_benchmark(
+    exp,
+    bundle=None,
+    options: BenchOptions | Mapping[str, Any] | None = None,
+    on_progress: ProgressFn | None = None,
+    log: LogFn = lambda s: None,
+) -> dict:
+    """Run the whole benchmark for experiment ``exp`` (an ``Experiment``); ``bundle`` (a ``Bundle`` or
+    None) supplies the route heads and cluster scores when it has them. Returns a JSON-able dict with,
+    for each of base / sinf / exit / cascade / static: top1, latency_ms_bs1, throughput_ips, flops,
+    params (plus ratios to base, route accuracy, fallback rate, per-cluster accuracy, the chosen
+    operating point), the Pareto fronts, the timing screen and ``hardware``."""
+    opts = options if isinstance(options, BenchOptions) else BenchOptions.from_dict(options)
+    opts.validate()
+    old_threads = torch.get_num_threads()
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    try:
+        return _run(exp, bundle, opts, on_progress or (lambda s, d, t: None), log)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
+    t_start = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> float:
+        seconds[name] = round(time.perf_counter() - t0, 2)
+        return time.perf_counter()
+
+    model: SinfModel = exp.model.eval()
+    dev: torch.device = exp.device
+    hier = exp.hierarchy
+    K = hier.num_clusters
+    calib, report = exp.calib_data(), exp.report_data()
+    if len(calib) == 0:
+        raise SinfError("the calibration split is empty: operating points are chosen on it")
+    if len(report) == 0:
+        raise SinfError("the report split is empty: there is nothing to report the benchmark on")
+    if len(exp.splits.fit) == 0:
+        raise SinfError("the fit split is empty: the heads are trained on it")
+    input_shape = tuple(calib.images.shape[1:])
+    bf16, cl, bs = opts.bf16, opts.use_channels_last, opts.batch_size
+    hardware = hardware_info(dev)
+
+    # ---- heads
+    t0 = time.perf_counter()
+    router = None
+    if bundle is not None:
+        router = RoutePredictor.load(bundle.root, "router")
+    if opts.taps:
+        taps = list(opts.taps)
+    elif router is not None:
+        taps = list(router.taps_)
+    else:
+        taps = default_taps(model)
+    for t in taps:
+        model.unit_index(t)
+    taps = sorted(dict.fromkeys(taps), key=model.unit_index)
+    taps = [t for t in taps if first_pruned_index(model, t) < len(model.prunable_layers())]
+    if not taps:
+        raise SinfError("no swept tap leaves a prunable layer after it")
+    route_heads, exit_heads, head_summary = fit_bench_heads(exp, taps, opts, router, prog, log)
+    t0 = lap("heads", t0)
+
+    # ---- scores
+    cluster_scores = _cluster_scores(exp, bundle, opts, prog)
+    t0 = lap("scores", t0)
+
+    # ---- precompute on calibration
+    work = _cl(copy.deepcopy(model), cl) if cl else model
+    labels = calib.labels.clone()
+    feats, base_pred = stem_features(work, calib, taps, bs, dev, bf16, cl, prog)
+    base_top1_calib = 100.0 * float((base_pred == labels).double().mean())
+    tap_data: dict[str, TapData] = {}
+    for i, tap in enumerate(taps):
+        tap_data[tap] = tap_sweep_data(
+            model, exp.model_name, tap, feats[tap], _cl(route_heads[tap], cl), _cl(exit_heads[tap], cl),
+            cluster_scores, hier, opts.schedules, opts.multiple_of, bs, dev, bf16, cl, work, input_shape)
+        prog("sweep subgraphs (calibration)", i + 1, len(taps))
+    t0 = lap("precompute", t0)
+
+    # ---- sweep and fronts
+    points = [p for tap in taps for p in sweep_tap(labels, base_pred, tap_data[tap], opts.gammas, opts.taus)]
+    fronts = {m: pareto_front([p for p in points if p["mode"] == m]) for m in MODES}
+    cands = {m: candidates_within_budget(fronts[m], base_top1_calib, opts.budget, opts.candidates_per_mode)
+             for m in MODES}
+    t0 = lap("sweep", t0)
+    log(f"sweep: {len(points)} points; base calibration top-1 {base_top1_calib:.2f} %; "
+        + ", ".join(f"{m}: {len(fronts[m])} on the front, {len(cands[m])} timed" for m in MODES))
+
+    # ---- engines for the candidates; screen their throughput on calibration images
+    C = _Contenders(dev, bf16, cl, bs)
+    base_pool, base_one = C.plain(work)
+
+    def make_engine(p: dict) -> tuple[SemanticInference, PathCosts]:
+        td = tap_data[p["tap"]]
+        sd = None if p["r_M"] is None else next(s for s in td.schedules if (s.r_M, s.r_L) == (p["r_M"], p["r_L"]))
+        mode = p["mode"]
+        subs = None
+        if sd is not None:
+            built = build_subgraphs(work, sd.specs, dev, cl)
+            subs = [built[m] for m in range(K)]
+        eng = SemanticInference(
+            work, route_heads[p["tap"]] if mode != "exit" else None, subs,
+            exit_heads[p["tap"]] if mode != "sinf" else None, tap=p["tap"], mode=mode,
+            gamma=p["gamma"] if p["gamma"] is not None else 1.0, tau=p["tau"] if p["tau"] is not None else 1.0,
+            device=dev, bf16=bf16, channels_last=cl, input_shape=input_shape)
+        costs = PathCosts(td.stem, td.tail, td.router if mode != "exit" else None, td.exit if mode != "sinf" else None,
+                          sd.costs if sd is not None else ())
+        return eng, costs
+
+    screen_pool = _images_on(calib, opts.screen_pool, dev)
+    screen: dict[str, list[dict]] = {}
+    chosen: dict[str, dict] = {}
+    fns = {"base": base_pool}
+    engines: dict[str, tuple[SemanticInference, PathCosts]] = {}
+    for m in MODES:
+        for i, p in enumerate(cands[m]):
+            name = f"{m}#{i}"
+            engines[name] = make_engine(p)
+            fns[name] = C.engine(engines[name][0])[0]
+    if len(fns) > 1:
+        tp = interleaved_throughput(fns, screen_pool, opts.screen_reps, 1, dev, prog)
+        for m in MODES:
+            pts = cands[m]
+            ips = [tp[f"{m}#{i}"]["ips"] for i in range(len(pts))]
+            screen[m] = [{**_round_point(p), "ips": round(v, 2), "ratio_to_base": round(v / tp["base"]["ips"], 4)}
+                         for p, v in zip(pts, ips)]
+            k = pick_fastest(pts, ips, base_top1_calib, opts.budget)
+            if k is not None:
+                chosen[m] = {**pts[k], "engine": f"{m}#{k}", "screen_ratio": ips[k] / tp["base"]["ips"]}
+    for m in MODES:
+        if m in chosen:
+            log(f"chosen {m}: {_point_label(chosen[m])}, calibration top-1 {chosen[m]['top1']:.2f} %, "
+                f"{chosen[m]['flops'] / 1e6:.1f} MFLOPs, screened {chosen[m]['screen_ratio']:.3f}x base")
+    t0 = lap("screen", t0)
+    del screen_pool
+
+    # ---- static network matched to the chosen point's expected FLOPs
+    match = opts.static_match
+    if match == "best":
+        match = max(chosen, key=lambda m: chosen[m]["screen_ratio"]) if chosen else None
+    static_info: dict = {"matched_mode": match}
+    static_net = None
+    if match in chosen:
+        cp = chosen[match]
+        tap = cp["tap"]
+        glob = _global_scores(exp, opts, prog)
+        trials = []
+        for method, scores in glob.items():
+            st = static_for_flops(model, exp.model_name, tap, scores, cp["flops"], opts.multiple_of, input_shape)
+            tail = _cl(build_subgraph(work, st["spec"]).to(dev).eval(), cl)
+            acc = _static_calib_top1(tail, feats[tap], labels, bs, dev, bf16)
+            trials.append({"score": method, "r": round(st["r"], 6), "flops": st["flops"], "calib_top1": round(acc, 4),
+                           "reachable": st["reachable"], "_spec": st["spec"], "_tail": tail})
+        best = max(trials, key=lambda t: t["calib_top1"])
+        static_net = StaticNet(work, tap, best["_tail"]).eval()
+        static_info.update({"tap": tap, "score": best["score"], "r": best["r"], "target_flops": round(cp["flops"], 1),
+                            "calib_top1": best["calib_top1"], "reachable": best["reachable"],
+                            "multiple_of": opts.multiple_of,
+                            "kept": best["_spec"].kept_counts(),
+                            "candidates": [{k: v for k, v in t.items() if not k.startswith("_")} for t in trials]})
+        log(f"static: {best['score']} from {tap}, r = {best['r']:.3f}, {best['flops'] / 1e6:.1f} MFLOPs "
+            f"(target {cp['flops'] / 1e6:.1f}), calibration top-1 {best['calib_top1']:.2f} %")
+    del feats
+    t0 = lap("static", t0)
+
+    # ---- report split: accuracy and decisions of the real engines
+    labels_r = report.labels.clone()
+    clusters_r = report.cluster_labels.clone()
+    x_report = _images_on(report, None, dev)
+    results: dict[str, dict] = {}
+    finals: dict[str, tuple[Callable, Callable]] = {"base": (base_pool, base_one)}
+    base_c = model_cost(model, input_shape)
+    with torch.inference_mode():
+        pred = base_pool(x_report)
+    results["base"] = {"top1": round(100.0 * float((pred == labels_r).double().mean()), 4),
+                       "per_cluster": _per_cluster(pred, labels_r, clusters_r, hier.cluster_names),
+                       "flops": base_c.flops, "params": base_c.params, "calib_top1": round(base_top1_calib, 4)}
+    prog("report accuracy", 1, len(MODES) + 2)
+    for i, m in enumerate(MODES):
+        if m not in chosen:
+            continue
+        eng, costs = engines[chosen[m]["engine"]]
+        res = eng.run_pool(x_report, bs)
+        results[m] = result_metrics(res, labels_r, clusters_r, hier.cluster_names, costs)
+        op = {k: v for k, v in chosen[m].items() if k not in ("engine",)}
+        results[m]["operating_point"] = _round_point(op)
+        results[m]["operating_point"]["screen_ratio"] = round(op["screen_ratio"], 4)
+        results[m]["calib_top1"] = round(op["top1"], 4)
+        results[m]["calib_flops"] = round(op["flops"], 1)
+        finals[m] = C.engine(eng)
+        prog("report accuracy", i + 2, len(MODES) + 2)
+    if static_net is not None:
+        with torch.inference_mode():
+            spool, sone = C.plain(static_net)
+            pred = spool(x_report)
+        sc = Cost(count_params(static_net), count_flops(static_net, torch.zeros(1, *input_shape, device=dev)))
+        results["static"] = {"top1": round(100.0 * float((pred == labels_r).double().mean()), 4),
+                             "per_cluster": _per_cluster(pred, labels_r, clusters_r, hier.cluster_names),
+                             "flops": sc.flops, "params": sc.params, **static_info}
+        finals["static"] = (spool, sone)
+    prog("report accuracy", len(MODES) + 2, len(MODES) + 2)
+    t0 = lap("report_accuracy", t0)
+
+    # ---- timing, side by side, interleaved
+    pool = x_report[: opts.pool]
+    tp = interleaved_throughput({k: v[0] for k, v in finals.items()}, pool, opts.throughput_reps, 1, dev, prog)
+    t0 = lap("throughput", t0)
+    lat = interleaved_latency({k: v[1] for k, v in finals.items()}, x_report[: max(opts.latency_calls, 1)],
+                              opts.latency_calls, opts.latency_warmup, dev, prog)
+    t0 = lap("latency", t0)
+    del x_report
+
+    base = results["base"]
+    for name in finals:
+        r = results[name]
+        r["throughput_ips"] = round(tp[name]["ips"], 3)
+        r["throughput_runs_s"] = [round(v, 4) for v in tp[name]["all_s"]]
+        r["latency_ms_bs1"] = round(lat[name]["median_ms"], 4)
+        r["latency_p10_p90_ms"] = [round(lat[name]["p10_ms"], 4), round(lat[name]["p90_ms"], 4)]
+    for name in finals:
+        r = results[name]
+        r["throughput_ratio"] = round(r["throughput_ips"] / base["throughput_ips"], 4)
+        r["latency_speedup"] = round(base["latency_ms_bs1"] / r["latency_ms_bs1"], 4)
+        r["flops_ratio"] = round(r["flops"] / base["flops"], 4)
+        r["params_ratio"] = round(r["params"] / base["params"], 4)
+        r["top1_delta"] = round(r["top1"] - base["top1"], 4)
+    for name in CONTENDERS:
+        if name not in results:
+            results[name] = {"top1": None, "latency_ms_bs1": None, "throughput_ips": None, "flops": None,
+                             "params": None, "note": "no operating point within the budget"}
+
+    modes_done = [m for m in MODES if results[m].get("throughput_ips") is not None]
+    within = [m for m in modes_done if results[m]["top1_delta"] >= -opts.budget]
+    best_mode = max(within or modes_done, key=lambda m: results[m]["throughput_ratio"]) if modes_done else None
+    target = {"budget_points": opts.budget, "throughput_ratio_needed": 1.15}
+    if best_mode is not None:
+        b = results[best_mode]
+        target.update({"best_mode": best_mode, "top1_delta": b["top1_delta"], "throughput_ratio": b["throughput_ratio"],
+                       "met": bool(b["top1_delta"] >= -opts.budget and b["throughput_ratio"] >= 1.15)})
+    try:
+        hardware["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    hardware["threads"] = torch.get_num_threads()
+    hardware.update({"bf16": bf16, "channels_last": cl})
+    seconds["total"] = round(time.perf_counter() - t_start, 2)
+    return {
+        "format": BENCH_FORMAT, "version": BENCH_VERSION,
+        "model": exp.model_name, "dataset": exp.train.name, "splits": exp.splits.summary(),
+        **{name: results[name] for name in CONTENDERS},
+        "best_mode": best_mode,
+        "target": target,
+        "hardware": hardware,
+        "heads": head_summary,
+        "taps": taps,
+        "sweep": {"points": len(points), "base_calib_top1": round(base_top1_calib, 4),
+                  "pareto": {m: [_round_point(p) for p in fronts[m]] for m in MODES},
+                  "screen": screen},
+        "timing": {"pool": int(pool.shape[0]), "batch_size": bs, "throughput_reps": opts.throughput_reps,
+                   "latency_calls": opts.latency_calls, "latency_warmup": opts.latency_warmup,
+                   "screen_pool": opts.screen_pool, "screen_reps": opts.screen_reps},
+        "options": opts.to_json(),
+        "flops_unit": "FLOPs per image = 2 x MACs (torch.utils.flop_counter)",
+        "seconds": seconds,
+    }
+
+
+@torch.inference_mode()
+def _static_calib_top1(tail: nn.Module, h: torch.Tensor, labels: torch.Tensor, bs: int, dev: torch.device,
+                       bf16: bool) -> float:
+    preds = []
+    for s in range(0, h.shape[0], bs):
+        with autocast(dev, bf16):
+            preds.append(tail(h[s : s + bs]).float().argmax(1).cpu())
+    return 100.0 * float((torch.cat(preds) == labels).double().mean())
+
+
+def _cluster_scores(exp, bundle, opts: BenchOptions, prog: ProgressFn) -> dict[int, dict[str, torch.Tensor]]:
+    """{cluster: {layer: Tensor[C]}} of ``opts.score``: the bundle's when it has them, else the score
+    cache (computed on the fit split when missing)."""
+    if bundle is not None and bundle.has("scores") and f"scores_{opts.score}.safetensors" in bundle.files_of("scores"):
+        from .pipeline import load_scores
+
+        return load_scores(bundle, opts.score)
+    from .scores.cache import load_or_compute_scores
+
+    res = load_or_compute_scores([opts.score], exp.model, exp.model_name, exp.fit_data(), "fit", exp.hierarchy,
+                                 options=opts.score_options or None, root=opts.cache_dir, batch_size=opts.batch_size,
+                                 device=exp.device, on_progress=lambda s, d, t: prog(f"scores: {s}", d, t))
+    table = res[opts.score]["scores"]
+    return {int(m): table[m] for m in table}
+
+
+def _global_scores(exp, opts: BenchOptions, prog: ProgressFn) -> dict[str, dict[str, torch.Tensor]]:
+    """{method: {layer: Tensor[C]}} of every global (all-classes) score in ``opts.static_scores``."""
+    from .scores.cache import load_or_compute_scores
+
+    res = load_or_compute_scores(list(opts.static_scores), exp.model, exp.model_name, exp.fit_data(), "fit",
+                                 exp.hierarchy, options=opts.score_options or None, targets=[None],
+                                 root=opts.cache_dir, batch_size=opts.batch_size, device=exp.device,
+                                 on_progress=lambda s, d, t: prog(f"global scores: {s}", d, t))
+    return {m: res[m]["scores"][None] for m in opts.static_scores}
+
+
+# --------------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------------
+
+
+def format_table(result: dict) -> str:
+    """The bench table as fixed-width text (also used in docs)."""
+    lines = [f"{result['model']} on {result['dataset']} (report split, {result['splits']['report']} images); "
+             f"{result['hardware']['cpu']}, {result['hardware']['threads']} threads, torch {result['hardware']['torch']}, "
+             f"bf16 {result['hardware']['bf16']}",
+             f"{'':<8} {'top1 %':>7} {'d top1':>7} {'MFLOPs':>8} {'x FLOPs':>8} {'params':>9} {'bs1 ms':>8} "
+             f"{'x bs1':>6} {'img/s':>8} {'x img/s':>8} {'route%':>7} {'exit%':>6} {'fallb%':>7}"]
+    for name in CONTENDERS:
+        r = result[name]
+        if r.get("throughput_ips") is None:
+            lines.append(f"{name:<8} {'(no point within the budget)':>40}")
+            continue
+
+        def pct(v):
+            return "" if v is None else f"{100 * v:.1f}"
+
+        lines.append(f"{name:<8} {r['top1']:7.2f} {r['top1_delta']:+7.2f} {r['flops'] / 1e6:8.1f} {r['flops_ratio']:8.3f} "
+                     f"{r['params']:9d} {r['latency_ms_bs1']:8.2f} {r['latency_speedup']:6.2f} {r['throughput_ips']:8.1f} "
+                     f"{r['throughput_ratio']:8.3f} {pct(r.get('route_rate')):>7} {pct(r.get('exit_rate')):>6} "
+                     f"{pct(r.get('fallback_rate')):>7}")
+    for m in MODES:
+        op = result[m].get("operating_point")
+        if op:
+            lines.append(f"  {m}: {_point_label(op)}; route accuracy "
+                         f"{result[m].get('route_accuracy')}; calibration top-1 {op['top1']:.2f} %")
+    st = result["static"]
+    if st.get("score"):
+        lines.append(f"  static: score {st['score']} from {st['tap']}, r = {st['r']:.3f}, matched to "
+                     f"{st['matched_mode']} ({st['target_flops'] / 1e6:.1f} MFLOPs)")
+    t = result["target"]
+    if t.get("best_mode"):
+        lines.append(f"  best mode: {t['best_mode']} at {t['top1_delta']:+.2f} points, {t['throughput_ratio']:.3f}x "
+                     f"base throughput; target (>= -{t['budget_points']} points, >= 1.15x): "
+                     f"{'met' if t['met'] else 'NOT met'}")
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""`sinf bench MODEL`: base vs SINF vs early exit vs the cascade vs static pruning, in one process.
+
+Operating points are chosen on the calibration split (the fastest measured point within the accuracy
+budget, per mode); every reported number comes from the report split; all five contenders are timed
+side by side, interleaved, in one run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from .common import add_model_options, open_from_args, progress
+
+NAME = "bench"
+HELP = "benchmark base / SINF / early exit / cascade / static pruning side by side (accuracy, FLOPs, latency, throughput)"
+
+
+def add_arguments(p) -> None:
+    add_model_options(p)
+    p.add_argument("--budget", type=float, default=2.0,
+                   help="accuracy budget: points of calibration top-1 below the base model (default 2.0)")
+    p.add_argument("--bundle", help="a `sinf build` bundle folder whose router and scores to reuse")
+    p.add_argument("--taps", help="comma-separated taps to sweep (default: the bundle router's, or spread over the model)")
+    p.add_argument("--schedules", help="semicolon-separated r_M,r_L pairs, e.g. '0.05,0.3;0.25,0.75'")
+    p.add_argument("--multiple-of", type=int, default=8, help="round kept channel counts up to this multiple (0: exact)")
+    p.add_argument("--score", default="dcs", help="cluster-conditioned filter score of the subgraphs (default dcs)")
+    p.add_argument("--static-scores", default="l1,bn_gamma,mean_act,taylor",
+                   help="global scores tried for the static network; the best on calibration is used")
+    p.add_argument("--static-match", default="best", choices=["best", "sinf", "exit", "cascade"],
+                   help="whose expected FLOPs the static network matches (default: the fastest chosen mode)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (and channels_last) for every contender")
+    p.add_argument("--channels-last", action="store_true", help="channels_last for every contender (implied by --bf16)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for the whole benchmark (1 is steadier on a busy machine)")
+    p.add_argument("--pool", type=int, default=2048, help="report images in the throughput pool (default 2048)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size of the throughput runs (default 256)")
+    p.add_argument("--reps", type=int, default=3, help="interleaved throughput repetitions (default 3)")
+    p.add_argument("--latency-calls", type=int, default=200, help="timed batch-size-1 calls per contender (default 200)")
+    p.add_argument("--candidates", type=int, default=3, help="front points timed per mode before choosing (default 3)")
+    p.add_argument("--head-samples", type=int, default=10000, help="fit images the heads train on (default 10000)")
+    p.add_argument("--head-epochs", type=int, default=4, help="head training epochs (default 4)")
+    p.add_argument("--cache-dir", help="cache root for scores and heads (default $SINF_CACHE_DIR or ~/.cache/sinf)")
+    p.add_argument("--out", help="also write the JSON result to this file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _options(args) -> dict:
+    from ..errors import SinfError
+
+    opts: dict = {"budget": args.budget, "multiple_of": args.multiple_of or None, "score": args.score,
+                  "static_match": args.static_match, "bf16": args.bf16,
+                  "channels_last": True if args.channels_last else None, "threads": args.threads, "pool": args.pool,
+                  "batch_size": args.batch_size, "throughput_reps": args.reps, "latency_calls": args.latency_calls,
+                  "candidates_per_mode": args.candidates, "head_fit_samples": args.head_samples,
+                  "head_epochs": args.head_epochs, "cache_dir": args.cache_dir,
+                  "static_scores": [s.strip() for s in args.static_scores.split(",") if s.strip()]}
+    if args.taps:
+        opts["taps"] = [t.strip() for t in args.taps.split(",") if t.strip()]
+    if args.schedules:
+        try:
+            opts["schedules"] = [tuple(float(v) for v in pair.split(",")) for pair in args.schedules.split(";") if pair.strip()]
+        except ValueError:
+            raise SinfError(f"--schedules takes 'r_M,r_L;r_M,r_L', got {args.schedules!r}") from None
+    return opts
+
+
+def run(args) -> int:
+    from ..bench import BenchOptions, format_table, run_benchmark
+    from ..bundle import Bundle
+    from ..io import write_json
+
+    t0 = time.perf_counter()
+    options = BenchOptions.from_dict(_options(args)).validate()  # a clear error before loading anything
+    exp = open_from_args(args)
+    bundle = Bundle.open(args.bundle, model=args.model) if args.bundle else None
+    bars: dict = {}
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bars.clear()
+            bar = bars[stage] = progress(total, stage, unit="it", quiet=args.json)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def log(line: str) -> None:
+        if not args.json:
+            print(line, flush=True)
+
+    result = run_benchmark(exp, bundle, options, on_progress, log)
+    for bar in bars.values():
+        bar.close()
+    result["command_seconds"] = round(time.perf_counter() - t0, 1)
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0

@@ -416,9 +416,14 @@ def static_for_flops(
     names = [l.name for l in layers[first:]]
     chans = {l.name: l.channels for l in layers}
 
+    memo: dict[tuple, tuple[int, SubgraphSpec]] = {}
+
     def flops_of(kept: Mapping[str, int]) -> tuple[int, SubgraphSpec]:
-        f, spec = _schedule_flops(model, model_name, tap, scores, kept, input_shape)
-        return stem + f, spec
+        key = tuple(sorted(kept.items()))
+        if key not in memo:  # bisection visits few distinct schedules: build each once
+            f, spec = _schedule_flops(model, model_name, tap, scores, kept, input_shape)
+            memo[key] = (stem + f, spec)
+        return memo[key]
 
     def sched(r: float) -> dict[str, int]:
         return model_schedule(model, tap, r, r, multiple_of)
@@ -995,6 +1000,9 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     fronts = {m: pareto_front([p for p in points if p["mode"] == m]) for m in MODES}
     cands = {m: candidates_within_budget(fronts[m], base_top1_calib, opts.budget, opts.candidates_per_mode)
              for m in MODES}
+    per_tap = {m: {tap: [_round_point(p) for p in candidates_within_budget(
+        pareto_front([p for p in points if p["mode"] == m and p["tap"] == tap]), base_top1_calib, opts.budget, 1)]
+        for tap in taps} for m in MODES}
     t0 = lap("sweep", t0)
     log(f"sweep: {len(points)} points; base calibration top-1 {base_top1_calib:.2f} %; "
         + ", ".join(f"{m}: {len(fronts[m])} on the front, {len(cands[m])} timed" for m in MODES))
@@ -1168,6 +1176,7 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
         "taps": taps,
         "sweep": {"points": len(points), "base_calib_top1": round(base_top1_calib, 4),
                   "pareto": {m: [_round_point(p) for p in fronts[m]] for m in MODES},
+                  "cheapest_within_budget_per_tap": per_tap,
                   "screen": screen},
         "timing": {"pool": int(pool.shape[0]), "batch_size": bs, "throughput_reps": opts.throughput_reps,
                    "latency_calls": opts.latency_calls, "latency_warmup": opts.latency_warmup,

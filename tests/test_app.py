@@ -60,13 +60,27 @@ def register_tiny_model(data_dir: str | Path) -> None:
 
 
 def build_tiny_env(root: Path) -> dict[str, str]:
-    """Data, trained weights and a bundle (router + exit heads) under ``root``; returns the app's env."""
+    """Data, trained weights and a bundle (``sinf build`` with tiny settings) under ``root``; returns the
+    app's environment. Built once per test session (``root/env.json`` marks a finished build)."""
+    done = root / "env.json"
+    if done.is_file():
+        env = json.loads(done.read_text())
+        register_tiny_model(env["SINF_TINY_DATA"])
+        return env
+    root.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model gains nothing from threads; spare a shared machine
     try:
-        return _build_tiny_env(root)
+        env = _build_tiny_env(root)
     finally:
         torch.set_num_threads(threads)
+    done.write_text(json.dumps(env))
+    return env
+
+
+def session_root(tmp_path_factory) -> Path:
+    """One folder per test session shared by test_app and test_browser (the tiny build is reused)."""
+    return tmp_path_factory.getbasetemp() / "sinf_studio_tiny"
 
 
 def _build_tiny_env(root: Path) -> dict[str, str]:
@@ -101,8 +115,7 @@ def _untrained(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("studio")
-    env = build_tiny_env(root)
+    env = build_tiny_env(session_root(tmp_path_factory))
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env

@@ -7,6 +7,7 @@ from sinf_core.clusters import (adjusted_rand, canonical_labels, class_prototype
                                 majority_match, spectral_assignment, umap_map, ward_assignment)
 from sinf_core.data import Hierarchy
 from sinf_core.errors import SinfError
+from test_stats import one_thread  # noqa: F401  (autouse fixture)
 from sinf_core.stats import ActivationStats, collect_stats
 
 F64 = torch.float64
@@ -128,3 +129,25 @@ def test_resnet56_data_driven_clusters_agree_with_superclasses(real_env):
     calib = collect_stats(exp.model, exp.calib_data(), batch_size=250)
     spec = cluster_classes("spectral", exp.hierarchy.class_names, 20, calib_stats=calib, soft=True)
     assert adjusted_rand(spec, exp.hierarchy) > 0.2
+
+
+def test_clusters_command_ward_out_file(monkeypatch, capsys, tmp_path):
+    import json
+
+    from test_stats import run_cli, tiny_experiment
+
+    exp = tiny_experiment(monkeypatch, "clusters")
+    out_file = tmp_path / "h.json"
+    out = run_cli(capsys, "clusters", "tiny", "--method", "ward", "--k", "3", "--json", "--cache-dir", str(tmp_path),
+                  "--out", str(out_file))
+    ref = cluster_classes("ward", exp.hierarchy.class_names, 3, fit_stats=collect_stats(exp.model, exp.train, exp.splits.fit))
+    loaded = Hierarchy.from_json(json.loads(out_file.read_text()), exp.hierarchy.class_names)
+    assert adjusted_rand(loaded, ref) == 1.0
+    assert out["results"]["ward"]["ari_vs_hierarchy"] == pytest.approx(adjusted_rand(ref, exp.hierarchy), abs=1e-4)
+    both = run_cli(capsys, "clusters", "tiny", "--method", "all", "--k", "3", "--json", "--cache-dir", str(tmp_path))
+    assert set(both["results"]) == {"hierarchy", "ward", "spectral", "spectral_soft"}
+    assert both["results"]["hierarchy"]["ari_vs_hierarchy"] == 1.0
+    from sinf_core.cli import main
+
+    assert main(["clusters", "tiny", "--method", "ward", "--k", "7", "--cache-dir", str(tmp_path)]) == 2
+    assert "at most the number of classes" in capsys.readouterr().err

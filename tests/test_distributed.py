@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from test_stats import one_thread  # noqa: F401  (autouse fixture)
+
 HERE = Path(__file__).resolve().parent
 SAMPLE = np.array([1, 8, 33, 34, 70, 101])
 INDICES = np.arange(3, 117)  # not a multiple of the world size or the batch size
@@ -80,7 +82,9 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
         assert torch.allclose(one.class_mean(name), two.class_mean(name), rtol=0, atol=1e-5)
         assert torch.allclose(one.class_zero_fraction(name), two.class_zero_fraction(name), rtol=0, atol=1e-5)
     assert two.total == len(INDICES) and torch.equal(two.confusion, one.confusion)
-    assert two.sample_seen.tolist() == [1.0] * len(SAMPLE)
+    # sample rows outside INDICES (position 1) stay unseen and are left out of .sample()
+    assert two.sample_seen.tolist() == np.isin(SAMPLE, INDICES).astype(float).tolist()
+    assert two.sample()[0].tolist() == SAMPLE[np.isin(SAMPLE, INDICES)].tolist()
 
 
 def test_shard_indices_partition():

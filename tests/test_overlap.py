@@ -7,6 +7,7 @@ import torch
 
 from sinf_core.data import Hierarchy
 from sinf_core.errors import SinfError
+from test_stats import one_thread  # noqa: F401  (autouse fixture)
 from sinf_core.overlap import (chance_jaccard, class_sets, cluster_means, cluster_sets, filter_overlap, jaccard,
                                pair_means, top_q_count, top_q_sets)
 from sinf_core.stats import ActivationStats
@@ -120,3 +121,27 @@ def test_resnet56_depth_profile_last_stage(real_env):
     for r in last:
         assert r["within"] > r["between"], r
     assert np.mean([r["gap"] for r in last]) > 0.05
+
+
+def test_overlap_command_writes_profile(monkeypatch, capsys, tmp_path):
+    import json
+
+    from test_stats import run_cli, tiny_experiment
+
+    exp = tiny_experiment(monkeypatch, "overlap")
+    out_file = tmp_path / "overlap.json"
+    out = run_cli(capsys, "overlap", "tiny", "--json", "--q", "30", "--cache-dir", str(tmp_path), "--out", str(out_file))
+    from sinf_core.stats import collect_stats
+
+    ref = filter_overlap(collect_stats(exp.model, exp.train, exp.splits.fit), exp.hierarchy, 30)
+    assert [r["layer"] for r in out["depth_profile"]] == ref.layers
+    for got, want in zip(out["depth_profile"], ref.profile):
+        assert got["within"] == pytest.approx(want["within"], abs=1e-4)
+        assert got["between"] == pytest.approx(want["between"], abs=1e-4)
+    saved = json.loads(out_file.read_text())
+    assert saved["cluster_jaccard"][ref.layers[-1]] == [[round(v, 4) for v in row] for row in
+                                                        ref.cluster_jaccard[ref.layers[-1]].tolist()]
+    from sinf_core.cli import main
+
+    assert main(["overlap", "tiny", "--q", "0", "--cache-dir", str(tmp_path)]) == 2  # clear error, no traceback
+    assert "percentage" in capsys.readouterr().err

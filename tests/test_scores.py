@@ -351,7 +351,7 @@ def test_cli_scores_computes_then_loads_the_cache(real_env, tmp_path, capsys):
 
     from sinf_core.cli import main
 
-    argv = ["scores", "cifar100_resnet20", "--methods", "l1,mean_act,dcs,tvs", "--max-per-class", "3",
+    argv = ["scores", "cifar100_resnet20", "--methods", "l1,mean_act,dcs", "--max-per-class", "2",
             "--device", "cpu", "--cache-dir", str(tmp_path), "--json"]
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out)

@@ -7,6 +7,21 @@ from sinf_core.errors import SinfError
 from sinf_core.stats import (ActivationStats, cached_stats, collect_stats, load_stats, model_fingerprint, save_stats,
                              stats_cache_key)
 
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """Tiny tensors: one intra-op thread is as fast, and far faster on a loaded machine (no waiting for a
+    descheduled second thread at every op). Real-data tests keep all threads."""
+    if request.node.get_closest_marker("realdata"):
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 MAKERS = [make_tiny_resnet, make_tiny_bottleneck, make_tiny_vgg]
 
 
@@ -211,3 +226,51 @@ def test_cache_reuses_and_keys_on_weights(tmp_path):
     s3, _, hit3 = cached_stats("tiny", model, ds, "fit", batch_size=8, feature_sample=4, root=tmp_path)
     assert not hit3
     all_close(s1, s3, 0.0)
+
+
+# ------------------------------------------------------------------ command line
+def tiny_experiment(monkeypatch, *modules):
+    """Route the commands' ``open_from_args`` to a tiny model + data (heldout protocol splits)."""
+    import importlib
+
+    from sinf_core.data import make_splits
+    from sinf_core.experiment import Experiment
+
+    train, test = make_tiny_dataset(n_per_class=12, seed=0), make_tiny_dataset(n_per_class=6, seed=1)
+    exp = Experiment("tiny", make_tiny_resnet(), train, test,
+                     make_splits(train.labels.numpy(), test.labels.numpy(), "heldout"), torch.device("cpu"))
+    for name in modules:
+        monkeypatch.setattr(importlib.import_module(f"sinf_core.commands.{name}"), "open_from_args", lambda args: exp)
+    return exp
+
+
+def run_cli(capsys, *argv) -> dict:
+    import json
+
+    from sinf_core.cli import main
+
+    capsys.readouterr()
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_stats_command_caches_and_times(monkeypatch, capsys, tmp_path):
+    exp = tiny_experiment(monkeypatch, "stats")
+    out = run_cli(capsys, "stats", "tiny", "--json", "--cache-dir", str(tmp_path), "--batch-size", "16")
+    assert out["samples"] == len(exp.splits.fit) and not out["cached"] and len(out["layers"]) == 6
+    st, meta = load_stats(out["cache"])
+    assert meta["split"] == "fit" and meta["feature_sample"] == 2000
+    ref = collect_stats(exp.model, exp.train, exp.splits.fit, batch_size=16)
+    for name in ref.layers:
+        assert torch.allclose(st.class_mean(name), ref.class_mean(name), atol=1e-6)
+    zero = ref.group_zero_fraction(ref.layers[2], list(range(6)))
+    assert out["layers"][2]["zero_fraction"] == pytest.approx(float(zero.mean()), abs=1e-4)
+    again = run_cli(capsys, "stats", "tiny", "--json", "--cache-dir", str(tmp_path))
+    assert again["cached"] and again["cache"] == out["cache"]
+    timed_out = run_cli(capsys, "stats", "tiny", "--json", "--split", "test", "--time", "--cache-dir", str(tmp_path),
+                        "--batch-size", "8")
+    t = timed_out["timing"]
+    assert t["images"] == len(exp.test) and t["forward_s"] > 0 and t["ratio"] == pytest.approx(
+        t["stats_s"] / t["forward_s"], rel=0.01)
+    timed_stats, _ = load_stats(timed_out["cache"])  # the timed chunks merged = the statistics of the split
+    all_close(timed_stats, collect_stats(exp.model, exp.test, batch_size=8), 1e-5)

@@ -3,6 +3,9 @@
 COMMAND_MODULES = [
     "train",
     "eval",
+    "stats",
+    "clusters",
+    "overlap",
     "scores",
     "subgraph",
     "build",

@@ -21,6 +21,8 @@ def add_arguments(p) -> None:
     p.add_argument("--taps", help="comma-separated candidate taps for the router (default: spread over the model)")
     p.add_argument("--grid-taps", default="router",
                    help="comma-separated stem boundaries for the oracle-routing grid ('router' = the router's tap)")
+    p.add_argument("--max-per-class", type=int,
+                   help="samples per class the data-dependent filter scores look at (default: the scores' own, 100)")
     p.add_argument("--no-bench", action="store_true", help="skip the benchmark step")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the analysis passes")
     p.add_argument("--json", action="store_true", help="print the manifest's step summary as JSON")
@@ -41,6 +43,8 @@ def run(args) -> int:
     if args.methods:
         settings.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     settings.grid_taps = tuple(t.strip() for t in args.grid_taps.split(",") if t.strip())
+    if args.max_per_class:
+        settings.score_options = {"max_per_class": args.max_per_class}
     if args.taps:
         settings.taps = tuple(t.strip() for t in args.taps.split(",") if t.strip())
     t0 = time.perf_counter()

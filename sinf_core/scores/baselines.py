@@ -271,6 +271,6 @@ DEFAULTS = {
     "apoz": dict(COMMON_DEFAULTS),
     "taylor": dict(COMMON_DEFAULTS),
     "hrank": {**COMMON_DEFAULTS, "hrank_per_class": 20},
-    "chip": {**COMMON_DEFAULTS, "chip_per_class": 20},
+    "chip": {**COMMON_DEFAULTS, "chip_per_class": 10},
     "tvs": {**COMMON_DEFAULTS, "tvs_point": "bn", "tvs_measure": "mean_distance"},
 }

@@ -65,7 +65,7 @@ def spatial_mean(z: torch.Tensor) -> torch.Tensor:
 
 def zero_fraction(z: torch.Tensor) -> torch.Tensor:
     """Fraction of the positions where relu(z) is exactly zero, [n, C]."""
-    return (z <= 0).to(torch.float32).mean(dim=(2, 3))
+    return (z <= 0).sum(dim=(2, 3), dtype=torch.float32) / float(z.shape[2] * z.shape[3])
 
 
 def map_rank(z: torch.Tensor) -> torch.Tensor:

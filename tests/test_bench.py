@@ -1,0 +1,395 @@
+"""The benchmark: expected FLOPs, the vectorised sweep against the real engine, static pruning to a FLOP
+target, the budget rule, the timing primitives' bookkeeping, the JSON contract and bad input.
+
+No timed assertions: wall-clock figures are only checked for presence and internal consistency."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_dataset, make_tiny_resnet, make_tiny_vgg
+from sinf_core.bench import (CONTENDERS, BenchOptions, PathCosts, StaticNet, channel_step_flops, decision_flops,
+                             expected_flops, interleaved_latency, interleaved_throughput, pareto_front, pick_fastest,
+                             run_benchmark, static_for_flops, stem_features, sweep_tap, tap_sweep_data)
+from sinf_core.cost import Cost, count_flops, model_cost, module_cost, stem_output
+from sinf_core.data import Splits, iterate_batches, make_splits
+from sinf_core.engine import EXIT, FALLBACK, ROUTE, SemanticInference
+from sinf_core.errors import SinfError
+from sinf_core.experiment import Experiment
+from sinf_core.router import RouteHead
+from sinf_core.subgraph import SubgraphSpec, build_subgraph
+
+TAP = "layer2.0"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads; on a busy machine OpenMP spinning makes them much slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _random_heads(model, tap: str, x: torch.Tensor, seed: int = 0) -> tuple[RouteHead, RouteHead]:
+    """A route head (3 clusters) and an exit head (6 classes) whose outputs are centred and spread on
+    ``x``, so every decision path occurs for thresholds inside the confidence range."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        h = model.forward_stem(x, tap)
+        heads = (RouteHead(h.shape[1], 3, hidden=8).eval(), RouteHead(h.shape[1], 6, hidden=8).eval())
+        for head, t in zip(heads, (0.3, 0.4)):
+            z = head(h)
+            s = z.std(0).mean()
+            head.fc.bias.sub_(z.mean(0)).div_(s)
+            head.fc.weight.div_(s)
+            head.temperature.fill_(t)
+    return heads
+
+
+def _random_scores(model, seed: int = 0) -> dict[int, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return {m: {l.name: torch.rand(l.channels, generator=g) for l in model.prunable_layers()} for m in range(3)}
+
+
+def _midpoints(conf: torch.Tensor, qs=(0.3, 0.6, 0.85)) -> list[float]:
+    """Thresholds halfway between neighbouring confidences near the quantiles ``qs`` (never equal to
+    a confidence, so float rounding cannot flip a decision)."""
+    v = torch.sort(conf.double()).values
+    out = []
+    for q in qs:
+        i = min(len(v) - 2, int(q * (len(v) - 1)))
+        out.append(float((v[i] + v[i + 1]) / 2))
+    return out
+
+
+def _tiny_experiment(n_train: int = 20, n_test: int = 10) -> Experiment:
+    train, test = make_tiny_dataset(n_per_class=n_train, seed=0), make_tiny_dataset(n_per_class=n_test, seed=1)
+    splits = make_splits(train.labels.numpy(), test.labels.numpy(), "pretrained")
+    return Experiment("tiny_resnet", make_tiny_resnet(), train, test, splits, torch.device("cpu"))
+
+
+QUICK = {"taps": ["layer2.0", "layer2.1"], "schedules": [(0.1, 0.5)], "multiple_of": None, "score": "l1",
+         "static_scores": ["l1", "bn_gamma"], "head_epochs": 1, "head_fit_samples": 60, "pool": 24, "screen_pool": 24,
+         "batch_size": 16, "throughput_reps": 1, "screen_reps": 1, "latency_calls": 3, "latency_warmup": 1,
+         "candidates_per_mode": 2}
+
+
+# --------------------------------------------------------------------------------------------------
+# Expected FLOPs
+# --------------------------------------------------------------------------------------------------
+
+
+def test_expected_flops_formula_on_numbers():
+    # stem 100 + exit 3 + 0.8 * router 5 + 0.25 * 10 + 0.25 * 20 + 0.3 * tail 50
+    assert expected_flops(100, 50, [10, 20], [0.25, 0.25], 0.3, router=5, exit=3, p_router=0.8) == pytest.approx(
+        100 + 3 + 4 + 2.5 + 5 + 15)
+    # SINF alone, METHOD.md section 9: stem + router + sum P(m) sub_m + P(fallback) tail
+    assert expected_flops(100, 50, [10, 20], [0.5, 0.1], 0.4, router=5) == pytest.approx(100 + 5 + 5 + 2 + 20)
+    with pytest.raises(SinfError):
+        expected_flops(1, 1, [1, 2], [1.0], 0.0)
+
+
+def test_decision_flops_equal_a_per_sample_hand_count():
+    model = make_tiny_resnet()
+    ds = make_tiny_dataset(n_per_class=6, seed=3)
+    x, _ = next(iterate_batches(ds, len(ds)))
+    router, exit_head = _random_heads(model, TAP, x)
+    scores = _random_scores(model)
+    from sinf_core.subgraph import make_cluster_specs
+
+    specs = make_cluster_specs(model, "tiny", TAP, scores, ds.hierarchy, 0.2, 0.6)
+    subs = [build_subgraph(model, specs[m]) for m in range(3)]
+    with torch.no_grad():
+        h = model.forward_stem(x, TAP)
+        rconf = torch.softmax(router(h) / router.temperature, 1).amax(1)
+        econf = torch.softmax(exit_head(h) / exit_head.temperature, 1).amax(1)
+    gamma, tau = _midpoints(rconf)[1], _midpoints(econf)[2]
+    res = SemanticInference(model, router, subs, exit_head, tap=TAP, mode="cascade", gamma=gamma, tau=tau).run(x)
+    assert all(v > 0 for v in res.counts().values()), res.counts()
+
+    # Hand count: FLOPs of every module a sample actually went through, summed and averaged.
+    x1, h1 = x[:1], h[:1]
+    f_stem = count_flops(lambda z: model.forward_stem(z, TAP), x1)
+    f_exit, f_router = count_flops(exit_head, h1), count_flops(router, h1)
+    f_tail = count_flops(lambda z: model.forward_tail(z, TAP), h1)
+    f_sub = [count_flops(s, h1) for s in subs]
+    total = 0
+    for i in range(len(res)):
+        total += f_stem + f_exit
+        mode = int(res.mode_per_sample[i])
+        if mode != EXIT:
+            total += f_router
+        if mode == ROUTE:
+            total += f_sub[int(res.route[i])]
+        elif mode == FALLBACK:
+            total += f_tail
+    costs = PathCosts(Cost(0, f_stem), Cost(0, f_tail), Cost(0, f_router), Cost(0, f_exit),
+                      tuple(Cost(0, f) for f in f_sub))
+    assert decision_flops(costs, res.mode_per_sample, res.route) == pytest.approx(total / len(res), rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# The vectorised sweep equals running the engine
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [make_tiny_resnet, make_tiny_vgg])
+def test_sweep_points_equal_actual_engine_runs(make):
+    model = make()
+    tap = TAP if make is make_tiny_resnet else "features.7"
+    ds = make_tiny_dataset(n_per_class=12, seed=4)
+    x, y = next(iterate_batches(ds, len(ds)))
+    router, exit_head = _random_heads(model, tap, x, seed=1)
+    scores = _random_scores(model, seed=2)
+    bs = 16
+    feats, base_pred = stem_features(model, ds, [tap], bs, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.equal(base_pred, model(x).argmax(1))
+    td = tap_sweep_data(model, "tiny", tap, feats[tap], router, exit_head, scores, ds.hierarchy, [(0.1, 0.4), (0.3, 0.8)],
+                        batch_size=bs)
+    gammas, taus = _midpoints(td.route_conf) + [0.0, 1.0], _midpoints(td.exit_conf) + [1.0]
+    points = sweep_tap(y, base_pred, td, gammas, taus)
+    assert len(points) == len(taus) + len(td.schedules) * len(gammas) * (1 + len(taus))
+    checked = 0
+    for p in points:
+        if p["gamma"] not in (None, gammas[1], 1.0) or p["tau"] not in (None, taus[0], taus[2], 1.0):
+            continue
+        sd = None if p["r_M"] is None else next(s for s in td.schedules if (s.r_M, s.r_L) == (p["r_M"], p["r_L"]))
+        subs = None if sd is None else [build_subgraph(model, sd.specs[m]) for m in range(3)]
+        mode = p["mode"]
+        eng = SemanticInference(model, router if mode != "exit" else None, subs, exit_head if mode != "sinf" else None,
+                                tap=tap, mode=mode, gamma=p["gamma"] if p["gamma"] is not None else 1.0,
+                                tau=p["tau"] if p["tau"] is not None else 1.0)
+        res = eng.run_pool(x, bs)
+        assert p["top1"] == pytest.approx(100.0 * float((res.pred == y).double().mean()), abs=1e-9), p
+        counts = res.counts()
+        assert p["exit_rate"] == pytest.approx(counts["exit"] / len(res))
+        assert p["route_rate"] == pytest.approx(counts["route"] / len(res))
+        assert p["fallback_rate"] == pytest.approx(counts["fallback"] / len(res))
+        costs = PathCosts(td.stem, td.tail, td.router if mode != "exit" else None, td.exit if mode != "sinf" else None,
+                          sd.costs if sd is not None else ())
+        assert p["flops"] == pytest.approx(decision_flops(costs, res.mode_per_sample, res.route), rel=1e-9)
+        checked += 1
+    assert checked >= 10
+    # gamma = 1 and tau = 1: everything falls back, so the point is the base model exactly
+    for p in points:
+        if (p["gamma"] in (None, 1.0)) and (p["tau"] in (None, 1.0)):
+            assert p["top1"] == pytest.approx(100.0 * float((base_pred == y).double().mean()))
+            assert p["fallback_rate"] == 1.0
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [{"top1": a, "flops": f} for a, f in [(70, 100), (69, 90), (69.5, 95), (68, 95), (71, 120), (65, 80), (64, 85)]]
+    front = pareto_front(pts)
+    assert [(p["top1"], p["flops"]) for p in front] == [(65, 80), (69, 90), (69.5, 95), (70, 100), (71, 120)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Static pruning to a FLOP target
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("multiple_of", [None, 2])
+@pytest.mark.parametrize("fraction", [0.6, 0.75, 0.9])
+def test_static_flops_match_the_target_within_one_channel_step(multiple_of, fraction):
+    model = make_tiny_resnet()
+    tap = "layer1.0"  # the stem is 29 % of the FLOPs
+    scores = _random_scores(model, seed=7)[0]
+    base = model_cost(model).flops
+    target = fraction * base
+    st = static_for_flops(model, "tiny", tap, scores, target, multiple_of)
+    assert st["reachable"]
+    step = channel_step_flops(model, tap, multiple_of=multiple_of)
+    assert step > 0
+    assert st["flops"] <= target < st["flops"] + step
+    net = StaticNet(model, tap, build_subgraph(model, st["spec"]))
+    assert count_flops(net, torch.zeros(1, 3, 32, 32)) == st["flops"]  # the number is the real network's
+    assert st["spec"].classes is None  # full head: one network for every class
+    assert all(i in range(64) for v in st["spec"].keep.values() for i in v)
+    if multiple_of:
+        layers = {l.name: l.channels for l in model.prunable_layers()}
+        assert all(len(v) % multiple_of == 0 or len(v) == layers[k] for k, v in st["spec"].keep.items())
+
+
+def test_static_targets_out_of_reach_are_reported():
+    model = make_tiny_resnet()
+    scores = _random_scores(model)[0]
+    base = model_cost(model).flops
+    high = static_for_flops(model, "tiny", "layer1.1", scores, 2 * base)
+    assert high["r"] == 0.0 and high["flops"] == base and high["reachable"]
+    low = static_for_flops(model, "tiny", "layer1.1", scores, 1.0)
+    assert not low["reachable"] and low["flops"] > 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# The budget rule and the timing primitives
+# --------------------------------------------------------------------------------------------------
+
+
+def test_pick_fastest_takes_the_fastest_point_within_the_budget():
+    pts = [{"top1": a, "flops": f} for a, f in [(70.0, 100), (69.0, 90), (67.5, 60), (68.0, 80), (66.0, 50)]]
+    ips = [100.0, 120.0, 500.0, 110.0, 900.0]
+    # base 70, budget 2: 67.5 and 66 are out; 69.0 (120 img/s) beats 68.0 (110) and 70.0 (100)
+    assert pick_fastest(pts, ips, 70.0, 2.0) == 1
+    assert pick_fastest(pts, ips, 70.0, 2.6) == 2  # now 67.5 is in and it is the fastest
+    assert pick_fastest(pts, ips, 70.0, 0.0) == 0
+    assert pick_fastest(pts, ips, 75.0, 1.0) is None
+    # a tie in speed goes to the more accurate point
+    assert pick_fastest(pts[:2], [100.0, 100.0], 70.0, 2.0) == 0
+    with pytest.raises(SinfError):
+        pick_fastest(pts, ips[:2], 70.0, 2.0)
+    with pytest.raises(SinfError, match="budget"):
+        pick_fastest(pts, ips, 70.0, -1.0)
+
+
+def test_timing_primitives_call_every_contender_alike_in_rotating_order():
+    calls: list[tuple[str, int]] = []
+
+    def make(name):
+        return lambda x: calls.append((name, int(x.shape[0])))
+
+    fns = {n: make(n) for n in ("a", "b", "c")}
+    images = torch.zeros(5, 3, 4, 4)
+    lat = interleaved_latency(fns, images, calls=7, warmup=2)
+    assert all(lat[n]["calls"] == 7 for n in fns)
+    assert len(calls) == 3 * 9 and all(k == 1 for _, k in calls)
+    firsts = [calls[3 * i][0] for i in range(9)]
+    assert firsts[:3] == ["a", "b", "c"]  # the order rotates every round
+    calls.clear()
+    tp = interleaved_throughput(fns, images, reps=4, warmup=1)
+    assert len(calls) == 3 * 5 and all(k == 5 for _, k in calls)
+    for v in tp.values():
+        assert len(v["all_s"]) == 4 and v["ips"] == pytest.approx(5 / np.median(v["all_s"]))
+    with pytest.raises(SinfError):
+        interleaved_latency(fns, torch.zeros(0, 3, 4, 4))
+    with pytest.raises(SinfError):
+        interleaved_throughput({}, images)
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole benchmark on a tiny model
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory):
+    exp = _tiny_experiment()
+    cache = tmp_path_factory.mktemp("benchcache")
+    return exp, run_benchmark(exp, None, {**QUICK, "cache_dir": str(cache)})
+
+
+def test_benchmark_json_has_every_contender_and_the_hardware(tiny_result):
+    exp, res = tiny_result
+    for name in CONTENDERS:
+        for key in ("top1", "latency_ms_bs1", "throughput_ips", "flops", "params"):
+            assert key in res[name], (name, key)
+    for key in ("cpu", "threads", "torch", "device"):
+        assert res["hardware"][key] not in (None, "")
+    assert res["hardware"]["torch"] == torch.__version__
+    assert set(res["sweep"]["pareto"]) == {"sinf", "exit", "cascade"}
+    import json
+
+    json.dumps(res)  # JSON-able as is
+    base = res["base"]
+    report = exp.report_data()
+    x, y = next(iterate_batches(report, len(report)))
+    with torch.no_grad():
+        assert base["top1"] == pytest.approx(100.0 * float((exp.model(x).argmax(1) == y).double().mean()), abs=1e-3)
+    assert base["flops"] == model_cost(exp.model).flops
+    budget = res["options"]["budget"]
+    for name in ("sinf", "exit", "cascade", "static"):
+        r = res[name]
+        if r["throughput_ips"] is None:
+            continue
+        assert r["throughput_ratio"] == pytest.approx(r["throughput_ips"] / base["throughput_ips"], rel=1e-3)
+        assert r["flops_ratio"] == pytest.approx(r["flops"] / base["flops"], rel=1e-3)
+        assert sum(c["n"] for c in r["per_cluster"]) == len(report)
+    for m in ("sinf", "exit", "cascade"):
+        op = res[m].get("operating_point")
+        if op is not None:
+            assert op["top1"] >= res["sweep"]["base_calib_top1"] - budget - 1e-6
+            assert res[m]["exit_rate"] + res[m]["route_rate"] + res[m]["fallback_rate"] == pytest.approx(1.0)
+    st = res["static"]
+    if st.get("score"):
+        assert st["flops"] <= st["target_flops"] or not st["reachable"]
+
+
+def test_benchmark_caches_heads(tiny_result, tmp_path):
+    exp, res = tiny_result
+    assert res["heads"]["cache"] and res["heads"]["route_from_bundle"] == []
+    from pathlib import Path
+
+    assert (Path(res["heads"]["cache"]) / "exit.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------------
+
+
+def test_bad_options_and_empty_splits_raise_clear_errors(tmp_path):
+    exp = _tiny_experiment(n_train=4, n_test=2)
+    with pytest.raises(SinfError, match="budget"):
+        run_benchmark(exp, None, {"budget": -0.5})
+    with pytest.raises(SinfError, match="budget"):
+        BenchOptions(budget=math.nan).validate()
+    with pytest.raises(SinfError, match="gammas"):
+        BenchOptions(gammas=(0.5, 1.5)).validate()
+    with pytest.raises(SinfError, match="unknown benchmark option"):
+        BenchOptions.from_dict({"budgett": 1})
+    with pytest.raises(SinfError, match="filter score"):
+        BenchOptions(score="nope").validate()
+    with pytest.raises(SinfError, match="schedule"):
+        BenchOptions(schedules=((0.1, 1.0),)).validate()
+    empty = np.zeros(0, dtype=np.int64)
+    s = exp.splits
+    no_report = Experiment(exp.model_name, exp.model, exp.train, exp.test,
+                           Splits(s.protocol, s.fit, s.calib, empty, s.calib_source), exp.device)
+    with pytest.raises(SinfError, match="report split is empty"):
+        run_benchmark(no_report, None, {**QUICK, "cache_dir": str(tmp_path)})
+    no_calib = Experiment(exp.model_name, exp.model, exp.train, exp.test,
+                          Splits(s.protocol, s.fit, empty, s.report, s.calib_source), exp.device)
+    with pytest.raises(SinfError, match="calibration split is empty"):
+        run_benchmark(no_calib, None, {**QUICK, "cache_dir": str(tmp_path)})
+
+
+def test_cli_rejects_a_negative_budget_before_loading_anything(capsys):
+    from sinf_core.cli import main
+
+    assert main(["bench", "no_such_model", "--budget", "-1"]) == 2
+    assert "budget" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# The bench step of `sinf build`
+# --------------------------------------------------------------------------------------------------
+
+
+def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
+    import sinf_core.clusters
+    from sinf_core.pipeline import BuildSettings, build_bundle
+
+    monkeypatch.setenv("SINF_CACHE_DIR", str(tmp_path / "cache"))
+    # The UMAP maps are not what this test is about and cost minutes of JIT on a busy machine.
+    monkeypatch.setattr(sinf_core.clusters, "cluster_maps", lambda stats, random_state=0: {"classes": np.zeros((6, 2))})
+    exp = _tiny_experiment()
+    settings = BuildSettings(
+        methods=("l1", "random"), r_L_grid=(0.5,), k=3, stats_feature_sample=30, batch_size=32,
+        router={"epochs": 1, "batch_size": 32, "taps": ["layer2.0", "layer2.1"]}, bench=True,
+        bench_options={k: v for k, v in QUICK.items() if k not in ("taps", "score")},
+    )
+    b = build_bundle(exp, tmp_path / "b", settings)
+    bench = b.json("bench.json")
+    assert bench["taps"] == ["layer2.0", "layer2.1"]  # the bundle router's taps
+    assert bench["heads"]["route_from_bundle"] == ["layer2.0", "layer2.1"]
+    assert bench["options"]["score"] == "l1"  # dcs is not among the bundle's methods
+    for name in CONTENDERS:
+        assert "top1" in bench[name]
+    log: list[str] = []
+    build_bundle(exp, tmp_path / "b", settings, log=log.append)
+    assert any(line.startswith("bench: cached") for line in log), log

@@ -87,21 +87,31 @@ def confusion_affinity(confusion: np.ndarray) -> np.ndarray:
     return a
 
 
-def spectral_assignment(affinity: np.ndarray, k: int, random_state: int = 0) -> np.ndarray:
+SPECTRAL_LABELS = ("cluster_qr", "kmeans", "discretize")
+
+
+def spectral_assignment(affinity: np.ndarray, k: int, random_state: int = 0,
+                        assign_labels: str = "cluster_qr") -> np.ndarray:
     """Spectral clustering (normalised Laplacian, ``affinity='precomputed'``) of a symmetric
-    non-negative class affinity [K, K] into ``k`` clusters. Returns int64 [K] (canonical order)."""
+    non-negative class affinity [K, K] into ``k`` clusters. Returns int64 [K] (canonical order).
+
+    ``assign_labels``: how the spectral embedding becomes clusters (sklearn). Default ``cluster_qr``:
+    no iterations and no seed dependence; on ResNet-56 / CIFAR-100 (K=20) it gave ARI 0.444 vs the
+    superclasses where k-means gave 0.365-0.431 over seeds 0-3 (docs/foundation.md)."""
     from sklearn.cluster import SpectralClustering
 
     a = np.asarray(affinity, dtype=np.float64)
     _check_k(k, len(a))
     if not np.allclose(a, a.T) or (a < 0).any():
         raise SinfError("the affinity for spectral clustering must be symmetric and non-negative")
+    if assign_labels not in SPECTRAL_LABELS:
+        raise SinfError(f"unknown label assignment {assign_labels!r}; choose one of {', '.join(SPECTRAL_LABELS)}")
     if k == 1:
         return np.zeros(len(a), dtype=np.int64)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
         labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=random_state,
-                                    assign_labels="kmeans", n_init=10).fit_predict(a)
+                                    assign_labels=assign_labels, n_init=10).fit_predict(a)
     return canonical_labels(labels)
 
 
@@ -121,12 +131,14 @@ def cluster_classes(
     calib_stats: ActivationStats | None = None,
     soft: bool = False,
     random_state: int = 0,
+    assign_labels: str = "cluster_qr",
 ) -> Hierarchy:
     """Clusters by ``method`` (one of METHODS).
 
     ``hierarchy``: the data set's own (method 'hierarchy'). ``fit_stats``: statistics with penultimate
     sums (method 'ward'). ``calib_stats``: statistics over the calibration split with the confusion
-    matrix (method 'spectral'; ``soft=True`` uses summed softmax probabilities instead of argmax counts).
+    matrix (method 'spectral'; ``soft=True`` uses summed softmax probabilities instead of argmax counts;
+    ``assign_labels`` as in ``spectral_assignment``).
     """
     if method == "hierarchy":
         if hierarchy is None:
@@ -142,7 +154,8 @@ def cluster_classes(
         conf = calib_stats.prob_sum if soft else calib_stats.confusion
         if conf is None:
             raise SinfError("these statistics hold no confusion matrix")
-        return assignment_hierarchy(class_names, spectral_assignment(confusion_affinity(conf.numpy()), k, random_state),
+        return assignment_hierarchy(class_names, spectral_assignment(confusion_affinity(conf.numpy()), k, random_state,
+                                                                    assign_labels),
                                     "spectral")
     raise SinfError(f"unknown clustering method {method!r}; choose one of {', '.join(METHODS)}")
 

@@ -300,10 +300,12 @@ def running_figure(n: Sequence[int], sinf: Sequence[float], base: Sequence[float
 
 
 # ------------------------------------------------------------------------------ speed-up report
-def pareto_front(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
-    """Indices of the points no other point beats (lower or equal x AND higher or equal y, one strictly),
-    sorted by x."""
+def pareto_front(x: Sequence[float], y: Sequence[float], x_better: str = "lower") -> np.ndarray:
+    """Indices of the points no other point beats (x at least as good AND higher or equal y, one strictly;
+    ``x_better`` 'lower' for costs, 'higher' for throughput), sorted by x."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x_better == "higher":
+        return pareto_front(-x, y)[::-1]
     keep = []
     for i in range(len(x)):
         dominated = np.any((x <= x[i]) & (y >= y[i]) & ((x < x[i]) | (y > y[i])))
@@ -314,7 +316,8 @@ def pareto_front(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
 
 
 def pareto_figure(points: Sequence[Mapping], x_key: str, x_title: str, title: str, y_key: str = "top1",
-                  x_scale: float = 1.0, chosen: Mapping[str, Mapping] | None = None) -> go.Figure:
+                  x_scale: float = 1.0, chosen: Mapping[str, Mapping] | None = None, x_better: str = "lower"
+                  ) -> go.Figure:
     """Operating points (``points``: dicts with ``mode``, ``x_key``, ``y_key`` and optional settings)
     per mode, with each mode's Pareto front as a line, and the chosen point of each mode (``chosen``:
     mode -> dict with the same keys) as a large marker."""
@@ -332,10 +335,10 @@ def pareto_figure(points: Sequence[Mapping], x_key: str, x_title: str, title: st
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"{mode} points", marker={"color": color, "size": 6,
                                  "opacity": 0.45}, text=hover, legendgroup=mode, showlegend=False,
                                  hovertemplate=mode + "<br>%{text}<br>x=%{x:.3f}<br>top-1 %{y:.2f} %<extra></extra>"))
-        front = pareto_front(xs, ys)
+        front = pareto_front(xs, ys, x_better)
         if len(front):
             fig.add_trace(go.Scatter(x=xs[front], y=ys[front], mode="lines+markers", name=mode, legendgroup=mode,
-                                     line={"color": color, "shape": "hv"}, marker={"color": color, "size": 7},
+                                     line={"color": color, "shape": "hv" if x_better == "lower" else "vh"}, marker={"color": color, "size": 7},
                                      text=[hover[i] for i in front],
                                      hovertemplate=mode + " (Pareto)<br>%{text}<br>x=%{x:.3f}<br>top-1 %{y:.2f} %<extra></extra>"))
     for mode, p in (chosen or {}).items():
@@ -378,22 +381,25 @@ def sinf_diagram_figure(stem: str = "shared stem", n_clusters: int = 20, cluster
         (0.62, 0.10, 0.84, 0.26, "unpruned tail", "#F5EBD5", "the base network's own remaining layers"),
         (0.90, 0.42, 1.0, 0.58, "class", "#EEEEEE", "the fine class"),
     ]
+    # the K subgraphs: a stack of cards in the cluster colours behind the subgraph box
+    k = min(int(n_clusters), 6)
+    for i in reversed(range(1, k)):
+        dx, dy = 0.006 * i, 0.014 * i
+        fig.add_shape(type="rect", x0=0.62 + dx, y0=0.52 + dy, x1=0.84 + dx, y1=0.66 + dy, fillcolor="white",
+                      line={"color": cluster_color(i), "width": 2}, layer="below")
     for x0, y0, x1, y1, label, color, _ in boxes:
-        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, fillcolor=color, line={"color": "#555", "width": 1},
-                      layer="below")
+        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, fillcolor=color, layer="below",
+                      line={"color": cluster_color(0) if label.startswith("subgraph") else "#555",
+                            "width": 2 if label.startswith("subgraph") else 1})
         fig.add_annotation(x=(x0 + x1) / 2, y=(y0 + y1) / 2, text=label, showarrow=False, font={"size": 13})
-    arrows = [(0.10, 0.5, 0.15, 0.5), (0.33, 0.5, 0.40, 0.5), (0.33, 0.55, 0.40, 0.78), (0.55, 0.5, 0.62, 0.59),
-              (0.475, 0.40, 0.475, 0.26), (0.55, 0.18, 0.62, 0.18), (0.84, 0.59, 0.90, 0.52),
-              (0.84, 0.18, 0.90, 0.48), (0.55, 0.78, 0.90, 0.56)]
+    arrows = [(0.10, 0.5, 0.15, 0.5), (0.33, 0.5, 0.40, 0.5), (0.33, 0.55, 0.40, 0.78), (0.55, 0.5, 0.62, 0.57),
+              (0.475, 0.40, 0.475, 0.26), (0.55, 0.18, 0.62, 0.18), (0.84, 0.57, 0.90, 0.52),
+              (0.84, 0.18, 0.90, 0.45), (0.95, 0.78, 0.95, 0.58)]
+    fig.add_shape(type="line", x0=0.55, y0=0.78, x1=0.95, y1=0.78, line={"color": "#555", "width": 1.5})
     for x0, y0, x1, y1 in arrows:
         fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
                            arrowhead=3, arrowsize=1, arrowwidth=1.5, arrowcolor="#555", text="")
-    # stacked "other subgraphs" hint, in cluster colours
-    k = min(int(n_clusters), 8)
-    for i in range(k):
-        fig.add_shape(type="rect", x0=0.62 + 0.004 * (k - i), y0=0.66 + 0.006 * i, x1=0.84 + 0.004 * (k - i),
-                      y1=0.675 + 0.006 * i, fillcolor=cluster_color(i), line={"width": 0}, layer="below")
-    fig.add_annotation(x=0.73, y=0.76, text=f"{n_clusters} subgraphs, one per cluster", showarrow=False,
+    fig.add_annotation(x=0.73, y=0.47, text=f"one of {n_clusters} subgraphs, one per cluster", showarrow=False,
                        font={"size": 11, "color": "#555"})
     # invisible hover points
     fig.add_trace(go.Scatter(x=[(b[0] + b[2]) / 2 for b in boxes], y=[(b[1] + b[3]) / 2 for b in boxes],

@@ -76,11 +76,21 @@ def bench_table(bench: Mapping[str, Any]) -> list[dict]:
 
 
 def bench_points(bench: Mapping[str, Any]) -> list[dict]:
-    """Operating points as a flat list of dicts, each with ``mode``."""
-    raw = bench.get("pareto", bench.get("points"))
-    if raw is None:
-        return []
-    out = []
+    """The operating points of the sweep (``sweep.pareto`` of ``sinf bench``: calibration top-1 and
+    expected FLOPs per point), or a top-level ``pareto`` / ``points`` list, as dicts with ``mode``."""
+    sweep = bench.get("sweep") if isinstance(bench.get("sweep"), Mapping) else {}
+    raw = sweep.get("pareto", bench.get("pareto", bench.get("points")))
+    return _flatten_points(raw)
+
+
+def screened_points(bench: Mapping[str, Any]) -> list[dict]:
+    """Candidates whose throughput was measured on calibration images (``sweep.screen``), with ``ips``."""
+    sweep = bench.get("sweep") if isinstance(bench.get("sweep"), Mapping) else {}
+    return _flatten_points(sweep.get("screen"))
+
+
+def _flatten_points(raw: Any) -> list[dict]:
+    out: list[dict] = []
     if isinstance(raw, Mapping):
         for mode, pts in raw.items():
             if isinstance(pts, Mapping):  # {"points": [...], ...}
@@ -93,9 +103,50 @@ def bench_points(bench: Mapping[str, Any]) -> list[dict]:
     return out
 
 
-def chosen_points(bench: Mapping[str, Any]) -> dict[str, dict]:
-    """The reported point of each mode (its metrics), keyed by mode."""
-    return {m: dict(v) for m, v in bench_modes(bench).items()}
+def chosen_points(bench: Mapping[str, Any], split: str = "report") -> dict[str, dict]:
+    """Each mode's reported point. ``split='calib'``: at its calibration top-1 / expected FLOPs (the
+    coordinates of the sweep; the base model at its calibration top-1), else the report-split metrics."""
+    modes = bench_modes(bench)
+    if split != "calib":
+        return {m: dict(v) for m, v in modes.items()}
+    sweep = bench.get("sweep") if isinstance(bench.get("sweep"), Mapping) else {}
+    out = {}
+    for m, v in modes.items():
+        top1 = v.get("calib_top1", sweep.get("base_calib_top1") if m == "base" else None)
+        flops = v.get("calib_flops", v.get("flops"))
+        if top1 is not None and flops is not None:
+            out[m] = {"top1": top1, "flops": flops}
+    return out
+
+
+def operating_points(bench: Mapping[str, Any]) -> list[dict]:
+    """Per mode, the settings of its reported point (tap, r_M, r_L, gamma, tau), its calibration top-1
+    and expected FLOPs, and the route / exit / fallback rates on the report split when recorded."""
+    rows = []
+    for m, v in bench_modes(bench).items():
+        op = v.get("operating_point")
+        if not isinstance(op, Mapping):
+            if v.get("note"):
+                rows.append({"mode": m, "note": v["note"]})
+            continue
+        row = {"mode": m, **{k: op.get(k) for k in ("tap", "r_M", "r_L", "gamma", "tau")},
+               "calib_top1": v.get("calib_top1"), "calib_flops": v.get("calib_flops")}
+        for k in ("exit_rate", "route_rate", "fallback_rate", "route_accuracy"):
+            if v.get(k) is not None:
+                row[k] = v[k]
+        rows.append(row)
+    return rows
+
+
+def target_text(bench: Mapping[str, Any]) -> str | None:
+    """One sentence on the issue's target (best mode within the budget and >= 1.15x throughput)."""
+    t = bench.get("target")
+    if not isinstance(t, Mapping) or t.get("best_mode") is None:
+        return None
+    met = "met" if t.get("met") else "not met"
+    return (f"Target ({t.get('budget_points')} points top-1 budget, {t.get('throughput_ratio_needed')}x throughput): "
+            f"{met}. Best mode {t['best_mode']}: {t.get('top1_delta', float('nan')):+.2f} points, "
+            f"{t.get('throughput_ratio', float('nan')):.2f}x base throughput.")
 
 
 def hardware_text(bench: Mapping[str, Any]) -> str:
@@ -150,28 +201,30 @@ def to_json(bench: Mapping[str, Any], extra: Mapping[str, Any] | None = None) ->
 
 
 def figures(bench: Mapping[str, Any]) -> list:
-    """The report's Plotly figures: throughput and latency per mode, and the Pareto fronts."""
+    """The report's Plotly figures: throughput and latency per mode; accuracy vs expected FLOPs (the
+    calibration sweep with each mode's Pareto front and chosen point); accuracy vs measured latency at
+    batch size 1 and vs measured throughput (report split, one point per contender)."""
     from . import plots
 
     modes = bench_modes(bench)
+    report_pts = {m: v for m, v in modes.items() if v.get("top1") is not None}
     figs = [
-        plots.mode_bars_figure(modes, "throughput_ips", "Throughput at a large batch", "images per second"),
+        plots.mode_bars_figure(modes, "throughput_ips", "Throughput at a large batch (report split)", "images per second"),
         plots.mode_bars_figure(modes, "latency_ms_bs1", "Latency at batch size 1 (median)", "milliseconds per image"),
     ]
     pts = bench_points(bench)
-    if any(p.get("flops") is not None for p in pts):
-        figs.append(plots.pareto_figure(pts, "flops", "expected MFLOPs per image (2 x MACs)",
-                                        "Accuracy vs expected FLOPs", x_scale=1e-6, chosen=chosen_points(bench)))
-    lat_key = next((k for k in ("latency_ms_bs1", "latency_ms", "throughput_ips") if any(k in p for p in pts)), None)
-    if lat_key in ("latency_ms_bs1", "latency_ms"):
-        figs.append(plots.pareto_figure(pts, lat_key, "measured latency (ms per image)",
-                                        "Accuracy vs measured latency", chosen=chosen_points(bench)))
-    elif not pts:
-        chosen = chosen_points(bench)
-        figs.append(plots.pareto_figure([], "flops", "MFLOPs per image (2 x MACs)", "Accuracy vs FLOPs (reported points)",
-                                        x_scale=1e-6, chosen=chosen))
-        figs.append(plots.pareto_figure([], "latency_ms_bs1", "latency at batch size 1 (ms)",
-                                        "Accuracy vs measured latency (reported points)", chosen=chosen))
+    figs.append(plots.pareto_figure(
+        pts, "flops", "expected MFLOPs per image (2 x MACs)",
+        "Accuracy vs expected FLOPs" + (" (calibration sweep; stars: chosen points)" if pts else ""),
+        x_scale=1e-6, chosen=chosen_points(bench, "calib") if pts else report_pts))
+    figs.append(plots.pareto_figure([], "latency_ms_bs1", "measured latency at batch size 1 (ms per image)",
+                                    "Accuracy vs measured latency (report split)", chosen=report_pts))
+    screen = screened_points(bench)
+    tp_chosen = {m: v for m, v in report_pts.items() if v.get("throughput_ips") is not None}
+    figs.append(plots.pareto_figure(
+        [{**p, "throughput_ips": p.get("ips")} for p in screen], "throughput_ips", "measured images per second",
+        "Accuracy vs measured throughput" + (" (dots: candidates screened on calibration)" if screen else ""),
+        chosen=tp_chosen, x_better="higher"))
     return figs
 
 
@@ -200,6 +253,7 @@ th {{ background: #f3f5f8; }}
 <p class="meta">{html.escape(subtitle)}</p>
 <p class="meta">Hardware: {html.escape(hardware_text(bench))}</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<p>{html.escape(target_text(bench) or "")}</p>
 <p class="meta">FLOPs per image = 2 x multiply-accumulates. Speed-ups are ratios measured side by side in one run;
 the router's and the exit head's cost are included. {html.escape(str(notes))}</p>
 {''.join(parts)}

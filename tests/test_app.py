@@ -48,6 +48,10 @@ def tiny_build_settings():
         route_target=0.5, taps=("layer1.1", "layer2.0", "layer2.1"),
         router={"epochs": 5, "batch_size": 54, "bf16": False, "channels_last": False, "lr": 2e-2},
         stats_feature_sample=120, batch_size=64,
+        bench_options={"budget": 5.0, "schedules": [[0.05, 0.5]], "gammas": [0.0, 0.5, 0.9, 1.0],
+                       "taus": [0.5, 0.9, 1.0], "static_scores": ["l1"], "head_fit_samples": 216, "head_epochs": 2,
+                       "screen_pool": 24, "screen_reps": 1, "pool": 120, "batch_size": 64, "throughput_reps": 1,
+                       "latency_calls": 10, "latency_warmup": 2, "cache": False, "multiple_of": None},
     )
 
 
@@ -166,19 +170,22 @@ def texts(at) -> str:
     return "\n".join(str(p) for p in parts)
 
 
-BENCH = {  # a benchmark in the `sinf bench --json` layout (a fixture for the page, not a measurement)
-    "modes": {
-        "base": {"top1": 72.5, "latency_ms_bs1": 10.0, "throughput_ips": 1000.0, "flops": 2.5e8, "params": 860000},
-        "sinf": {"top1": 71.0, "latency_ms_bs1": 11.0, "throughput_ips": 1100.0, "flops": 2.2e8, "params": 900000},
-        "exit": {"top1": 70.5, "latency_ms_bs1": 8.0, "throughput_ips": 1400.0, "flops": 1.8e8, "params": 880000},
-        "cascade": {"top1": 70.9, "latency_ms_bs1": 8.5, "throughput_ips": 1500.0, "flops": 1.7e8, "params": 920000},
-        "static": {"top1": 66.0, "latency_ms_bs1": 9.0, "throughput_ips": 1150.0, "flops": 2.2e8, "params": 700000},
-    },
-    "pareto": [
-        {"mode": "sinf", "gamma": 0.5, "top1": 71.0, "flops": 2.2e8, "latency_ms_bs1": 11.0},
-        {"mode": "sinf", "gamma": 0.8, "top1": 72.0, "flops": 2.4e8, "latency_ms_bs1": 11.5},
-        {"mode": "exit", "tau": 0.9, "top1": 70.5, "flops": 1.8e8, "latency_ms_bs1": 8.0},
-    ],
+def _mode(top1, lat, ips, flops, params, **kw):
+    return {"top1": top1, "latency_ms_bs1": lat, "throughput_ips": ips, "flops": flops, "params": params, **kw}
+
+
+BENCH = {  # a benchmark in the `sinf bench --json` layout (an input for the page, not a measurement)
+    "format": "sinf-bench", "version": 1, "model": "demo",
+    "base": _mode(72.5, 10.0, 1000.0, 2.5e8, 860000),
+    "sinf": _mode(71.0, 11.0, 1100.0, 2.2e8, 900000, calib_top1=71.2, calib_flops=2.2e8),
+    "exit": _mode(70.5, 8.0, 1400.0, 1.8e8, 880000, calib_top1=70.9, calib_flops=1.8e8),
+    "cascade": _mode(70.9, 8.5, 1500.0, 1.7e8, 920000, calib_top1=71.0, calib_flops=1.7e8),
+    "static": _mode(66.0, 9.0, 1150.0, 2.2e8, 700000),
+    "sweep": {"base_calib_top1": 72.7, "pareto": {
+        "sinf": [{"mode": "sinf", "tap": "layer3.4", "gamma": 0.5, "top1": 71.2, "flops": 2.2e8},
+                 {"mode": "sinf", "tap": "layer3.4", "gamma": 0.8, "top1": 72.0, "flops": 2.4e8}],
+        "exit": [{"mode": "exit", "tap": "layer3.4", "tau": 0.9, "top1": 70.9, "flops": 1.8e8}]},
+        "screen": {"sinf": [{"mode": "sinf", "top1": 71.2, "flops": 2.2e8, "ips": 1080.0}]}},
     "hardware": {"cpu": "test CPU", "threads": 2, "torch": "2.x"},
 }
 

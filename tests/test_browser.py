@@ -42,11 +42,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_idle(page, timeout: float = 120.0) -> None:
-    """Wait until Streamlit has finished the current script run (its status widget is gone)."""
-    page.wait_for_timeout(250)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="hidden", timeout=timeout * 1000)
-    page.wait_for_selector('[data-testid="stSkeleton"]', state="hidden", timeout=timeout * 1000)
+def wait_idle(page, timeout: float = 120.0) -> float:
+    """Wait until Streamlit has finished its script run: its status widget ("Running...", "Stop") has been
+    hidden for three checks in a row (a run can start a moment after the click that caused it). Returns
+    the ``time.perf_counter()`` at which the app was first seen idle."""
+    deadline = time.time() + timeout
+    quiet, idle_since = 0, time.perf_counter()
+    while time.time() < deadline:
+        running = page.locator('[data-testid="stStatusWidget"]').is_visible()
+        if running:
+            quiet = 0
+        else:
+            if quiet == 0:
+                idle_since = time.perf_counter()
+            quiet += 1
+        if quiet >= 3:
+            return idle_since
+        page.wait_for_timeout(300)
+    raise AssertionError(f"the app was still running after {timeout} s")
 
 
 def assert_no_exception(page, where: str) -> None:
@@ -62,6 +75,7 @@ def drive_app(url: str, out_dir: Path, upload: Path | None = None, bad_upload: P
     from playwright.sync_api import expect, sync_playwright
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=timeout * 1000)
     times: dict[str, dict[str, float]] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -71,8 +85,7 @@ def drive_app(url: str, out_dir: Path, upload: Path | None = None, bad_upload: P
             t0 = time.perf_counter()
             page.goto(url, wait_until="domcontentloaded")
             expect(page.get_by_text(PAGES[0][2]).first).to_be_visible(timeout=timeout * 1000)
-            wait_idle(page, timeout)
-            times["Home"] = {"first": time.perf_counter() - t0}
+            times["Home"] = {"first": wait_idle(page, timeout) - t0}
             assert_no_exception(page, "Home")
             page.screenshot(path=str(out_dir / "home.png"), full_page=True)
             nav = page.locator('[data-testid="stSidebarNav"]')
@@ -81,8 +94,7 @@ def drive_app(url: str, out_dir: Path, upload: Path | None = None, bad_upload: P
                     t0 = time.perf_counter()
                     nav.get_by_text(label, exact=True).click()
                     expect(page.get_by_text(marker).first).to_be_visible(timeout=timeout * 1000)
-                    wait_idle(page, timeout)
-                    times.setdefault(label, {})[visit] = time.perf_counter() - t0
+                    times.setdefault(label, {})[visit] = wait_idle(page, timeout) - t0
                     assert_no_exception(page, label)
                     if visit == "first":
                         page.screenshot(path=str(out_dir / f"{label.lower().replace(' ', '_')}.png"), full_page=True)

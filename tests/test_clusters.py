@@ -56,9 +56,14 @@ def test_spectral_recovers_planted_confusion_blocks():
     assert adjusted_rand(h, truth) == 1.0
     hs = cluster_classes("spectral", names, k=4, calib_stats=stats_with(confusion=conf), soft=True)
     assert adjusted_rand(hs, truth) == 1.0
-    # same seed, same answer
     a = confusion_affinity(conf)
-    assert np.array_equal(spectral_assignment(a, 4, 0), spectral_assignment(a, 4, 0))
+    for assign in ("kmeans", "discretize"):
+        assert adjusted_rand(spectral_assignment(a, 4, 0, assign), truth) == 1.0
+    # cluster_qr (the default) does not depend on the seed; k-means gives the same answer for the same seed
+    assert np.array_equal(spectral_assignment(a, 4, 0), spectral_assignment(a, 4, 5))
+    assert np.array_equal(spectral_assignment(a, 4, 3, "kmeans"), spectral_assignment(a, 4, 3, "kmeans"))
+    with pytest.raises(SinfError, match="unknown label assignment"):
+        spectral_assignment(a, 4, 0, "magic")
 
 
 def test_confusion_affinity_by_hand():
@@ -116,8 +121,9 @@ def test_umap_map_reproducible_and_separates():
 
 @pytest.mark.realdata
 def test_resnet56_data_driven_clusters_agree_with_superclasses(real_env):
-    """Ward on prototypes from 20 train images per class, and spectral on the calibration confusion of
-    a quarter of the calibration split: both well above chance agreement with the 20 superclasses."""
+    """Ward on prototypes from 20 train images per class, and spectral on the confusion matrix of 20
+    calibration images per class: both well above chance agreement (ARI 0) with the 20 superclasses.
+    (With all of fit / calibration: Ward 0.50, spectral 0.39, docs/foundation.md.)"""
     from sinf_core.data.splits import stratified_split
     from sinf_core.experiment import open_experiment
 
@@ -126,8 +132,10 @@ def test_resnet56_data_driven_clusters_agree_with_superclasses(real_env):
     fit = collect_stats(exp.model, exp.train, fit_idx, batch_size=250)
     ward = cluster_classes("ward", exp.hierarchy.class_names, 20, fit_stats=fit)
     assert adjusted_rand(ward, exp.hierarchy) > 0.3
-    calib = collect_stats(exp.model, exp.calib_data(), batch_size=250)
-    spec = cluster_classes("spectral", exp.hierarchy.class_names, 20, calib_stats=calib, soft=True)
+    calib_data = exp.calib_data()
+    _, calib_idx = stratified_split(calib_data.labels.numpy(), 0.4, seed=0)  # 20 of the 50 per class
+    calib = collect_stats(exp.model, calib_data, calib_idx, batch_size=250)
+    spec = cluster_classes("spectral", exp.hierarchy.class_names, 20, calib_stats=calib)
     assert adjusted_rand(spec, exp.hierarchy) > 0.2
 
 

@@ -180,9 +180,9 @@ def test_mean_act_and_apoz_match_hooks_and_the_statistics_pass(tiny_dataset):
     ours = compute_all_scores(["mean_act", "apoz"], m, None, tiny_dataset, options={"max_per_class": 0})
     stats = collect_stats(m, tiny_dataset, rows)
     theirs = compute_all_scores(["mean_act", "apoz"], m, None, tiny_dataset, stats=stats)
-    for t in range(3):
-        for name in ["layer1.0.conv1", "layer3.1.conv1"]:
-            maps, labels = layer_maps(m, tiny_dataset, rows, name)
+    for name in ["layer1.0.conv1", "layer3.1.conv1"]:
+        maps, labels = layer_maps(m, tiny_dataset, rows, name)
+        for t in range(3):
             sel = torch.isin(labels, torch.as_tensor(tiny_dataset.hierarchy.members(t)))
             direct_mean = maps[sel].mean(dim=(2, 3)).mean(0)
             direct_apoz = 1.0 - (maps[sel] == 0).float().mean(dim=(2, 3)).mean(0)

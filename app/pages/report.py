@@ -55,14 +55,24 @@ for col, r in zip(cols, [r for r in rows if r["mode"] != "base"]):
 
 table = pd.DataFrame([{label: report.fmt(k, r.get(k)) for k, label in report.COLUMNS} for r in rows])
 st.dataframe(table, hide_index=True, key="bench_table")
+target = report.target_text(bench)
+if target:
+    (st.success if bench["target"].get("met") else st.warning)(target)
+ops = report.operating_points(bench)
+if ops:
+    with st.expander("Chosen operating points (picked on the calibration split)"):
+        st.dataframe(pd.DataFrame(ops), hide_index=True, key="ops_table")
 st.caption("Speed-up at batch size 1 = base latency / mode latency; throughput ratio = mode / base images per second. "
            "FLOPs per image = 2 x multiply-accumulates, expected over the routes taken.")
 
 figs = report.figures(bench)
-for i in range(0, len(figs), 2):
-    cs = st.columns(2)
-    for j, fig in enumerate(figs[i:i + 2]):
-        cs[j].plotly_chart(fig, key=f"bench_fig_{i + j}")
+cs = st.columns(2)
+for i, fig in enumerate(figs[:2]):
+    cs[i].plotly_chart(fig, key=f"bench_fig_{i}")
+st.plotly_chart(figs[2], key="bench_fig_2")
+cs = st.columns(2)
+for i, fig in enumerate(figs[3:5]):
+    cs[i].plotly_chart(fig, key=f"bench_fig_{i + 3}")
 
 st.subheader("Export")
 title = f"SINF speed-up report: {src.model}"

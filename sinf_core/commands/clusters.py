@@ -19,6 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("--k", type=int, default=20, help="number of data-driven clusters (default 20)")
     p.add_argument("--soft", action="store_true",
                    help="spectral: use summed softmax probabilities instead of argmax counts")
+    p.add_argument("--assign-labels", choices=["cluster_qr", "kmeans", "discretize"], default="cluster_qr",
+                   help="spectral: how the embedding becomes clusters (default cluster_qr: deterministic)")
     p.add_argument("--seed", type=int, default=0, help="random_state for spectral clustering and UMAP")
     p.add_argument("--map", action="store_true", help="add UMAP 2-D maps of the class prototypes and an image sample")
     p.add_argument("--out", help="write the clusters as a hierarchy JSON file (usable with image folders)")
@@ -45,7 +47,8 @@ def run(args) -> int:
     for m in methods:
         base = "spectral" if m.startswith("spectral") else m
         soft = m == "spectral_soft" or (base == "spectral" and args.soft)
-        found[m] = cluster_classes(base, h.class_names, args.k, h, fit, calib, soft=soft, random_state=args.seed)
+        found[m] = cluster_classes(base, h.class_names, args.k, h, fit, calib, soft=soft, random_state=args.seed,
+                                 assign_labels=args.assign_labels)
         out["results"][m] = {
             "method": base, "soft": soft if base == "spectral" else None, "k": found[m].num_clusters,
             "source": {"hierarchy": "data set", "ward": "fit split (prototypes)", "spectral": "calibration split"}[base],

@@ -44,10 +44,7 @@ def run(args) -> int:
     if args.out:
         write_json(args.out, out)
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    if args.json:
-        emit(out, True, "")
-    else:
-        emit(out, False, _text(out, args.out))
+    emit(out, args.json, "" if args.json else _text(out, args.out))
     return 0
 
 

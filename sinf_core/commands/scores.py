@@ -82,8 +82,15 @@ def run(args) -> int:
         "methods": {m: {"cached": r["cached"], "seconds": r["seconds"], "file": str(r["file"]), "options": r["options"]}
                     for m, r in res.items()},
     }
+    fresh = [r["meta"] for r in res.values() if not r["cached"]]
+    if fresh:
+        out["shared_pass_seconds"] = fresh[0]["shared_pass_seconds"]
+        out["compute_seconds"] = fresh[0]["batch_seconds"]
     lines = [f"{args.model}: scores for {len(out['clusters'])} clusters x {len(layers)} layers "
              f"(fit split, {len(data)} images; {out['seconds']} s)"]
+    if fresh:
+        lines.append(f"  computed in {out['compute_seconds']:.1f} s, of which the shared feature pass "
+                     f"{out['shared_pass_seconds']:.1f} s; per method (its own work):")
     for m, r in out["methods"].items():
         lines.append(f"  {m:<9} {'cached  ' if r['cached'] else 'computed'} {r['seconds']:8.1f} s  {r['file']}")
     emit(out, args.json, "\n".join(lines))

@@ -60,12 +60,19 @@ def stats_for(exp, args, split: str, quiet: bool, refresh: bool = False):
     data, idx = split_data(exp, split)
     n = len(data) if idx is None else len(idx)
     sample = sample_size(args, split)
-    bar = progress(n, f"stats {exp.model_name} [{split}]", quiet=quiet)
+    bars = []
+
+    def on_batch(k: int) -> None:  # the bar appears only when the pass runs (not on a cache hit)
+        if not bars:
+            bars.append(progress(n, f"stats {exp.model_name} [{split}]", quiet=quiet))
+        bars[0].update(k)
+
     try:
         return cached_stats(exp.model_name, exp.model, data, split, idx, args.batch_size, exp.device, args.bf16,
-                            sample, refresh, on_batch=bar.update, root=args.cache_dir)
+                            sample, refresh, on_batch=on_batch, root=args.cache_dir)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 def run(args) -> int:

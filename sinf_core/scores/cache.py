@@ -72,9 +72,10 @@ def load_or_compute_scores(
     bf16: bool = False,
     on_progress=None,
 ) -> dict[str, dict]:
-    """{method: {"scores": ScoreTable, "cached": bool, "seconds": float, "file": Path, "options": dict}}.
-
-    Cached methods are loaded; the others are computed in one ``compute_all_scores`` call and stored."""
+    """{method: {"scores": ScoreTable, "cached": bool, "seconds": float, "file": Path, "options": dict,
+    "meta": dict}}. Cached methods are loaded; the others are computed in one ``compute_all_scores`` call
+    (one shared pass) and stored. "seconds" is the method's own work (its reducers inside the shared pass
+    plus its finish step); "meta" also holds the shared pass and the whole batch's wall time."""
     clusters = clusters or data.hierarchy
     lay = [l.name for l in resolve_layers(model, layers)]
     tg = list(range(clusters.num_clusters)) if targets is None else list(targets)
@@ -90,9 +91,10 @@ def load_or_compute_scores(
         name = f"{m}.{sha256_json(inputs)[:12]}"
         steps[m] = (name, inputs)
         if bundle.has(name) and not recompute:
+            meta = bundle.json(f"{name}.json")
             result[m] = {"scores": tensors_to_table(bundle.tensors(f"{name}.safetensors"), tg, lay), "cached": True,
-                         "seconds": bundle.json(f"{name}.json")["seconds"],
-                         "file": bundle.root / f"{name}.safetensors", "options": inputs["options"]}
+                         "seconds": meta["seconds"], "file": bundle.root / f"{name}.safetensors",
+                         "options": inputs["options"], "meta": meta}
         else:
             todo.append(m)
     if todo:
@@ -105,13 +107,18 @@ def load_or_compute_scores(
             name, inputs = steps[m]
             meta = {"method": m, "options": inputs["options"], "layers": lay, "targets": inputs["targets"],
                     "cluster_names": list(clusters.cluster_names), "data": fp,
-                    "seconds": round(timings.get(m, 0.0) + timings.get("features", 0.0) / len(todo), 3),
-                    "shared_pass_seconds": round(timings.get("features", 0.0), 3), "batch_seconds": round(wall, 3)}
+                    # the method's own work: its reducers inside the shared pass + its finish step
+                    "seconds": round(timings.get(m, 0.0) + timings.get(f"{m}.reduce", 0.0), 3),
+                    "finish_seconds": round(timings.get(m, 0.0), 3),
+                    "reduce_seconds": round(timings.get(f"{m}.reduce", 0.0), 3),
+                    "shared_pass_seconds": round(timings.get("features", 0.0), 3),
+                    "shared_pass_reducers_seconds": round(timings.get("features.reducers", 0.0), 3),
+                    "batch_seconds": round(wall, 3), "batch_methods": todo}
             art = {f"{name}.safetensors": table_to_tensors(tables[m]), f"{name}.json": meta}
             if recompute:
                 bundle.put(name, art, inputs)
             else:
                 bundle.step(name, inputs, lambda art=art: art)
             result[m] = {"scores": tables[m], "cached": False, "seconds": meta["seconds"],
-                         "file": bundle.root / f"{name}.safetensors", "options": inputs["options"]}
+                         "file": bundle.root / f"{name}.safetensors", "options": inputs["options"], "meta": meta}
     return {m: result[m] for m in dict.fromkeys(methods)}

@@ -31,7 +31,7 @@ browser-deps:
 	  else echo "browser tests need Debian's chromium: sudo apt-get install chromium (they are skipped without it)"; fi; }
 
 test: setup browser-deps
-	$(PY) -m pytest -q -rs -m "not browser"
+	$(PY) -m pytest -q -rs
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -570,6 +570,18 @@ def _parse_score_tensors(t: dict[str, torch.Tensor], h: Hierarchy) -> dict[int, 
     return out
 
 
+def scores_ready(src: Source, method: str) -> bool:
+    """Whether ``scores(src, method)`` is instant: in the bundle, or computed earlier in this process."""
+    store, _ = _memo_store()
+    if (src.key, "scores", method, _manifest_mtime(src.bundle)) in store:
+        return True
+    try:
+        b = bundle(src)
+    except SinfError:
+        return False
+    return b is not None and _has_file(b, f"scores_{method}.safetensors")
+
+
 def scores(src: Source, method: str) -> dict[int, dict[str, torch.Tensor]]:
     """Per-cluster filter scores {cluster index: {layer: Tensor[C]}}: the bundle's
     ``scores_<method>.safetensors``, else computed on the fit split with a bar (once per process)."""
@@ -693,6 +705,29 @@ def specs(src: Source, cfg: dict, tap: str) -> dict:
                               overrides=ratios)
 
 
+def calib_stem_features(src: Source, tap: str) -> dict[str, torch.Tensor]:
+    """``{tap: stem output of every calibration image}`` (the ``stem_cache`` of
+    ``evaluate_cluster_subgraphs``), computed once per tap: every later configuration only runs tails."""
+    from sinf_core.data import iterate_batches
+
+    def compute() -> dict[str, torch.Tensor]:
+        exp = experiment(src)
+        calib = exp.calib_data()
+        progress = Progress(f"Stem features of the calibration split at {tap} (once)")
+        on_batch = _counter(progress, len(calib))
+        parts = []
+        try:
+            with torch.inference_mode():
+                for x, _ in iterate_batches(calib, 250):
+                    parts.append(exp.model.forward_stem(x, tap))
+                    on_batch(len(x))
+        finally:
+            progress.close()
+        return {tap: torch.cat(parts)}
+
+    return memo((src.key, "calib_stem", tap), compute)
+
+
 def evaluate_config(src: Source, cfg: dict, tap: str) -> dict:
     """Oracle-routed per-cluster accuracy on the calibration split, parameters and FLOPs of each subgraph
     (``evaluate_cluster_subgraphs`` with the unpruned tail as baseline), once per configuration."""
@@ -704,10 +739,11 @@ def evaluate_config(src: Source, cfg: dict, tap: str) -> dict:
         exp = experiment(src)
         sp = specs(src, cfg, tap)
         calib = exp.calib_data()
+        cache = calib_stem_features(src, tap)
         progress = Progress("Evaluating the subgraphs on the calibration split")
         try:
             return evaluate_cluster_subgraphs(exp.model, sp, calib, hierarchy(src), batch_size=250, baseline=True,
-                                              on_batch=_counter(progress, len(calib)))
+                                              on_batch=_counter(progress, len(calib)), stem_cache=cache)
         finally:
             progress.close()
 
@@ -906,7 +942,7 @@ def page_timer() -> Callable[[], float]:
 __all__ = [
     "Source", "source", "set_source", "env_source", "default_bundle_dir", "selectable_models", "memo", "forget",
     "Progress", "experiment", "bundle", "bundle_problem", "bundle_json", "bundle_tensors", "build_command",
-    "build_bundle", "hierarchy", "data_info", "model_facts", "stats", "scores", "score_methods", "SCORE_LABELS",
+    "build_bundle", "hierarchy", "data_info", "model_facts", "stats", "scores", "scores_ready", "calib_stem_features", "score_methods", "SCORE_LABELS",
     "router", "exit_heads", "calib_stats", "CLUSTER_METHODS", "Clustering", "clustering", "maps",
     "example_images", "overlap", "default_tap", "candidate_taps", "config", "set_config", "save_config",
     "cluster_ratios", "specs", "evaluate_config", "route_distribution", "expected_cost", "head_flops",

@@ -56,3 +56,19 @@ def cluster_chip(name: str, index: int) -> str:
 def source_caption(src: state.Source) -> None:
     st.caption(f"Model **{src.model}**" + (f" (weights {src.checkpoint})" if src.checkpoint else "")
                + (f", data {src.dataset}" if src.dataset else "") + f"  \nBundle `{src.bundle}`")
+
+
+def ensure_scores(src: state.Source, method: str, what: str = "This") -> bool:
+    """True when the ``method`` filter scores are at hand; otherwise explain and offer to compute them
+    (a pass over the fit split that can take minutes on a large model), returning True once done."""
+    if state.scores_ready(src, method):
+        return True
+    label = state.SCORE_LABELS.get(method, method)
+    st.info(f"{what} needs the {label} filter scores of every cluster, which the bundle does not hold yet. "
+            f"`{state.build_command(src)}` computes them with everything else; or compute them here now "
+            "(one pass over part of the fit split: seconds for a small model, minutes for ResNet-56 on a CPU).")
+    if st.button(f"Compute the {label} scores now", key=f"compute_scores_{method}"):
+        with guard("Cannot compute the scores"):
+            state.scores(src, method)
+            return True
+    return False

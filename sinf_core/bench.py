@@ -1188,7 +1188,7 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
         r = results[name]
         r["throughput_ips"] = round(tp[name]["ips"], 3)
         r["throughput_ips_best"] = round(tp[name]["ips_best"], 3)
-        r["throughput_runs_s"] = [round(v, 4) for v in tp[name]["all_s"]]
+        r["throughput_runs_s"] = [round(v, 6) for v in tp[name]["all_s"]]
         r["latency_ms_bs1"] = round(lat[name]["median_ms"], 4)
         r["latency_p10_p90_ms"] = [round(lat[name]["p10_ms"], 4), round(lat[name]["p90_ms"], 4)]
     for name in finals:

@@ -152,7 +152,7 @@ def train(
         loss.backward()
         opt.step()
         step += 1
-        run_loss += float(loss) * len(y)
+        run_loss += float(loss.detach()) * len(y)
         run_correct += float((logits.argmax(1) == y).sum())
         run_seen += len(y)
         if on_step:

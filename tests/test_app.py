@@ -409,8 +409,14 @@ def test_pages_without_a_bundle(nobundle_env):
         if page in ("live", "report"):
             assert "sinf build" in "\n".join(c.value for c in at.code), page
     at = open_page("pruning", timeout=300)
+    assert "does not hold yet" in texts(at) and not at.metric  # the scores are offered, not silently computed
+    at.button(key="compute_scores_dcs").click().run()
+    no_exception(at)
     assert metric(at, "Expected FLOPs per input")
     assert "oracle routing" in texts(at)
+    at = open_page("overlap", timeout=300)  # the scores computed above are now at hand everywhere
+    no_exception(at)
+    assert "DCS subgraph keeps" in texts(at)
 
 
 def test_damaged_bundle_and_missing_data(tiny_env, tmp_path):
@@ -435,3 +441,127 @@ def test_damaged_bundle_and_missing_data(tiny_env, tmp_path):
             assert "Cannot load" in texts(at), page
     finally:
         os.environ.pop("SINF_APP_DATASET", None)
+
+
+# ====================================================================================== pure helpers
+def test_report_table_csv_html_json():
+    import csv
+    import io
+
+    from sinf_core import report
+    from sinf_core.errors import SinfError
+
+    rows = {r["mode"]: r for r in report.bench_table(BENCH)}
+    assert list(rows) == ["base", "sinf", "exit", "cascade", "static"]
+    assert rows["cascade"]["throughput_ratio"] == pytest.approx(1500 / 1000)
+    assert rows["exit"]["latency_speedup"] == pytest.approx(10.0 / 8.0)
+    assert rows["sinf"]["flops_ratio"] == pytest.approx(2.2e8 / 2.5e8)
+    assert rows["static"]["delta_top1"] == pytest.approx(66.0 - 72.5)
+    parsed = list(csv.DictReader(io.StringIO(report.to_csv(BENCH))))
+    assert [r["mode"] for r in parsed] == list(rows)
+    assert float(parsed[3]["throughput_ratio"]) == pytest.approx(1.5)
+    back = json.loads(report.to_json(BENCH, {"model": "demo"}))
+    assert back["benchmark"] == BENCH and back["model"] == "demo" and len(back["table"]) == 5
+    page = report.to_html(BENCH, "A <report>")
+    assert page.startswith("<!DOCTYPE html>") and "A &lt;report&gt;" in page and "<table>" in page
+    import re
+
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # plotly.js is inlined: the file works offline
+    assert len(page) > 1_000_000
+    assert page.count("Plotly.newPlot") == 5 and "test CPU" in page
+    # the sweep's calibration points give each mode's front; chosen points sit at calibration coordinates
+    assert {p["mode"] for p in report.bench_points(BENCH)} == {"sinf", "exit"}
+    assert report.chosen_points(BENCH, "calib")["base"] == {"top1": 72.7, "flops": 2.5e8}
+    with pytest.raises(SinfError):
+        report.bench_table({"sinf": BENCH["sinf"]})
+    missing = {**BENCH, "exit": {"top1": None, "latency_ms_bs1": None, "throughput_ips": None, "flops": None,
+                                 "params": None, "note": "no operating point within the budget"}}
+    assert {r["mode"]: r["throughput_ratio"] for r in report.bench_table(missing)}["exit"] is None
+    assert "n/a" in report.to_html(missing)
+
+
+def test_cluster_colours_are_one_palette_everywhere():
+    from sinf_core import plots
+
+    names = [f"g{i}" for i in range(20)]
+    colours = plots.cluster_colors(20)
+    assert len(set(colours)) == 20 and colours[7] == plots.cluster_color(7)
+    xy = np.random.default_rng(0).normal(size=(40, 2))
+    cl = np.arange(40) % 20
+    fig = plots.cluster_map_figure(xy, cl, names, [str(i) for i in range(40)], "t")
+    assert {t.name: t.marker.color for t in fig.data} == dict(zip(names, colours))
+    bars = plots.per_cluster_accuracy_figure(names, [50.0] * 20, None, "t")
+    assert list(bars.data[0].marker.color) == colours
+    cost = plots.cost_bars_figure(names, [1e6] * 20, 2e6, "t")
+    assert list(cost.data[0].marker.color) == colours
+    fb = plots.filter_bars_figure([0.3, 0.1, 0.2], [True, False, True], "l", "g5", 5)
+    assert list(fb.data[0].marker.color) == [colours[5], colours[5], "#C8C8C8"]  # sorted by value
+    for f in (fig, bars, cost, fb, plots.depth_profile_figure(["a", "b"], [0.5, 0.4], [0.3, None], 20)):
+        assert f.layout.title.text and f.layout.yaxis.title.text  # titles and axis units
+
+
+def test_pareto_front_matches_brute_force():
+    from sinf_core.plots import pareto_front
+
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 10, 60).astype(float), rng.integers(0, 10, 60).astype(float)
+    front = set(pareto_front(x, y).tolist())
+    for i in range(60):
+        dominated = any(x[j] <= x[i] and y[j] >= y[i] and (x[j] < x[i] or y[j] > y[i]) for j in range(60))
+        assert (i in front) == (not dominated)
+    hi = set(pareto_front(x, y, "higher").tolist())
+    for i in range(60):
+        dominated = any(x[j] >= x[i] and y[j] >= y[i] and (x[j] > x[i] or y[j] > y[i]) for j in range(60))
+        assert (i in hi) == (not dominated)
+
+
+def test_expected_cost_formula():
+    from app.state import expected_cost
+
+    ev = {"clusters": [{"index": 0, "n": 30, "flops": 100.0}, {"index": 1, "n": 10, "flops": 300.0}],
+          "stem": {"t": {"flops": 50}}, "tail": {"t": {"flops": 400}}}
+    oracle = expected_cost(ev, None)
+    assert oracle["flops"] == pytest.approx(50 + 0.75 * 100 + 0.25 * 300) and oracle["oracle"]
+    routed = expected_cost(ev, {"route": [0.5, 0.2], "fallback": 0.2, "exit": 0.1}, extra_head_flops=7)
+    assert routed["flops"] == pytest.approx(50 + 7 + 0.5 * 100 + 0.2 * 300 + 0.2 * 400)
+    assert routed["ratio"] == pytest.approx(routed["flops"] / 450)
+
+
+# ====================================================================================== real data
+@pytest.mark.realdata
+def test_default_resnet56_without_a_bundle(real_env, tmp_path):
+    """The README's default (ResNet-56 / CIFAR-100 from ../shared) opens offline; with nothing built yet the
+    pages say how to build the bundle, and Live inference still runs the base model."""
+    from sinf_core.data import normalise
+    from sinf_core.experiment import open_experiment
+
+    env = {"SINF_APP_BUNDLE": str(tmp_path / "bundle"), "SINF_CACHE_DIR": str(tmp_path / "cache")}
+    old = {k: os.environ.get(k) for k in list(env) + ["SINF_APP_MODEL", "SINF_APP_CHECKPOINT"]}
+    os.environ.update(env)
+    for k in ("SINF_APP_MODEL", "SINF_APP_CHECKPOINT"):
+        os.environ.pop(k, None)
+    try:
+        t0 = time.perf_counter()
+        at = open_page("home", timeout=300)
+        no_exception(at)
+        assert "cifar100_resnet56 on cifar100" in [s.value for s in at.subheader]
+        assert metric(at, "Classes") == "100" and metric(at, "Clusters") == "20"
+        assert metric(at, "Base top-1 (published)") == "72.63 %"
+        assert "sinf build cifar100_resnet56" in "\n".join(c.value for c in at.code)
+        at = open_page("live", timeout=300)
+        no_exception(at)
+        exp = open_experiment("cifar100_resnet56", device="cpu")
+        rep = exp.report_data()
+        i = int(np.random.default_rng(0).choice(np.arange(len(rep))))
+        with torch.inference_mode():
+            pred = int(exp.model(normalise(rep.images[i:i + 1], rep.mean, rep.std)).argmax(1))
+        assert metric(at, "Base model").startswith(rep.class_names[pred])
+        at = open_page("report", timeout=300)
+        no_exception(at)
+        assert time.perf_counter() - t0 < 120
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -308,7 +308,7 @@ def test_benchmark_json_has_every_contender_and_the_hardware(tiny_result):
             continue
         # the ratio is the median of per-repetition PAIRED ratios; with one repetition it is the plain ratio
         paired = base["throughput_runs_s"][0] / r["throughput_runs_s"][0]
-        assert r["throughput_ratio"] == pytest.approx(paired, rel=1e-3)
+        assert r["throughput_ratio"] == pytest.approx(paired, rel=2e-3)
         assert r["flops_ratio"] == pytest.approx(r["flops"] / base["flops"], rel=1e-3)
         assert sum(c["n"] for c in r["per_cluster"]) == len(report)
     for m in ("sinf", "exit", "cascade"):

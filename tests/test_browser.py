@@ -172,6 +172,17 @@ def start_app(script: Path, env: dict[str, str], port: int, log: Path) -> subpro
     raise RuntimeError(f"streamlit did not listen on port {port} within 120 s: {log.read_text()[-3000:]}")
 
 
+def write_tiny_wrapper(path: Path, env: dict[str, str]) -> Path:
+    """A main script that registers the tiny test model in the server process, then runs the app."""
+    path.write_text(
+        "import runpy, sys\n"
+        f"sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
+        "from test_app import register_tiny_model\n"
+        f"register_tiny_model({env['SINF_TINY_DATA']!r})\n"
+        f"runpy.run_path({str(REPO / 'app' / 'streamlit_app.py')!r}, run_name='__main__')\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_app(tmp_path_factory):
     if not Path(CHROMIUM).is_file():
@@ -181,13 +192,7 @@ def tiny_app(tmp_path_factory):
 
     env = build_tiny_env(session_root(tmp_path_factory))
     work = tmp_path_factory.mktemp("browser")
-    wrapper = work / "studio_tiny.py"  # registers the tiny model in the server process, then runs the app
-    wrapper.write_text(
-        "import runpy, sys\n"
-        f"sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
-        "from test_app import register_tiny_model\n"
-        f"register_tiny_model({env['SINF_TINY_DATA']!r})\n"
-        f"runpy.run_path({str(REPO / 'app' / 'streamlit_app.py')!r}, run_name='__main__')\n")
+    wrapper = write_tiny_wrapper(work / "studio_tiny.py", env)
     port = free_port()
     log = work / "streamlit.log"
     proc = start_app(wrapper, {k: v for k, v in env.items()}, port, log)

@@ -75,3 +75,18 @@ def test_compare_scores_table():
     assert cmp["ranking"][-1] == "random"
     md = comparison_markdown(cmp, "x")
     assert "| 0.3 |" in md and "+2.00" in md and "-2.00" in md
+
+
+def test_dcs_variant_is_chosen_on_calibration_not_report():
+    from sinf_core.comparison import compare_scores
+
+    # dcs_lda wins on calibration, plain dcs on report: the comparison must use dcs_lda
+    table = {"dcs": {"calib": [70, 50], "report": [90, 90]},
+             "dcs_lda": {"calib": [75, 55], "report": [60, 60]},
+             "l1": {"calib": [60, 40], "report": [65, 50]}}
+    rows = [{"tap": "t", "method": m, "r_M": 0.05, "r_L": r, "split": split, "mean_acc": a}
+            for m, per in table.items() for split, accs in per.items() for r, a in zip((0.3, 0.7), accs)]
+    cmp = compare_scores({"tap": "t", "rows": rows}, "t")
+    assert cmp["dcs_variant"] == "dcs_lda"
+    assert cmp["dcs_variant_calib_means"] == {"dcs": 60.0, "dcs_lda": 65.0}
+    assert [row["dcs_minus_best"] for row in cmp["rows"]] == [-5.0, 10.0]

@@ -56,7 +56,7 @@ if rows:
     c3.metric("SINF throughput vs base", "n/a" if tr is None else f"{tr:.2f}x", border=True,
               help="images per second at a large batch, router included, measured side by side")
     c4.metric("SINF parameters (all subgraphs + heads)", plots.fmt_count(sinf.get("params")),
-              delta=f"base {plots.fmt_count(base.get('params'))}", delta_color="off", border=True)
+              delta=f"base {plots.fmt_count(base.get('params'))}", delta_color="off", delta_arrow="off", border=True)
     best = max((r for r in rows.values() if r["mode"] != "base" and r.get("throughput_ratio")),
                key=lambda r: r["throughput_ratio"], default=None)
     if best is not None and best["mode"] != "sinf":

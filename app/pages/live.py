@@ -49,7 +49,7 @@ if rtr is not None:
                "(change them on the Pruning page).")
 
 eng = None
-if rtr is not None:
+if rtr is not None and (mode == "exit" or ui.ensure_scores(src, cfg["method"], "SINF's subgraphs")):
     with ui.guard("SINF is not available"):
         eng = state.engine(src, cfg, mode, gamma, tau)
 
@@ -99,7 +99,8 @@ if image is not None:
         base_ms = state.time_call(lambda: exp.model(xb))
         cols = st.columns(2)
         verdict = "" if true_label is None else (" (correct)" if base_pred == true_label else " (wrong)")
-        cols[1].metric("Base model", h.class_names[base_pred] + verdict, delta=f"{base_ms:.2f} ms", delta_color="off",
+        cols[1].metric("Base model", h.class_names[base_pred] + verdict, delta=f"{base_ms:.2f} ms (batch of 1)", delta_color="off",
+                       delta_arrow="off",
                        border=True)
         if eng is not None:
             res = eng.run(x)
@@ -107,8 +108,8 @@ if image is not None:
             pred = int(res.pred[0])
             decided = MODE_NAMES[int(res.mode_per_sample[0])]
             verdict = "" if true_label is None else (" (correct)" if pred == true_label else " (wrong)")
-            cols[0].metric(f"SINF ({decided})", h.class_names[pred] + verdict, delta=f"{sinf_ms:.2f} ms",
-                           delta_color="off", border=True)
+            cols[0].metric(f"SINF ({decided})", h.class_names[pred] + verdict, delta=f"{sinf_ms:.2f} ms (batch of 1)",
+                           delta_color="off", delta_arrow="off", border=True)
             route = int(res.route[0])
             if decided == "route":
                 kept = state.specs(src, cfg, rtr.tap_)[route].kept_counts()

@@ -38,7 +38,8 @@ with ui.guard("Cannot compute the overlap"):
     m3.metric("Within-cluster class pairs", "n/a" if p["within"] is None else f"{p['within']:.3f}", border=True,
               help="mean Jaccard over pairs of classes of the same cluster")
     m4.metric("Between-cluster class pairs", "n/a" if p["between"] is None else f"{p['between']:.3f}",
-              delta=None if p["gap"] is None else f"gap {p['gap']:+.3f}", delta_color="off", border=True,
+              delta=None if p["gap"] is None else f"gap {p['gap']:+.3f}", delta_color="off", delta_arrow="off",
+              border=True,
               help=f"mean Jaccard over pairs of classes of different clusters; two random sets: {p['chance']:.3f}")
 
     if view == "between clusters":
@@ -69,7 +70,7 @@ with ui.guard("Cannot compute the overlap"):
     kept = None
     if unit <= exp.model.unit_index(tap):
         st.caption(f"{layer} is in the shared stem (up to {tap}): every channel is kept.")
-    else:
+    elif ui.ensure_scores(src, "dcs", "Marking the channels DCS keeps"):
         dcs_cfg = {**cfg, "method": "dcs"}
         keep = state.specs(src, dcs_cfg, tap)[cm].keep.get(layer)
         if keep is not None:

@@ -58,6 +58,8 @@ if submitted:
         cfg["tap"] = tap
     state.set_config(src, cfg)
 tap = rtr.tap_ if rtr is not None else (cfg.get("tap") or state.default_tap(src))
+if not ui.ensure_scores(src, cfg["method"], "Pruning"):
+    st.stop()
 
 with ui.guard("Cannot evaluate this configuration"):
     ev = state.evaluate_config(src, cfg, tap)

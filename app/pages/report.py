@@ -49,9 +49,9 @@ by_mode = {r["mode"]: r for r in rows}
 cols = st.columns(max(1, len(rows) - 1))
 for col, r in zip(cols, [r for r in rows if r["mode"] != "base"]):
     tr = r.get("throughput_ratio")
-    col.metric(report.MODE_LABELS.get(r["mode"], r["mode"]), "n/a" if tr is None else f"{tr:.2f}x throughput",
+    col.metric(f"{r['mode']}: throughput vs base", "n/a" if tr is None else f"{tr:.2f}x",
                delta=None if r.get("delta_top1") is None else f"{r['delta_top1']:+.2f} points top-1",
-               delta_color="normal", border=True)
+               delta_color="normal", border=True, help=report.MODE_LABELS.get(r["mode"], r["mode"]))
 
 table = pd.DataFrame([{label: report.fmt(k, r.get(k)) for k, label in report.COLUMNS} for r in rows])
 st.dataframe(table, hide_index=True, key="bench_table")

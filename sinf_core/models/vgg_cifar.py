@@ -71,5 +71,5 @@ class CifarVGG(SinfModel):
         ]
 
 
-def cifar_vgg(name: str, num_classes: int = 100, width: float = 1.0) -> CifarVGG:
-    return CifarVGG(CONFIGS[name], num_classes, width)
+def cifar_vgg(name: str, num_classes: int = 100, width: float = 1.0, dropout: float = 0.5) -> CifarVGG:
+    return CifarVGG(CONFIGS[name], num_classes, width, dropout)

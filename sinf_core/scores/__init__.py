@@ -33,6 +33,11 @@ SCORES: dict[str, ScoreSpec] = {
     for spec in [
         ScoreSpec("dcs", "Discriminative Capability Score: channel blocks of a linear probe on pooled maps",
                   True, _dcs.DEFAULTS, _dcs.reducers, _dcs.finish),
+        # DCS variants: the comparison picks one of the dcs* entries on the calibration split (METHOD.md s. 0)
+        ScoreSpec("dcs_lda", "DCS with a shrinkage-LDA probe instead of logistic regression", True,
+                  {**_dcs.DEFAULTS, "probe": "lda"}, _dcs.reducers, _dcs.finish),
+        ScoreSpec("dcs_p1", "DCS on globally average-pooled maps (p = 1) rather than a 2 x 2 grid (p = 2)", True,
+                  {**_dcs.DEFAULTS, "p": 1}, _dcs.reducers, _dcs.finish),
         ScoreSpec("l1", "L1 norm of the conv filter", False, _b.DEFAULTS["l1"], no_reducers, _b.l1_finish),
         ScoreSpec("bn_gamma", "|gamma| of the BatchNorm after the conv", False, _b.DEFAULTS["bn_gamma"],
                   no_reducers, _b.bn_gamma_finish),

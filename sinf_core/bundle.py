@@ -20,21 +20,13 @@ import torch
 
 from . import __version__
 from .errors import SinfError
-from .io import atomic_write, write_json
+from .io import atomic_write, sha256_file, write_json
 
 FORMAT = "sinf-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 Artefacts = dict[str, Any]  # file name -> bytes (stored as is), JSON-able object (".json") or dict[str, Tensor] (".safetensors")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sha256_json(obj: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -29,6 +30,15 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as pretty JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
     return atomic_write(path, lambda p: p.write_text(text + "\n"))
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

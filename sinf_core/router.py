@@ -18,7 +18,6 @@ self, learned attributes end in ``_``) and save as safetensors + a JSON config, 
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import math
@@ -35,7 +34,7 @@ from torch import nn
 from .data import ImageDataset, augment_crop_flip, iterate_batches, normalise, stratified_split
 from .device import autocast
 from .errors import SinfError
-from .io import atomic_write, write_json
+from .io import atomic_write, sha256_file, write_json
 from .models import SinfModel
 
 FORMAT = "sinf-heads"
@@ -161,14 +160,6 @@ def default_taps(model: SinfModel, n: int = 6, start_fraction: float = 0.5) -> l
         return [names[i] for i in cands]
     pos = np.unique(np.round(np.linspace(0, len(cands) - 1, n)).astype(int))
     return [names[cands[p]] for p in pos]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _targets(data: ImageDataset, target: str) -> torch.Tensor:
@@ -402,7 +393,7 @@ class TapHeads:
             "fit_seconds": self.fit_seconds_,
             "history": self.history_,
             "tensors": tensor_path.name,
-            "tensors_sha256": _sha256(tensor_path),
+            "tensors_sha256": sha256_file(tensor_path),
         }
         return write_json(folder / f"{name}.json", config)
 
@@ -428,7 +419,7 @@ class TapHeads:
         tensor_path = folder / str(cfg.get("tensors", ""))
         if not tensor_path.is_file():
             raise SinfError(f"{tensor_path} is missing; the saved heads are incomplete")
-        if _sha256(tensor_path) != cfg.get("tensors_sha256"):
+        if sha256_file(tensor_path) != cfg.get("tensors_sha256"):
             raise SinfError(f"{tensor_path} does not match its checksum in {cfg_path} (corrupted or replaced)")
         try:
             params = dict(cfg["params"])

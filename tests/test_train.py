@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import make_tiny_dataset, make_tiny_resnet
@@ -9,8 +10,9 @@ from sinf_core.train import CHECKPOINT, FINAL, TrainConfig, lr_at, train
 
 
 def _cfg(**kw):
-    return TrainConfig(model="tiny", epochs=3, batch_size=16, lr=0.05, bf16=False, channels_last=False,
-                       checkpoint_every=2, warmup_epochs=0.5, **kw)
+    base = dict(model="tiny", epochs=3, batch_size=16, lr=0.05, bf16=False, channels_last=False,
+                checkpoint_every=2, warmup_epochs=0.5)
+    return TrainConfig(**{**base, **kw})
 
 
 def test_training_learns_tiny_task(tmp_path):
@@ -41,3 +43,34 @@ def test_lr_schedule():
     assert lr_at(0, 100, 10, 1.0) == 0.1
     assert abs(lr_at(10, 100, 10, 1.0) - 1.0) < 1e-9
     assert lr_at(100, 100, 10, 1.0) < 1e-9
+
+
+def test_publish_copies_weights_with_a_card_that_eval_reproduces(tmp_path, monkeypatch):
+    from sinf_core.errors import SinfError
+    from sinf_core.evaluate import accuracy_report, collect_logits
+    from sinf_core.io import sha256_file
+    from sinf_core.models import registry
+    from sinf_core.models.registry import ModelEntry, load_model, publish_weights
+
+    data = make_tiny_dataset(n_per_class=16)
+    monkeypatch.setitem(registry.MODELS, "tiny", ModelEntry("tiny", make_tiny_resnet, weights_file="tiny.safetensors",
+                                                            protocol="heldout", description="tiny test ResNet"))
+    monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path / "assets")
+    with pytest.raises(SinfError, match="not a finished"):
+        publish_weights(tmp_path / "run", "tiny", tmp_path / "assets", None)
+    model = make_tiny_resnet()
+    train(model, data, _cfg(epochs=1), tmp_path / "run")
+
+    def measure(path):
+        m = load_model("tiny", checkpoint=path)
+        return accuracy_report(collect_logits(m, data, batch_size=32).argmax(1).numpy(), data.labels.numpy(), data.hierarchy)
+
+    card = publish_weights(tmp_path / "run", "tiny", tmp_path / "assets", measure)
+    weights = tmp_path / "assets" / "tiny.safetensors"
+    assert card["sha256"] == sha256_file(weights) and card["epochs"] == 1 and card["recipe"]["lr"] == 0.05
+    assert json.loads((tmp_path / "assets" / "tiny.json").read_text()) == card
+    by_name = load_model("tiny")  # from assets/, no network, strict
+    pred = collect_logits(by_name, data, batch_size=32).argmax(1)
+    assert card["test_top1"] == round(100.0 * float((pred == data.labels).double().mean()), 2)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v.float(), by_name.state_dict()[k].float()), k

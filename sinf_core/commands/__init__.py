@@ -11,4 +11,5 @@ COMMAND_MODULES = [
     "build",
     "compare",
     "bench",
+    "publish",
 ]

@@ -183,3 +183,49 @@ def model_card(name: str) -> dict | None:
         return None
     card = ASSETS_DIR / (Path(entry.weights_file).stem + ".json")
     return json.loads(card.read_text()) if card.is_file() else None
+
+
+def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, measure) -> dict:
+    """Copy a finished training run (``final.safetensors`` + ``summary.json`` of ``sinf train``) to
+    ``assets_dir / <name's weights_file>`` with a JSON card beside it. ``measure(weights_path)`` returns
+    the accuracy report of the COPIED file on the test split (``evaluate.accuracy_report``), so the card's
+    top-1 is what `sinf eval` gives. Both files are written atomically; returns the card."""
+
+    from ..io import atomic_write, sha256_file, write_json
+    from ..train import FINAL, SUMMARY
+
+    entry = get_entry(name)
+    if not entry.weights_file:
+        raise SinfError(f"{name} has no weights_file in the registry, so there is nothing to publish to")
+    run_dir = Path(run_dir)
+    summary_path, weights = run_dir / SUMMARY, run_dir / FINAL
+    if not summary_path.is_file() or not weights.is_file():
+        raise SinfError(f"{run_dir} is not a finished `sinf train` run (needs {SUMMARY} and {FINAL})")
+    summary = json.loads(summary_path.read_text())
+    if summary.get("model") != name:
+        raise SinfError(f"{run_dir} trained {summary.get('model')!r}, not {name!r}")
+    load_state_dict_checked(entry.build(), read_checkpoint(weights), str(weights))  # fits, strictly
+    target = Path(assets_dir) / entry.weights_file
+    atomic_write(target, lambda p: shutil.copyfile(weights, p))
+    acc = measure(target)
+    cfg = summary.get("config", {})
+    card = {
+        "model": name,
+        "architecture": entry.description,
+        "parameters": sum(p.numel() for p in entry.build().parameters()),
+        "dtype": "float32",
+        "recipe": {k: cfg.get(k) for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay",
+                                            "label_smoothing", "warmup_epochs", "bf16", "channels_last", "seed")}
+        | {"optimizer": "SGD, Nesterov momentum", "schedule": "linear warm-up then cosine to 0",
+           "augmentation": "random crop (pad 4) + horizontal flip",
+           "data": f"CIFAR-100 train minus the stratified calibration split ({summary.get('samples')} images)"},
+        "epochs": cfg.get("epochs"),
+        "wall_time_s": summary.get("wall_time_s"),
+        "history": summary.get("history"),
+        "test_top1": acc["top1"],
+        "test_superclass_acc": acc.get("superclass_acc"),
+        "sha256": sha256_file(target),
+        "file": entry.weights_file,
+    }
+    write_json(target.with_suffix(".json"), card)
+    return card

@@ -1,0 +1,45 @@
+"""`sinf publish RUN_DIR MODEL`: a finished training run's weights into ``assets/`` with a JSON card.
+
+The weights are copied as they are (float32 safetensors, so `sinf eval MODEL` reproduces the recorded
+top-1 exactly); the card records the architecture, the recipe, epochs, wall time, the test top-1
+re-measured from the copied file, and its sha256.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import add_data_options, emit, progress
+
+NAME = "publish"
+HELP = "copy a finished `sinf train` run's weights into assets/ with a model card (registry models with a weights_file)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run_dir", help="the --out folder of a finished `sinf train` run (holds summary.json)")
+    p.add_argument("model", help="registered model whose weights_file the weights become")
+    p.add_argument("--assets-dir", help="target folder (default: the project's assets/)")
+    p.add_argument("--batch-size", type=int, default=500)
+    add_data_options(p)
+    p.add_argument("--json", action="store_true", help="print the card as JSON")
+
+
+def run(args) -> int:
+    from ..evaluate import accuracy_report, collect_logits
+    from ..experiment import open_experiment
+    from ..models.registry import ASSETS_DIR, publish_weights
+
+    run_dir = Path(args.run_dir)
+    assets = Path(args.assets_dir) if args.assets_dir else ASSETS_DIR
+
+    def measure(weights: Path) -> dict:
+        exp = open_experiment(args.model, args.dataset, args.data_dir, args.download, str(weights), "cpu")
+        bar = progress(len(exp.test), f"eval {args.model}", quiet=args.json)
+        logits = collect_logits(exp.model, exp.test, None, args.batch_size, exp.device, False, on_batch=bar.update)
+        bar.close()
+        return accuracy_report(logits.argmax(1).numpy(), exp.test.labels.numpy(), exp.test.hierarchy)
+
+    card = publish_weights(run_dir, args.model, assets, measure)
+    emit(card, args.json, json.dumps(card, indent=2))
+    return 0

@@ -478,6 +478,10 @@ def test_report_table_csv_html_json():
                                  "params": None, "note": "no operating point within the budget"}}
     assert {r["mode"]: r["throughput_ratio"] for r in report.bench_table(missing)}["exit"] is None
     assert "n/a" in report.to_html(missing)
+    md = report.to_markdown(BENCH, "Demo")
+    table = [line for line in md.splitlines() if line.startswith("| cascade ")]
+    assert md.startswith("# Demo") and table and "1.50x" in table[0]  # cascade: 1500 / 1000 img/s
+    assert "Pareto front of **sinf**" in md and "Pareto front of **exit**" in md and "test CPU" in md
 
 
 def test_cluster_colours_are_one_palette_everywhere():

@@ -9,7 +9,6 @@ torchrun (no ``WORLD_SIZE``) everything runs as a single process.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +16,8 @@ import torch.distributed as dist
 
 from .data import ImageDataset
 from .errors import SinfError
-from .models import PrunableLayer, SinfModel
-from .stats import ActivationStats, choose_sample, collect_stats, is_summable_key
+from .models import SinfModel
+from .stats import ActivationStats, collect_stats, feature_sample_positions, is_summable_key, pass_indices
 
 
 def world() -> tuple[int, int]:
@@ -83,25 +82,16 @@ def all_reduce_stats(stats: ActivationStats, device: torch.device | str = "cpu")
     return ActivationStats.from_tensors(out, stats.layers)
 
 
-def collect_stats_sharded(
-    model: SinfModel,
-    dataset: ImageDataset,
-    indices: np.ndarray | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
-    layers: Sequence[str | PrunableLayer] | None = None,
-    on_batch: Callable[[int], None] | None = None,
-    feature_sample: int | np.ndarray = 0,
-    sample_seed: int = 0,
-) -> ActivationStats:
-    """``collect_stats`` over this rank's shard of ``indices``, all-reduced: every rank returns the
-    statistics of all of ``indices``. The feature subsample is chosen over all of ``indices`` before
-    sharding, so it is the one a single process would keep."""
-    idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
-    sample = (choose_sample(dataset, idx, int(feature_sample), sample_seed)
-              if np.ndim(feature_sample) == 0 else np.asarray(feature_sample, dtype=np.int64))
+def collect_stats_sharded(model: SinfModel, dataset: ImageDataset, indices: np.ndarray | None = None,
+                          batch_size: int = 256, device: torch.device | str = "cpu", bf16: bool = False, *,
+                          feature_sample: int | np.ndarray = 0, sample_seed: int = 0, **options) -> ActivationStats:
+    """``collect_stats`` (the same arguments; ``options``: its ``layers`` and ``on_batch``) over this
+    rank's shard of ``indices``, all-reduced: every rank returns the statistics of all of ``indices``. The
+    feature subsample is chosen over all of ``indices`` before sharding, so it is the one a single process
+    would keep."""
+    idx = pass_indices(dataset, indices)
+    sample = feature_sample_positions(dataset, idx, feature_sample, sample_seed)
     rank, size = world()
-    part = collect_stats(model, dataset, shard_indices(idx, rank, size), batch_size, device, bf16, layers,
-                         on_batch, feature_sample=sample)
+    part = collect_stats(model, dataset, shard_indices(idx, rank, size), batch_size, device, bf16,
+                         feature_sample=sample, **options)
     return all_reduce_stats(part, device)

@@ -201,15 +201,30 @@ def _resolve_layers(model: SinfModel, layers: Sequence[str | PrunableLayer] | No
     return [l if isinstance(l, PrunableLayer) else model.prunable_layer(l) for l in layers]
 
 
+def pass_indices(dataset: ImageDataset, indices: np.ndarray | None) -> np.ndarray:
+    """The data-set positions a pass visits: ``indices`` as int64, or all of them when None."""
+    return np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+
+
 def choose_sample(dataset: ImageDataset, indices: np.ndarray | None, size: int, seed: int = 0) -> np.ndarray:
     """``size`` data-set positions drawn (without replacement, fixed seed) from ``indices``, sorted.
     Choose it once before sharding so every part of a split pass fills the same subsample."""
-    idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+    idx = pass_indices(dataset, indices)
     if size <= 0:
         return np.zeros(0, dtype=np.int64)
     if size >= len(idx):
         return np.sort(idx)
     return np.sort(np.random.default_rng(seed).choice(idx, size=size, replace=False))
+
+
+def feature_sample_positions(dataset: ImageDataset, indices: np.ndarray | None, feature_sample: int | np.ndarray,
+                             seed: int = 0) -> np.ndarray:
+    """The sorted data-set positions whose penultimate features a pass keeps: ``feature_sample`` images
+    drawn from ``indices`` with ``seed`` (``choose_sample``), or exactly the positions of an array
+    ``feature_sample``. A sharded pass resolves it over all of ``indices`` before sharding."""
+    if np.ndim(feature_sample) == 0:
+        return choose_sample(dataset, indices, int(feature_sample), seed)
+    return np.sort(np.asarray(feature_sample, dtype=np.int64))
 
 
 @torch.inference_mode()
@@ -240,7 +255,7 @@ def collect_stats(
     if not plist:
         raise SinfError("the model has no prunable layers to collect statistics for")
     k = dataset.num_classes
-    idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+    idx = pass_indices(dataset, indices)
     f64 = dict(dtype=torch.float64, device=device)
     table = {l.name: torch.zeros(k, 3 * l.channels, **f64) for l in plist}  # [sum | sumsq | zero]
     count = torch.zeros(k, **f64)
@@ -249,8 +264,7 @@ def collect_stats(
     confusion = torch.zeros(k, k, **f64)
     prob_sum = torch.zeros(k, k, **f64)
 
-    sample_pos = (choose_sample(dataset, indices, int(feature_sample), sample_seed)
-                  if np.ndim(feature_sample) == 0 else np.sort(np.asarray(feature_sample, dtype=np.int64)))
+    sample_pos = feature_sample_positions(dataset, indices, feature_sample, sample_seed)
     if len(sample_pos) and (sample_pos.min() < 0 or sample_pos.max() >= len(dataset)):
         raise SinfError("feature sample positions fall outside the data set")
     slot_of = np.full(len(dataset), -1, dtype=np.int64)
@@ -360,7 +374,7 @@ def time_stats_vs_forward(
     Returns (report, stats): report has ``forward_s``, ``stats_s`` (totals), ``ratio`` (their quotient)
     and ``ratio_median`` (median over chunks)."""
     device = torch.device(device)
-    idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+    idx = pass_indices(dataset, indices)
     if len(idx) == 0:
         raise SinfError("nothing to time: no images selected")
     step = batch_size * max(1, chunk_batches)
@@ -414,7 +428,7 @@ def stats_cache_key(model_name: str, model: torch.nn.Module, dataset: ImageDatas
                     indices: np.ndarray | None, bf16: bool, feature_sample: int) -> str:
     """model + checkpoint hash + split (+ what else changes the numbers: the exact images, bf16,
     the subsample size and the format version)."""
-    idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+    idx = pass_indices(dataset, indices)
     h = hashlib.sha256()
     h.update(json.dumps([STATS_FORMAT, dataset.name, len(dataset), bool(bf16), int(feature_sample)]).encode())
     h.update(idx.astype(np.int64).tobytes())

@@ -101,6 +101,17 @@ def make_tiny_vgg(seed: int = 0, num_classes: int = 6) -> CifarVGG:
     return _randomise_bn(CifarVGG(cfg, num_classes, width=1.0), seed)
 
 
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """torch on one intra-op thread for a whole test module: tiny models gain nothing from threads, and on
+    a busy machine OpenMP spinning makes them up to 20x slower. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread_per_module")``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def tiny_dataset() -> ImageDataset:
     return make_tiny_dataset()

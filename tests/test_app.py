@@ -419,28 +419,27 @@ def test_pages_without_a_bundle(nobundle_env):
     assert "DCS subgraph keeps" in texts(at)
 
 
-def test_damaged_bundle_and_missing_data(tiny_env, tmp_path):
+def _damaged_bundle(tiny_env, tmp_path) -> str:
+    """A copy of the tiny bundle whose statistics file is garbage."""
     import shutil
 
     bad = tmp_path / "bundle"
     shutil.copytree(tiny_env["SINF_APP_BUNDLE"], bad)
     (bad / "stats.safetensors").write_bytes(b"garbage")
-    os.environ["SINF_APP_BUNDLE"] = str(bad)
-    try:
-        for page in ("home", "live", "report"):
-            at = open_page(page)
-            no_exception(at)
-            assert "corrupted" in texts(at), page
-    finally:
-        os.environ["SINF_APP_BUNDLE"] = tiny_env["SINF_APP_BUNDLE"]
-    os.environ["SINF_APP_DATASET"] = str(tmp_path / "no_such_folder")
-    try:
-        for page in ("home", "clusters", "live"):
-            at = open_page(page)
-            no_exception(at)
-            assert "Cannot load" in texts(at), page
-    finally:
-        os.environ.pop("SINF_APP_DATASET", None)
+    return str(bad)
+
+
+@pytest.mark.parametrize("var, value, pages, message", [
+    ("SINF_APP_BUNDLE", _damaged_bundle, ("home", "live", "report"), "corrupted"),
+    ("SINF_APP_DATASET", lambda tiny_env, tmp_path: str(tmp_path / "no_such_folder"), ("home", "clusters", "live"),
+     "Cannot load"),
+], ids=["damaged_bundle", "missing_data"])
+def test_damaged_bundle_and_missing_data(tiny_env, tmp_path, monkeypatch, var, value, pages, message):
+    monkeypatch.setenv(var, value(tiny_env, tmp_path))
+    for page in pages:
+        at = open_page(page)
+        no_exception(at)
+        assert message in texts(at), page
 
 
 # ====================================================================================== pure helpers

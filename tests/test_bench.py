@@ -26,13 +26,7 @@ from sinf_core.subgraph import SubgraphSpec, build_subgraph
 TAP = "layer2.0"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a busy machine OpenMP spinning makes them much slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def _random_heads(model, tap: str, x: torch.Tensor, seed: int = 0) -> tuple[RouteHead, RouteHead]:

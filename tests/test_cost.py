@@ -12,12 +12,7 @@ from sinf_core.models.vgg_cifar import CifarVGG
 from sinf_core.subgraph import SubgraphSpec, build_subgraph
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 # ---------------------------------------------------------------- analytic counts (no torch involved)

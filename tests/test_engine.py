@@ -18,13 +18,7 @@ MAKERS = {"resnet": make_tiny_resnet, "bottleneck": make_tiny_bottleneck, "vgg":
 TAPS = {"resnet": "layer2.0", "bottleneck": "layer1.0", "vgg": "features.7"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a busy machine OpenMP spinning makes them 20x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 class FullTail(nn.Module):
@@ -199,16 +193,25 @@ def test_decisions_match_an_independent_per_sample_computation(mode):
     assert res.modes() == [MODE_NAMES[int(m)] for m in modes]
 
 
-def test_shuffled_batch_gives_the_same_per_sample_outputs():
-    model = make_tiny_vgg()
-    tap = TAPS["vgg"]
-    router, exit_head = _heads(model, tap, seed=2, t_route=0.3, t_exit=0.4)
+def _cascade_engine(arch: str, seed: int, n_per_class: int, normalise: bool = False):
+    """A cascade engine (keep_logits) on the tiny ``arch`` model with three two-class tails and thresholds
+    that send the images down every path; with ``normalise``, the data set's mean / std for uint8 input.
+    Returns (engine, data set, images)."""
+    model = MAKERS[arch]()
+    tap = TAPS[arch]
+    router, exit_head = _heads(model, tap, seed=seed, t_route=0.3, t_exit=0.4)
     subs = [RestrictedTail(model, tap, m) for m in ([0, 1], [2, 3], [4, 5])]
-    _, x, _ = _images(n_per_class=8)
+    ds, x, _ = _images(n_per_class=n_per_class)
     _center(model, tap, [router, exit_head], x)
     gamma, tau = _thresholds(model, tap, router, exit_head, x)
+    norm = {"mean": ds.mean, "std": ds.std} if normalise else {}
     eng = SemanticInference(model, router, subs, exit_head, tap=tap, mode="cascade", gamma=gamma, tau=tau,
-                            keep_logits=True)
+                            keep_logits=True, **norm)
+    return eng, ds, x
+
+
+def test_shuffled_batch_gives_the_same_per_sample_outputs():
+    eng, _, x = _cascade_engine("vgg", seed=2, n_per_class=8)
     a = eng.run(x)
     assert all(v > 0 for v in a.counts().values()), a.counts()
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
@@ -223,15 +226,7 @@ def test_shuffled_batch_gives_the_same_per_sample_outputs():
 
 @pytest.mark.parametrize("batch_size", [1, 7, 16, 1000])
 def test_run_pool_equals_per_batch_runs(batch_size):
-    model = make_tiny_bottleneck()
-    tap = TAPS["bottleneck"]
-    router, exit_head = _heads(model, tap, seed=4, t_route=0.3, t_exit=0.4)
-    subs = [RestrictedTail(model, tap, m) for m in ([0, 1], [2, 3], [4, 5])]
-    ds, x, _ = _images(n_per_class=7)
-    _center(model, tap, [router, exit_head], x)
-    gamma, tau = _thresholds(model, tap, router, exit_head, x)
-    eng = SemanticInference(model, router, subs, exit_head, tap=tap, mode="cascade", gamma=gamma, tau=tau,
-                            keep_logits=True, mean=ds.mean, std=ds.std)
+    eng, ds, x = _cascade_engine("bottleneck", seed=4, n_per_class=7, normalise=True)
     pooled = eng.run_pool(x, batch_size)
     assert all(v > 0 for v in pooled.counts().values()), pooled.counts()
     parts = [eng.run(x[s : s + batch_size]) for s in range(0, len(x), batch_size)]

@@ -23,13 +23,7 @@ from sinf_core.router import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a busy machine OpenMP spinning makes them 20x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def _sampled_labels(true_logits: torch.Tensor, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from .common import add_model_options, open_from_args, progress
+from .common import StageProgress, add_model_options, open_from_args
 
 NAME = "bench"
 HELP = "benchmark base / SINF / early exit / cascade / static pruning side by side (accuracy, FLOPs, latency, throughput)"
@@ -73,26 +73,9 @@ def run(args) -> int:
     options = BenchOptions.from_dict(_options(args)).validate()  # a clear error before loading anything
     exp = open_from_args(args)
     bundle = Bundle.open(args.bundle, model=args.model) if args.bundle else None
-    bars: dict = {}
-
-    def on_progress(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bars.clear()
-            bar = bars[stage] = progress(total, stage, unit="it", quiet=args.json)
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    def log(line: str) -> None:
-        if not args.json:
-            print(line, flush=True)
-
-    result = run_benchmark(exp, bundle, options, on_progress, log)
-    for bar in bars.values():
-        bar.close()
+    bars = StageProgress(quiet=args.json)
+    result = run_benchmark(exp, bundle, options, bars, bars.log)
+    bars.close()
     result["command_seconds"] = round(time.perf_counter() - t0, 1)
     if args.out:
         write_json(args.out, result)

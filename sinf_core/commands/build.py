@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from .common import add_model_options, open_from_args, progress
+from .common import StageProgress, add_model_options, open_from_args
 
 NAME = "build"
 HELP = "run the whole SINF analysis (stats, clusters, overlap, router, scores, grid, benchmark) into a bundle"
@@ -50,26 +50,9 @@ def run(args) -> int:
     t0 = time.perf_counter()
     exp = open_from_args(args)
     out = args.out or default_bundle_dir(args.model)
-    bars: dict[str, object] = {}
-
-    def on_progress(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            bars.clear()
-            bar = bars[stage] = progress(total, stage, unit="it", quiet=args.json)
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    def log(line: str) -> None:
-        if not args.json:
-            print(line, flush=True)
-
-    bundle = build_bundle(exp, out, settings, on_progress, log)
-    for bar in bars.values():
-        bar.close()
+    bars = StageProgress(quiet=args.json)
+    bundle = build_bundle(exp, out, settings, bars, bars.log)
+    bars.close()
     seconds = round(time.perf_counter() - t0, 1)
     summary = {"bundle": str(bundle.root), "seconds": seconds,
                "steps": {k: v["seconds"] for k, v in bundle.manifest["steps"].items()},

@@ -32,5 +32,33 @@ def progress(total: int | None, desc: str, unit: str = "img", quiet: bool = Fals
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
+class StageProgress:
+    """The ``on_progress(stage, done, total)`` and ``log(line)`` callbacks of a long multi-stage run
+    (``build_bundle``, ``run_benchmark``): one bar per stage (a new stage closes the bars before it), and
+    log lines printed as they come; both silent when ``quiet``. ``close()`` when the run is over."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bars: dict[str, tqdm] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        bar = self.bars.get(stage)
+        if bar is None:
+            self.close()
+            bar = self.bars[stage] = progress(total, stage, unit="it", quiet=self.quiet)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def log(self, line: str) -> None:
+        if not self.quiet:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
 def emit(obj: dict, as_json: bool, text: str) -> None:
     print(json.dumps(obj, indent=None if as_json else 2) if as_json else text)

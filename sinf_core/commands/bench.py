@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from .common import StageProgress, add_model_options, open_from_args
 
@@ -40,7 +41,7 @@ def add_arguments(p) -> None:
     p.add_argument("--head-samples", type=int, default=50000, help="fit images the heads train on (default 50000)")
     p.add_argument("--head-epochs", type=int, default=8, help="head training epochs (default 8)")
     p.add_argument("--cache-dir", help="cache root for scores and heads (default $SINF_CACHE_DIR or ~/.cache/sinf)")
-    p.add_argument("--out", help="also write the JSON result to this file")
+    p.add_argument("--out", help="also write the JSON result to this file, and a Markdown report beside it (.md)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -67,7 +68,8 @@ def _options(args) -> dict:
 def run(args) -> int:
     from ..bench import BenchOptions, format_table, run_benchmark
     from ..bundle import Bundle
-    from ..io import write_json
+    from ..io import atomic_write, write_json
+    from ..report import to_markdown
 
     t0 = time.perf_counter()
     options = BenchOptions.from_dict(_options(args)).validate()  # a clear error before loading anything
@@ -78,6 +80,9 @@ def run(args) -> int:
     bars.close()
     result["command_seconds"] = round(time.perf_counter() - t0, 1)
     if args.out:
-        write_json(args.out, result)
+        out = Path(args.out)
+        write_json(out, result)
+        md = to_markdown(result, f"{args.model}: base vs SINF vs early exit vs cascade vs static pruning")
+        atomic_write(out.with_suffix(".md"), lambda p: p.write_text(md))
     print(json.dumps(result) if args.json else format_table(result))
     return 0

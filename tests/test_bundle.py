@@ -60,3 +60,28 @@ def test_weights_checksum_changes_with_weights():
     with torch.no_grad():
         b.fc.bias[0] += 1e-3
     assert state_dict_sha256(a) != state_dict_sha256(b)
+
+
+def test_atomic_write_keeps_the_old_file_on_failure_and_uses_normal_permissions(tmp_path):
+    import os
+
+    import pytest
+
+    from sinf_core.io import atomic_write, write_json
+
+    target = write_json(tmp_path / "a.json", {"v": 1})
+    mask = os.umask(0o022)
+    try:
+        write_json(target, {"v": 2})
+        assert (target.stat().st_mode & 0o777) == 0o644
+
+        def fail(p):
+            p.write_text("half")
+            raise RuntimeError("disk full")
+
+        with pytest.raises(RuntimeError):
+            atomic_write(target, fail)
+    finally:
+        os.umask(mask)
+    assert target.read_text().strip() == '{\n  "v": 2\n}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # no temp file left behind

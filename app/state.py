@@ -66,11 +66,8 @@ class Source:
 
 
 def default_bundle_dir(model: str) -> Path:
-    """A bundle shipped in ``assets/bundles/<model>`` if there is one, else
-    ``$SINF_CACHE_DIR/bundles/<model>`` (where ``sinf build`` writes by default)."""
-    shipped = REPO / "assets" / "bundles" / model
-    if (shipped / MANIFEST).is_file():
-        return shipped
+    """``$SINF_CACHE_DIR/bundles/<model>`` (where ``sinf build`` writes), seeded from the bundle shipped
+    in ``assets/bundles/<model>`` when there is one and the cache has none yet."""
     from sinf_core.pipeline import default_bundle_dir as build_default
 
     return build_default(model)

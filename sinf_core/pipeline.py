@@ -46,10 +46,37 @@ class BuildSettings:
         return dataclasses.asdict(self)
 
 
-def default_bundle_dir(model_name: str) -> Path:
+def shipped_bundle_dir(model_name: str) -> Path:
+    """Where the project ships a prebuilt bundle of a model: ``assets/bundles/<model>``."""
+    from .models.registry import ASSETS_DIR
+
+    return ASSETS_DIR / "bundles" / model_name
+
+
+def default_bundle_dir(model_name: str, seed_from_assets: bool = True) -> Path:
+    """``$SINF_CACHE_DIR/bundles/<model>``, where ``sinf build`` writes by default. When it holds no
+    bundle and the project ships one in ``assets/bundles/<model>``, the shipped bundle is copied there
+    first (atomically: a temp folder renamed into place), so later writes never touch ``assets/``."""
+    import shutil
+    import tempfile
+
+    from .bundle import MANIFEST
     from .stats import cache_dir
 
-    return cache_dir() / "bundles" / model_name
+    target = cache_dir() / "bundles" / model_name
+    shipped = shipped_bundle_dir(model_name)
+    if seed_from_assets and not (target / MANIFEST).is_file() and (shipped / MANIFEST).is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{model_name}.", dir=target.parent))
+        try:
+            shutil.copytree(shipped, tmp, dirs_exist_ok=True)
+            if target.exists():  # a folder without a manifest: nothing usable in it, keep it aside
+                target.rename(target.with_name(f"{model_name}.partial-{int(time.time())}"))
+            tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _data_json(exp: Experiment) -> dict:

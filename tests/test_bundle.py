@@ -85,3 +85,24 @@ def test_atomic_write_keeps_the_old_file_on_failure_and_uses_normal_permissions(
         os.umask(mask)
     assert target.read_text().strip() == '{\n  "v": 2\n}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # no temp file left behind
+
+
+def test_default_bundle_is_seeded_from_assets_once(tmp_path, monkeypatch):
+    from sinf_core.bundle import Bundle
+    from sinf_core.models import registry
+    from sinf_core.pipeline import default_bundle_dir
+
+    monkeypatch.setenv("SINF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path / "assets")
+    assert not (default_bundle_dir("tiny") / "manifest.json").exists()  # nothing shipped: the plain cache path
+    shipped = _bundle(tmp_path)
+    shipped.step("data", {"a": 1}, lambda: {"data.json": {"x": 1}})
+    (tmp_path / "assets" / "bundles").mkdir(parents=True)
+    shipped.root.rename(tmp_path / "assets" / "bundles" / "tiny")
+    target = default_bundle_dir("tiny")
+    assert target == tmp_path / "cache" / "bundles" / "tiny"
+    b = Bundle.open(target, model="tiny")  # checksums verified
+    assert b.json("data.json") == {"x": 1}
+    b.step("more", {}, lambda: {"more.json": {"y": 2}})  # writes go to the cache copy, never to assets/
+    assert not (tmp_path / "assets" / "bundles" / "tiny" / "more.json").exists()
+    assert default_bundle_dir("tiny") == target and (target / "more.json").is_file()  # not re-seeded

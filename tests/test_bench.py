@@ -401,3 +401,13 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
     log: list[str] = []
     build_bundle(exp, tmp_path / "b", settings, log=log.append)
     assert any(line.startswith("bench: cached") for line in log), log
+    # `sinf report` renders that bench.json into docs files
+    from sinf_core.cli import main
+
+    import json
+
+    assert main(["report", "tiny_resnet", "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "docs")]) == 0
+    md = (tmp_path / "docs" / "bench_tiny_resnet.md").read_text()
+    assert json.loads((tmp_path / "docs" / "bench_tiny_resnet.json").read_text()) == bench
+    for name in CONTENDERS:
+        assert f"| {name} |" in md

@@ -12,4 +12,5 @@ COMMAND_MODULES = [
     "compare",
     "bench",
     "publish",
+    "report",
 ]

@@ -371,6 +371,13 @@ def test_cli_rejects_a_negative_budget_before_loading_anything(capsys):
 
     assert main(["bench", "no_such_model", "--budget", "-1"]) == 2
     assert "budget" in capsys.readouterr().err
+    # `sinf build --bench-options`: a typo, a non-object and bad JSON are refused before any work
+    assert main(["build", "no_such_model", "--bench-options", '{"tapz": ["a"]}']) == 2
+    assert "unknown benchmark option(s) ['tapz']" in capsys.readouterr().err
+    assert main(["build", "no_such_model", "--bench-options", "[1]"]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
+    assert main(["build", "no_such_model", "--bench-options", "{taps"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------

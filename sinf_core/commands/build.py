@@ -24,6 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-per-class", type=int,
                    help="samples per class the data-dependent filter scores look at (default: the scores' own, 100)")
     p.add_argument("--no-bench", action="store_true", help="skip the benchmark step")
+    p.add_argument("--bench-options", help="benchmark options as a JSON object, e.g. "
+                   "'{\"taps\": [\"layer3.2\"], \"head_fit_samples\": 20000}' (see `sinf bench --help`)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the analysis passes")
     p.add_argument("--json", action="store_true", help="print the manifest's step summary as JSON")
 
@@ -45,6 +47,16 @@ def run(args) -> int:
     settings.grid_taps = tuple(t.strip() for t in args.grid_taps.split(",") if t.strip())
     if args.max_per_class:
         settings.score_options = {"max_per_class": args.max_per_class}
+    if args.bench_options:
+        try:
+            settings.bench_options = json.loads(args.bench_options)
+        except json.JSONDecodeError as exc:
+            raise SinfError(f"--bench-options is not valid JSON: {exc}") from None
+        if not isinstance(settings.bench_options, dict):
+            raise SinfError("--bench-options must be a JSON object")
+        from ..bench import BenchOptions
+
+        BenchOptions.from_dict(settings.bench_options).validate()  # a bad option fails before any work
     if args.taps:
         settings.taps = tuple(t.strip() for t in args.taps.split(",") if t.strip())
     t0 = time.perf_counter()

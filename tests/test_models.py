@@ -99,3 +99,22 @@ def test_eval_cli_reproduces_published_top1(real_env, name, top1):
     assert abs(rep["top1"] - top1) <= 0.05 and rep["n"] == 10_000
     assert (real_env["torch_home"] / "hub" / "checkpoints" / MODELS[name].weights_url.rsplit("/", 1)[1]).is_file()
     print(f"{name}: top1 {rep['top1']} in {elapsed:.1f} s")
+
+
+@pytest.mark.realdata
+def test_project_vgg16_loads_strictly_and_reproduces_its_card(real_env):
+    """The project's VGG16 in assets/ loads by name (no network, strict) and `sinf eval` gives exactly the
+    test top-1 and sha256 its JSON card records."""
+    from sinf_core.io import sha256_file
+    from sinf_core.models.registry import ASSETS_DIR, model_card
+
+    name = "cifar100_vgg16_bn_sinf"
+    card = model_card(name)
+    if card is None:
+        pytest.skip(f"{name} has not been published to assets/ yet")
+    assert card["sha256"] == sha256_file(ASSETS_DIR / MODELS[name].weights_file)
+    load_model(name)  # strict=True inside: a missing or unexpected key would raise
+    out = subprocess.run([sys.executable, "-m", "sinf_core", "eval", name, "--json"], capture_output=True, text=True,
+                         cwd=REPO, check=True)
+    rep = json.loads(out.stdout)
+    assert rep["n"] == 10_000 and rep["top1"] == card["test_top1"]

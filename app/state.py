@@ -47,7 +47,7 @@ ENV_MODEL, ENV_CHECKPOINT, ENV_DATASET, ENV_BUNDLE = (
     "SINF_APP_MODEL", "SINF_APP_CHECKPOINT", "SINF_APP_DATASET", "SINF_APP_BUNDLE")
 DEFAULT_MODEL = "cifar100_resnet56"
 CIFAR100_BYTES = 169_001_437  # size of the official archive, for the download bar
-DEFAULT_CONFIG = {"method": "dcs", "r_M": 0.05, "r_L": 0.5, "overrides": {}, "gamma": 0.5, "tau": 1.0}
+DEFAULT_CONFIG = {"method": "dcs", "r_M": 0.05, "r_L": 0.5, "overrides": {}, "fill": "mean", "gamma": 0.5, "tau": 1.0}
 
 
 # ==================================================================================== the source
@@ -670,7 +670,7 @@ def save_config(src: Source, cfg: dict) -> Path:
     if b is None:
         b = Bundle.open_or_create(src.bundle, src.model, state_dict_sha256(exp.model),
                                   {"dataset": exp.train.name, "created_by": "SINF Studio"})
-    clean = {k: cfg[k] for k in ("method", "r_M", "r_L", "overrides", "gamma", "tau", "tap") if k in cfg}
+    clean = {k: cfg[k] for k in ("method", "r_M", "r_L", "overrides", "fill", "gamma", "tau", "tap") if k in cfg}
     b.put("config", {"config.json": clean})
     _open_bundle.clear()
     _read_json.clear()
@@ -699,7 +699,7 @@ def specs(src: Source, cfg: dict, tap: str) -> dict:
     sc = scores(src, cfg["method"])
     ratios = cluster_ratios(cfg, h)
     return make_cluster_specs(exp.model, src.model, tap, sc, h, float(cfg["r_M"]), float(cfg["r_L"]),
-                              overrides=ratios)
+                              overrides=ratios, fill_stats=stats(src) if cfg.get("fill", "mean") == "mean" else None)
 
 
 def calib_stem_features(src: Source, tap: str) -> dict[str, torch.Tensor]:
@@ -730,7 +730,7 @@ def evaluate_config(src: Source, cfg: dict, tap: str) -> dict:
     (``evaluate_cluster_subgraphs`` with the unpruned tail as baseline), once per configuration."""
     from sinf_core.subgraph import evaluate_cluster_subgraphs
 
-    key_cfg = {k: cfg[k] for k in ("method", "r_M", "r_L", "overrides")}
+    key_cfg = {k: cfg.get(k) for k in ("method", "r_M", "r_L", "overrides", "fill")}
 
     def compute() -> dict:
         exp = experiment(src)
@@ -828,7 +828,7 @@ def subgraph_modules(src: Source, cfg: dict, tap: str) -> dict:
     """{cluster index: Subgraph} for ``cfg`` (built once per configuration)."""
     from sinf_core.subgraph import build_subgraph
 
-    key_cfg = {k: cfg[k] for k in ("method", "r_M", "r_L", "overrides")}
+    key_cfg = {k: cfg.get(k) for k in ("method", "r_M", "r_L", "overrides", "fill")}
 
     def compute() -> dict:
         exp = experiment(src)

@@ -52,7 +52,7 @@ from .engine import EXIT, FALLBACK, ROUTE, InferenceResult, SemanticInference
 from .errors import SinfError
 from .models import SinfModel
 from .router import ExitPredictor, RouteHead, RoutePredictor, TapHeads, default_taps, fit_heads, forward_taps
-from .subgraph import (SubgraphSpec, build_subgraph, first_pruned_index, keep_indices, make_cluster_specs,
+from .subgraph import (SubgraphSpec, build_subgraph, check_fill, first_pruned_index, keep_indices, make_cluster_specs,
                        model_schedule)
 
 MODES = ("sinf", "exit", "cascade")
@@ -76,7 +76,10 @@ class BenchOptions:
     ``taps``: swept taps (None: ``default_bench_taps``, on the bundle router's taps when given).
     ``schedules``: (r_M, r_L) pairs swept for the subgraphs; ``multiple_of``: kept counts rounded up
     to this multiple (None: exact). ``gammas`` / ``taus``: swept thresholds (1.0 = never route / exit).
-    ``score``: the cluster-conditioned filter score of the subgraphs. ``static_scores``: global scores
+    ``score``: the cluster-conditioned filter score of the subgraphs ('auto': the DCS variant with the
+    best calibration accuracy in the bundle's oracle grid, else 'dcs'). ``fill``: what replaces a removed
+    channel, 'mean' (its mean activation on the fit split: per cluster for the subgraphs, over all
+    classes for the static network; mean replacement) or 'zero'. ``static_scores``: global scores
     tried for the static network (the best on calibration wins); ``static_match``: whose expected
     FLOPs the static network matches ('best' = the fastest chosen mode, or a mode name).
     ``head_fit_samples`` / ``head_epochs`` / ``exit_hidden``: head training (fit split subsample). The
@@ -97,7 +100,8 @@ class BenchOptions:
     multiple_of: int | None = 8
     gammas: tuple[float, ...] = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
     taus: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
-    score: str = "dcs"
+    score: str = "auto"
+    fill: str = "mean"
     static_scores: tuple[str, ...] = ("l1", "bn_gamma", "mean_act", "taylor")
     static_match: str = "best"
     head_fit_samples: int = 50000
@@ -179,7 +183,9 @@ class BenchOptions:
             raise SinfError(f"route_target must be in [0, 1], got {self.route_target}")
         from .scores import get_score
 
-        get_score(self.score)
+        if self.score != "auto":
+            get_score(self.score)
+        check_fill(self.fill)
         for s in self.static_scores:
             get_score(s)
         if not self.static_scores:
@@ -395,8 +401,10 @@ class StaticNet(nn.Module):
 
 
 def _schedule_flops(model: SinfModel, model_name: str, tap: str | None, scores: Mapping[str, torch.Tensor],
-                    kept: Mapping[str, int], input_shape: Sequence[int]) -> tuple[int, SubgraphSpec]:
-    spec = SubgraphSpec(model_name, tap, keep_indices(scores, kept), None)
+                    kept: Mapping[str, int], input_shape: Sequence[int],
+                    fill: Mapping[str, torch.Tensor] | None = None) -> tuple[int, SubgraphSpec]:
+    keep = keep_indices(scores, kept)
+    spec = SubgraphSpec(model_name, tap, keep, None, {k: fill[k].tolist() for k in keep} if fill else {})
     sub = build_subgraph(model, spec)
     return count_flops(sub, stem_output(model, tap, input_shape)), spec
 
@@ -410,13 +418,15 @@ def static_for_flops(
     multiple_of: int | None = None,
     input_shape: Sequence[int] = (3, 32, 32),
     iterations: int = 30,
+    fill: Mapping[str, torch.Tensor] | None = None,
 ) -> dict:
     """Prune every layer after ``tap`` by one removed fraction r (kept = ceil((1 - r) C), rounded up to
     ``multiple_of``) chosen by bisection so the network's FLOPs per image (stem + pruned tail) come as
     close to ``target_flops`` as one channel step allows without exceeding it: bisection finds the
     smallest r whose FLOPs are <= target, then channels (``multiple_of`` at a time) are added back,
     layer by layer in forward order, while the total stays <= target. ``scores``: {layer: Tensor[C]}
-    (global, not cluster conditioned) choose which channels stay.
+    (global, not cluster conditioned) choose which channels stay; ``fill``: {layer: Tensor[C]} mean
+    activations for mean replacement of the removed channels (None: zero).
 
     Returns {spec, r, flops, target_flops, reachable}: ``reachable`` is False when even r = 0.99 stays
     above the target (the spec is then the most pruned one) or r = 0 is already below it (no pruning).
@@ -433,7 +443,7 @@ def static_for_flops(
     def flops_of(kept: Mapping[str, int]) -> tuple[int, SubgraphSpec]:
         key = tuple(sorted(kept.items()))
         if key not in memo:  # bisection visits few distinct schedules: build each once
-            f, spec = _schedule_flops(model, model_name, tap, scores, kept, input_shape)
+            f, spec = _schedule_flops(model, model_name, tap, scores, kept, input_shape, fill)
             memo[key] = (stem + f, spec)
         return memo[key]
 
@@ -822,12 +832,14 @@ def tap_sweep_data(
     channels_last: bool = False,
     work: SinfModel | None = None,
     input_shape: Sequence[int] = (3, 32, 32),
+    fill_stats=None,
 ) -> TapData:
     """Everything ``sweep_tap`` needs at ``tap`` from the stem features ``h`` [N, ...] of a split:
     the heads' calibrated confidences and predictions, the path costs, and per (r_M, r_L) schedule the
     cluster subgraphs (restricted heads, ``cluster_scores``) and each sample's prediction by the
     subgraph of the cluster the router picked. ``work``: the copy of ``model`` that runs (e.g. in
-    channels_last); costs are counted on ``model``."""
+    channels_last); costs are counted on ``model``. ``fill_stats``: fit-split ``ActivationStats`` for
+    mean replacement of removed channels (None: zero)."""
     device = torch.device(device)
     work = model if work is None else work
     input_shape = tuple(input_shape)
@@ -837,7 +849,8 @@ def tap_sweep_data(
                  head_cost(route_head, model, tap, input_shape), head_cost(exit_head, model, tap, input_shape))
     example = stem_output(model, tap, input_shape)
     for r_M, r_L in schedules:
-        specs = make_cluster_specs(model, model_name, tap, cluster_scores, hierarchy, r_M, r_L, multiple_of)
+        specs = make_cluster_specs(model, model_name, tap, cluster_scores, hierarchy, r_M, r_L, multiple_of,
+                                   fill_stats=fill_stats)
         subs = build_subgraphs(work, specs, device, channels_last)
         costs = tuple(module_cost(subs[m], example) for m in range(hierarchy.num_clusters))
         pred = routed_predictions(subs, h, rp, batch_size, device, bf16)
@@ -1031,7 +1044,10 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     t0 = lap("heads", t0)
 
     # ---- scores
-    cluster_scores = _cluster_scores(exp, bundle, opts, prog)
+    score_name = resolve_score(bundle, opts.score)
+    cluster_scores = _cluster_scores(exp, bundle, score_name, opts, prog)
+    fill_stats = _fit_stats(exp, bundle, opts, prog) if opts.fill == "mean" else None
+    log(f"subgraph score: {score_name}; removed channels filled with {opts.fill}")
     t0 = lap("scores", t0)
 
     # ---- precompute on calibration
@@ -1043,7 +1059,7 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     for i, tap in enumerate(taps):
         tap_data[tap] = tap_sweep_data(
             model, exp.model_name, tap, feats[tap], _cl(route_heads[tap], cl), _cl(exit_heads[tap], cl),
-            cluster_scores, hier, opts.schedules, opts.multiple_of, bs, dev, bf16, cl, work, input_shape)
+            cluster_scores, hier, opts.schedules, opts.multiple_of, bs, dev, bf16, cl, work, input_shape, fill_stats)
         prog("sweep subgraphs (calibration)", i + 1, len(taps))
     t0 = lap("precompute", t0)
 
@@ -1117,9 +1133,12 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
         cp = chosen[match]
         tap = cp["tap"]
         glob = _global_scores(exp, opts, prog)
+        glob_fill = None if fill_stats is None else {
+            l.name: fill_stats.group_mean(l.name, range(hier.num_classes)) for l in model.prunable_layers()}
         trials = []
         for method, scores in glob.items():
-            st = static_for_flops(model, exp.model_name, tap, scores, cp["flops"], opts.multiple_of, input_shape)
+            st = static_for_flops(model, exp.model_name, tap, scores, cp["flops"], opts.multiple_of, input_shape,
+                                  fill=glob_fill)
             tail = _cl(build_subgraph(work, st["spec"]).to(dev).eval(), cl)
             acc = _static_calib_top1(tail, feats[tap], labels, bs, dev, bf16)
             trials.append({"score": method, "r": round(st["r"], 6), "flops": st["flops"], "calib_top1": round(acc, 4),
@@ -1238,6 +1257,7 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
                    "latency_calls": opts.latency_calls, "latency_warmup": opts.latency_warmup,
                    "screen_pool": opts.screen_pool, "screen_reps": opts.screen_reps},
         "options": opts.to_json(),
+        "subgraph_score": score_name,
         "flops_unit": "FLOPs per image = 2 x MACs (torch.utils.flop_counter)",
         "seconds": seconds,
     }
@@ -1253,19 +1273,52 @@ def _static_calib_top1(tail: nn.Module, h: torch.Tensor, labels: torch.Tensor, b
     return 100.0 * float((torch.cat(preds) == labels).double().mean())
 
 
-def _cluster_scores(exp, bundle, opts: BenchOptions, prog: ProgressFn) -> dict[int, dict[str, torch.Tensor]]:
-    """{cluster: {layer: Tensor[C]}} of ``opts.score``: the bundle's when it has them, else the score
+def resolve_score(bundle, score: str) -> str:
+    """``score``, or for 'auto' the DCS variant with the best mean calibration accuracy in the bundle's
+    oracle grid among those whose scores the bundle holds ('dcs' without a grid)."""
+    if score != "auto":
+        return score
+    if bundle is None or not bundle.has("grid"):
+        return "dcs"
+    from .comparison import choose_dcs_variant, grid_table
+
+    grid = bundle.json("grid.json")
+    held = {f[len("scores_"):-len(".safetensors")] for f in bundle.files_of("scores")} if bundle.has("scores") else set()
+    calib = {m: v for m, v in grid_table(grid, grid["tap"], "calib").items() if m in held}
+    return choose_dcs_variant(calib) or "dcs"
+
+
+def _fit_stats(exp, bundle, opts: BenchOptions, prog: ProgressFn):
+    """``ActivationStats`` of the fit split: the bundle's, else the disk cache (computed when missing)."""
+    from .stats import ActivationStats, cached_stats
+
+    if bundle is not None and bundle.has("stats"):
+        return ActivationStats.from_tensors(bundle.tensors("stats.safetensors"))
+    fit = exp.splits.fit
+    done = [0]
+
+    def on_batch(n: int) -> None:
+        done[0] += n
+        prog("statistics (fit)", done[0], len(fit))
+
+    stats, _, _ = cached_stats(exp.model_name, exp.model, exp.train, "fit", indices=fit, batch_size=opts.batch_size,
+                               device=exp.device, on_batch=on_batch, root=opts.cache_dir)
+    return stats
+
+
+def _cluster_scores(exp, bundle, score: str, opts: BenchOptions, prog: ProgressFn) -> dict[int, dict[str, torch.Tensor]]:
+    """{cluster: {layer: Tensor[C]}} of ``score``: the bundle's when it has them, else the score
     cache (computed on the fit split when missing)."""
-    if bundle is not None and bundle.has("scores") and f"scores_{opts.score}.safetensors" in bundle.files_of("scores"):
+    if bundle is not None and bundle.has("scores") and f"scores_{score}.safetensors" in bundle.files_of("scores"):
         from .pipeline import load_scores
 
-        return load_scores(bundle, opts.score)
+        return load_scores(bundle, score)
     from .scores.cache import load_or_compute_scores
 
-    res = load_or_compute_scores([opts.score], exp.model, exp.model_name, exp.fit_data(), "fit", exp.hierarchy,
+    res = load_or_compute_scores([score], exp.model, exp.model_name, exp.fit_data(), "fit", exp.hierarchy,
                                  options=opts.score_options or None, root=opts.cache_dir, batch_size=opts.batch_size,
                                  device=exp.device, on_progress=lambda s, d, t: prog(f"scores: {s}", d, t))
-    table = res[opts.score]["scores"]
+    table = res[score]["scores"]
     return {int(m): table[m] for m in table}
 
 

@@ -32,6 +32,7 @@ class BuildSettings:
     grid_taps: tuple[str, ...] = ("router",)  # stem boundaries for the oracle grid; "router" = the router's tap
     q: float = 20.0
     k: int = 20
+    fill: str = "mean"  # removed channels: "mean" (mean replacement from the fit statistics) or "zero"
     route_target: float = 0.75
     taps: tuple[str, ...] | None = None
     router: dict = field(default_factory=dict)  # extra RoutePredictor parameters (epochs, max_fit_samples, ...)
@@ -109,7 +110,10 @@ def build_bundle(
     from .scores import compute_all_scores
     from .stats import ActivationStats, collect_stats
 
+    from .subgraph import check_fill
+
     s = settings or BuildSettings()
+    check_fill(s.fill)
     prog = on_progress or (lambda stage, done, total: None)
     model, dev = exp.model.eval(), exp.device
     fit, calib, report = exp.fit_data(), exp.calib_data(), exp.report_data()
@@ -217,11 +221,12 @@ def build_bundle(
             for m in s.methods:
                 scores = load_scores(bundle, m)
                 for r_L in s.r_L_grid:
-                    specs = make_cluster_specs(model, exp.model_name, grid_tap, scores, exp.hierarchy, s.r_M, r_L)
+                    specs = make_cluster_specs(model, exp.model_name, grid_tap, scores, exp.hierarchy, s.r_M, r_L,
+                                               fill_stats=stats if s.fill == "mean" else None)
                     for split, data in (("calib", calib), ("report", report)):
                         res = evaluate_cluster_subgraphs(model, specs, data, exp.hierarchy, s.batch_size, dev, s.bf16,
                                                          stem_cache=stem_caches[split])
-                        rows.append({"tap": grid_tap, "method": m, "r_M": s.r_M, "r_L": r_L, "split": split,
+                        rows.append({"tap": grid_tap, "method": m, "r_M": s.r_M, "r_L": r_L, "split": split, "fill": s.fill,
                                      "mean_acc": res["mean"]["accuracy"],
                                      "per_cluster": [r["accuracy"] for r in res["clusters"]],
                                      "flops": [r["flops_with_stem"] for r in res["clusters"]],
@@ -229,16 +234,16 @@ def build_bundle(
                                      "flop_ratio": res["mean"]["flop_ratio"]})
                         done += 1
                         prog("grid (oracle routing)", done, total)
-        return {"grid.json": {"tap": tap, "taps": taps, "rows": rows}}
+        return {"grid.json": {"tap": tap, "taps": taps, "fill": s.fill, "rows": rows}}
 
     run("grid", {"scores": k_scores, "router": k_router, "r_M": s.r_M, "r_L_grid": list(s.r_L_grid),
-                 "taps": list(s.grid_taps), "bf16": s.bf16}, grid_step)
+                 "taps": list(s.grid_taps), "bf16": s.bf16, "fill": s.fill}, grid_step)
 
     # 8. benchmark: operating points chosen on calibration, reported on the report split, timed side by side
     if s.bench:
         from .bench import BenchOptions, run_benchmark
 
-        bench_opts = {"score_options": dict(s.score_options), **s.bench_options}
+        bench_opts = {"score_options": dict(s.score_options), "fill": s.fill, **s.bench_options}
         if "score" not in s.bench_options and "dcs" not in s.methods and s.methods:
             bench_opts["score"] = s.methods[0]
         BenchOptions.from_dict(bench_opts).validate()  # a bad option fails here, before any work

@@ -21,7 +21,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from .device import autocast, timed
 from .errors import SinfError
 from .io import atomic_write, write_json
 from .models import PrunableLayer, SinfModel, build_model
+
+if TYPE_CHECKING:
+    from .stats import ActivationStats
 from .models.resnet_cifar import CifarResNet
 from .models.vgg_cifar import CifarVGG
 
@@ -160,6 +163,28 @@ def _int_list(what: str, values) -> list[int]:
     return out
 
 
+FILLS = ("mean", "zero")  # what replaces a removed channel: its mean activation (folded), or zero
+
+
+def check_fill(fill: str) -> str:
+    if fill not in FILLS:
+        raise SinfError(f"fill must be one of {FILLS} (what replaces a removed channel), got {fill!r}")
+    return fill
+
+
+def _float_list(what: str, values) -> list[float]:
+    if isinstance(values, (np.ndarray, torch.Tensor)) and values.ndim == 1:
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise SinfError(f"{what} must be a list of numbers")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            raise SinfError(f"{what} must be a list of finite numbers, found {v!r}")
+        out.append(float(v))
+    return out
+
+
 @dataclass
 class SubgraphSpec:
     """What a subgraph keeps, as plain data.
@@ -168,12 +193,16 @@ class SubgraphSpec:
     (None: the whole network is the subgraph, fed with images). ``keep``: prunable layer name ->
     kept output-channel indices; layers after the tap that are absent keep every channel.
     ``classes``: the restricted head (global class indices) or None for the full head.
+    ``fill``: optional mean replacement, layer name -> one value per output channel of the layer (its
+    mean activation A_l over the cluster's data): each removed channel is replaced by that constant,
+    folded into the bias (or BatchNorm mean) of the layer that reads it, instead of by zero.
     """
 
     base_model: str
     tap: str | None
     keep: dict[str, list[int]] = field(default_factory=dict)
     classes: list[int] | None = None
+    fill: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.base_model, str) or not self.base_model:
@@ -185,24 +214,30 @@ class SubgraphSpec:
         self.keep = {str(k): _int_list(f"keep[{k!r}]", v) for k, v in self.keep.items()}
         if self.classes is not None:
             self.classes = _int_list("classes", self.classes)
+        if not isinstance(self.fill, Mapping):
+            raise SinfError("fill must map layer names to lists of per-channel values")
+        self.fill = {str(k): _float_list(f"fill[{k!r}]", v) for k, v in self.fill.items()}
 
     def kept_counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.keep.items()}
 
     def to_json(self) -> dict:
-        return {"base_model": self.base_model, "tap": self.tap, "keep": {k: list(v) for k, v in self.keep.items()},
-                "classes": None if self.classes is None else list(self.classes)}
+        out = {"base_model": self.base_model, "tap": self.tap, "keep": {k: list(v) for k, v in self.keep.items()},
+               "classes": None if self.classes is None else list(self.classes)}
+        if self.fill:
+            out["fill"] = {k: list(v) for k, v in self.fill.items()}
+        return out
 
     @classmethod
     def from_json(cls, obj) -> "SubgraphSpec":
         if not isinstance(obj, dict):
             raise SinfError("a subgraph spec must be a JSON object")
-        unknown = set(obj) - {"base_model", "tap", "keep", "classes"}
+        unknown = set(obj) - {"base_model", "tap", "keep", "classes", "fill"}
         if unknown:
             raise SinfError(f"unknown fields in subgraph spec: {sorted(unknown)}")
         if "base_model" not in obj:
             raise SinfError("subgraph spec has no base_model")
-        return cls(obj["base_model"], obj.get("tap"), obj.get("keep") or {}, obj.get("classes"))
+        return cls(obj["base_model"], obj.get("tap"), obj.get("keep") or {}, obj.get("classes"), obj.get("fill") or {})
 
 
 def validate_spec(model: SinfModel, spec: SubgraphSpec) -> dict[str, PrunableLayer]:
@@ -224,6 +259,11 @@ def validate_spec(model: SinfModel, spec: SubgraphSpec) -> dict[str, PrunableLay
         bad = [i for i in idx if not 0 <= i < layer.channels]
         if bad:
             raise SinfError(f"layer {name!r}: kept indices {bad[:5]} out of range 0..{layer.channels - 1}")
+    for name, values in spec.fill.items():
+        if name not in spec.keep:
+            raise SinfError(f"fill given for {name!r}, which the spec does not prune")
+        if len(values) != layers[name].channels:
+            raise SinfError(f"fill[{name!r}] has {len(values)} values for {layers[name].channels} channels")
     if spec.classes is not None:
         n = int(model.num_classes)
         if not spec.classes:
@@ -268,18 +308,24 @@ def make_cluster_specs(
     multiple_of: int | None = None,
     overrides: Mapping[int, tuple[float, float]] | None = None,
     restricted: bool = True,
+    fill_stats: "ActivationStats | None" = None,
 ) -> dict[int, SubgraphSpec]:
     """One spec per cluster index in ``scores_by_cluster``: the schedule (r_M, r_L), or the cluster's
     ``overrides[m]``, applied to the cluster's scores; head restricted to the cluster's classes
-    unless ``restricted`` is False."""
+    unless ``restricted`` is False. With ``fill_stats`` (activation statistics of the fit split),
+    removed channels are replaced by their mean activation over the cluster's classes (mean
+    replacement) instead of by zero."""
     specs = {}
     for m, scores in scores_by_cluster.items():
         if not 0 <= int(m) < hierarchy.num_clusters:
             raise SinfError(f"cluster index {m} out of range 0..{hierarchy.num_clusters - 1}")
         rm, rl = (overrides or {}).get(m, (r_M, r_L))
         kept = model_schedule(model, tap, rm, rl, multiple_of)
-        specs[int(m)] = SubgraphSpec(base_model, tap, keep_indices(scores, kept),
-                                     hierarchy.members(int(m)) if restricted else None)
+        keep = keep_indices(scores, kept)
+        members = hierarchy.members(int(m))
+        fill = {} if fill_stats is None else {
+            name: fill_stats.group_mean(name, members).tolist() for name, idx in keep.items()}
+        specs[int(m)] = SubgraphSpec(base_model, tap, keep, members if restricted else None, fill)
     return specs
 
 
@@ -331,6 +377,48 @@ def _linear_out(lin: nn.Linear, idx: torch.Tensor) -> None:
     if lin.bias is not None:
         lin.bias = _param(lin.bias.data.index_select(0, idx), lin.bias)
     lin.out_features = int(idx.numel())
+
+
+def _channel_reader(layer: PrunableLayer, unit: nn.Module, all_layers: list[PrunableLayer],
+                    flat_linear: nn.Linear | None) -> tuple[nn.Module, nn.BatchNorm2d | None]:
+    """The module that reads ``layer``'s output channels, and the BatchNorm after it (None for a linear)."""
+    if layer.role == "vgg":
+        pos = [l.name for l in all_layers].index(layer.name)
+        if pos + 1 < len(all_layers):
+            return all_layers[pos + 1].conv, all_layers[pos + 1].bn
+        if flat_linear is not None:
+            return flat_linear, None
+        raise SinfError(f"cannot find the layer that reads {layer.name!r}")
+    if layer.role in ("basic", "bottleneck1"):
+        return unit.conv2, unit.bn2
+    if layer.role == "bottleneck2":
+        return unit.conv3, unit.bn3
+    raise SinfError(f"layer {layer.name!r}: unknown prunable role {layer.role!r}")
+
+
+def _removed_input_shift(reader: nn.Module, channels: int, idx: torch.Tensor, fill: list[float]) -> torch.Tensor:
+    """What the removed input channels (those not in ``idx``) add to ``reader``'s output when each
+    holds the constant ``fill[c]``: sum_c fill[c] * (sum of the weights reading channel c). Exact for
+    a linear layer and for a convolution away from its zero-padded border."""
+    w = reader.weight.data
+    removed = torch.ones(channels, dtype=torch.bool, device=w.device)
+    removed[idx] = False
+    values = torch.as_tensor(fill, dtype=w.dtype, device=w.device) * removed
+    if isinstance(reader, nn.Conv2d):
+        return torch.einsum("oc,c->o", w.sum(dim=(2, 3)), values)
+    spatial = reader.in_features // channels  # nn.Linear after a flatten of [C, H, W]
+    return w @ values.repeat_interleave(spatial)
+
+
+def _add_output_shift(reader: nn.Module, bn: nn.BatchNorm2d | None, shift: torch.Tensor) -> None:
+    """Fold a constant per-output-channel shift into ``reader``'s bias, or into the running mean of
+    the BatchNorm that follows a bias-free conv (BN(y + s) == BN'(y) with mean' = mean - s)."""
+    if reader.bias is not None:
+        reader.bias = _param(reader.bias.data + shift, reader.bias)
+    elif bn is not None and bn.track_running_stats:
+        bn.running_mean = bn.running_mean - shift
+    else:
+        raise SinfError(f"cannot fold mean replacement into {reader}: no bias and no BatchNorm statistics")
 
 
 def _head_source(model: SinfModel) -> tuple[nn.Module, nn.Linear | None]:
@@ -391,28 +479,25 @@ def build_subgraph(model: SinfModel, spec: SubgraphSpec) -> Subgraph:
         return memo[id(module)]
 
     all_layers = model.prunable_layers()
+    cuts = []  # (layer, kept indices, the module reading its channels, that module's BatchNorm or None)
     for name, idx_list in spec.keep.items():
         layer = pruned[name]
         if len(idx_list) == layer.channels and idx_list == list(range(layer.channels)):
             continue  # keeps everything in order: nothing to slice
         idx = torch.as_tensor(sorted(idx_list), dtype=torch.long, device=layer.conv.weight.device)
+        cuts.append((layer, idx, *_channel_reader(layer, units[layer.unit - t - 1][1], all_layers, flat_linear)))
+    # mean replacement first, on unsliced twins, from the base model's own (unsliced) readers
+    for layer, idx, reader, reader_bn in cuts:
+        if layer.name in spec.fill:
+            shift = _removed_input_shift(reader, layer.channels, idx, spec.fill[layer.name])
+            _add_output_shift(twin(reader), None if reader_bn is None else twin(reader_bn), shift)
+    for layer, idx, reader, _ in cuts:
         _conv_out(twin(layer.conv), idx)
         _bn(twin(layer.bn), idx)
-        unit = units[layer.unit - t - 1][1]
-        if layer.role == "vgg":
-            pos = [l.name for l in all_layers].index(name)
-            if pos + 1 < len(all_layers):
-                _conv_in(twin(all_layers[pos + 1].conv), idx)
-            elif flat_linear is not None:
-                _linear_in(twin(flat_linear), layer.channels, idx)
-            else:
-                raise SinfError(f"cannot find the layer that reads {name!r}")
-        elif layer.role in ("basic", "bottleneck1"):
-            _conv_in(twin(unit.conv2), idx)
-        elif layer.role == "bottleneck2":
-            _conv_in(twin(unit.conv3), idx)
+        if isinstance(reader, nn.Linear):
+            _linear_in(twin(reader), layer.channels, idx)
         else:
-            raise SinfError(f"layer {name!r}: unknown prunable role {layer.role!r}")
+            _conv_in(twin(reader), idx)
     if spec.classes is not None:
         fc = model.classifier_layer()
         _linear_out(twin(fc), torch.as_tensor(spec.classes, dtype=torch.long, device=fc.weight.device))

@@ -258,7 +258,7 @@ def test_overlap_q_and_layer(tiny_env):
     assert before is not None
 
 
-def _mean_flops_with_stem(env, r_M, r_L, overrides=None):
+def _mean_flops_with_stem(env, r_M, r_L, overrides=None, fill="mean"):
     """Independent check: the library's own evaluation of the same configuration."""
     from sinf_core.bundle import Bundle
     from sinf_core.experiment import open_experiment
@@ -268,8 +268,11 @@ def _mean_flops_with_stem(env, r_M, r_L, overrides=None):
     exp = open_experiment(TINY, checkpoint=env["SINF_APP_CHECKPOINT"], device="cpu")
     b = Bundle.open(env["SINF_APP_BUNDLE"])
     tap = b.json("router.json")["tap"]
+    from sinf_core.stats import ActivationStats
+
+    stats = ActivationStats.from_tensors(b.tensors("stats.safetensors")) if fill == "mean" else None
     specs = make_cluster_specs(exp.model, TINY, tap, load_scores(b, "dcs"), exp.hierarchy, r_M, r_L,
-                               overrides=overrides)
+                               overrides=overrides, fill_stats=stats)
     return evaluate_cluster_subgraphs(exp.model, specs, exp.calib_data(), exp.hierarchy, baseline=True)
 
 
@@ -295,10 +298,16 @@ def test_pruning_form_changes_numbers_and_saves(tiny_env):
     assert metric(at, "Mean per-cluster accuracy").startswith(f"{ev1['mean']['accuracy']:.2f}")
     table = at.dataframe[0].value
     assert list(table["r_L"]) == [0.9, 0.1, 0.9] and list(table["r_M"]) == [0.3, 0.0, 0.3]
+    at.toggle(key="fill").set_value(False)  # removed channels set to zero instead of their mean
+    at.button(key="apply").click().run()
+    no_exception(at)
+    ev0 = _mean_flops_with_stem(tiny_env, 0.3, 0.9, overrides={1: (0.0, 0.1)}, fill="zero")
+    assert metric(at, "Mean per-cluster accuracy").startswith(f"{ev0['mean']['accuracy']:.2f}")
     at.button(key="save").click().run()
     no_exception(at)
     saved = json.loads((Path(tiny_env["SINF_APP_BUNDLE"]) / "config.json").read_text())
     assert saved["r_M"] == 0.3 and saved["r_L"] == 0.9 and saved["overrides"] == {"k1": [0.0, 0.1]}
+    assert saved["fill"] == "zero"
     from sinf_core.bundle import Bundle
 
     Bundle.open(tiny_env["SINF_APP_BUNDLE"])  # still a valid bundle (checksums verified)

@@ -210,6 +210,49 @@ def test_static_flops_match_the_target_within_one_channel_step(multiple_of, frac
         assert all(len(v) % multiple_of == 0 or len(v) == layers[k] for k, v in st["spec"].keep.items())
 
 
+def test_static_with_mean_replacement_keeps_the_flops_and_fills_removed_channels():
+    model = make_tiny_resnet()
+    tap = "layer1.0"
+    scores = _random_scores(model, seed=7)[0]
+    target = 0.7 * model_cost(model).flops
+    fill = {l.name: torch.rand(l.channels, generator=torch.Generator().manual_seed(i)) + 0.5
+            for i, l in enumerate(model.prunable_layers())}
+    plain = static_for_flops(model, "tiny", tap, scores, target)
+    filled = static_for_flops(model, "tiny", tap, scores, target, fill=fill)
+    assert filled["flops"] == plain["flops"] and filled["spec"].keep == plain["spec"].keep
+    assert set(filled["spec"].fill) == set(filled["spec"].keep)
+    assert all(filled["spec"].fill[k] == pytest.approx(fill[k].tolist()) for k in filled["spec"].keep)
+    h = model.forward_stem(torch.randn(3, 3, 32, 32), tap)
+    with torch.no_grad():  # the constants really reach the output
+        assert not torch.allclose(build_subgraph(model, plain["spec"])(h), build_subgraph(model, filled["spec"])(h))
+
+
+def test_auto_score_is_the_dcs_variant_best_on_calibration():
+    from sinf_core.bench import resolve_score
+
+    class FakeBundle:
+        def __init__(self, rows, held):
+            self.rows, self.held = rows, held
+
+        def has(self, name):
+            return name in ("grid", "scores")
+
+        def json(self, name):
+            return {"tap": "t", "rows": self.rows}
+
+        def files_of(self, step):
+            return [f"scores_{m}.safetensors" for m in self.held]
+
+    rows = [{"tap": "t", "method": m, "r_L": r, "split": split, "mean_acc": acc}
+            for m, split, accs in (("dcs", "calib", (70, 60)), ("dcs_lda", "calib", (72, 61)),
+                                   ("dcs", "report", (90, 90)), ("dcs_lda", "report", (10, 10)),
+                                   ("mean_act", "calib", (99, 99)))
+            for r, acc in zip((0.3, 0.7), accs)]
+    assert resolve_score(FakeBundle(rows, ["dcs", "dcs_lda", "mean_act"]), "auto") == "dcs_lda"  # calib, not report
+    assert resolve_score(FakeBundle(rows, ["dcs"]), "auto") == "dcs"  # only variants the bundle holds
+    assert resolve_score(None, "auto") == "dcs" and resolve_score(None, "l1") == "l1"
+
+
 def test_static_targets_out_of_reach_are_reported():
     model = make_tiny_resnet()
     scores = _random_scores(model)[0]
@@ -354,6 +397,8 @@ def test_bad_options_and_empty_splits_raise_clear_errors(tmp_path):
         BenchOptions(score="nope").validate()
     with pytest.raises(SinfError, match="schedule"):
         BenchOptions(schedules=((0.1, 1.0),)).validate()
+    with pytest.raises(SinfError, match="fill must be one of"):
+        BenchOptions(fill="median").validate()
     empty = np.zeros(0, dtype=np.int64)
     s = exp.splits
     no_report = Experiment(exp.model_name, exp.model, exp.train, exp.test,

@@ -190,6 +190,67 @@ def test_dropped_channels_equal_zeroed_reference(kind, seed):
                 assert conv.weight.shape[0] == len(keep[l.name]) == conv.out_channels
 
 
+def _reader_of(model, layer):
+    """The module that reads a prunable layer's channels (written out per architecture, for the test)."""
+    if isinstance(model, CifarVGG):
+        layers = model.prunable_layers()
+        pos = [l.name for l in layers].index(layer.name)
+        return layers[pos + 1].conv if pos + 1 < len(layers) else model.classifier[0]
+    block, conv = layer.name.rsplit(".", 1)
+    return model.get_submodule(f"{block}.{'conv2' if conv == 'conv1' else 'conv3'}")
+
+
+def _constant_response(reader, channels, fill, removed):
+    """What the reader outputs (bias excluded) for an input holding fill[c] on the removed channels and
+    0 elsewhere, away from any border: a real convolution of a constant map, read at its centre."""
+    x = torch.zeros(channels)
+    x[removed] = torch.tensor(fill)[removed]
+    if isinstance(reader, nn.Linear):
+        return nn.functional.linear(x.repeat_interleave(reader.in_features // channels), reader.weight)
+    k = reader.kernel_size[0]
+    out = nn.functional.conv2d(x.view(1, -1, 1, 1).expand(1, channels, 3 * k, 3 * k), reader.weight)
+    return out[0, :, out.shape[2] // 2, out.shape[3] // 2]
+
+
+@pytest.mark.parametrize("kind", list(ALL_MAKERS))
+def test_mean_replacement_equals_constant_fill_reference(kind):
+    """fill: removed channels act as constants, folded into the reader's bias / BN mean. Reference: the
+    zeroed model plus, on each reader's output, its response to the constant map (computed by a real
+    convolution, read away from the border). Also round-trips through JSON, and the zero fill is plain channel removal."""
+    m = ALL_MAKERS[kind](seed=3)
+    x = torch.randn(4, 3, 32, 32)
+    g = torch.Generator().manual_seed(7)
+    for tap in taps_of(m)[:2]:
+        keep = random_keep(m, tap, 5)
+        layers = {l.name: l for l in m.prunable_layers()}
+        fill = {name: (torch.rand(layers[name].channels, generator=g) * 2).tolist() for name in keep}
+        spec = SubgraphSpec("tiny", tap, keep, [0, 2, 5], fill)
+        assert SubgraphSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+        handles = []
+        with torch.no_grad():
+            h = x if tap is None else m.forward_stem(x, tap)
+            got = build_subgraph(m, spec)(h)
+            for name, idx in keep.items():
+                removed = sorted(set(range(layers[name].channels)) - set(idx))
+                reader = _reader_of(m, layers[name])
+                shift = _constant_response(reader, layers[name].channels, fill[name], removed)
+                view = shift if isinstance(reader, nn.Linear) else shift.view(1, -1, 1, 1)
+                handles.append(reader.register_forward_hook(lambda _m, _i, out, v=view: out + v))
+            try:
+                with zeroed_after_relu(m, keep):
+                    ref = m(x)
+            finally:
+                for hd in handles:
+                    hd.remove()
+            zero = build_subgraph(m, SubgraphSpec("tiny", tap, keep, [0, 2, 5], {n: [0.0] * layers[n].channels for n in keep}))(h)
+            plain = build_subgraph(m, SubgraphSpec("tiny", tap, keep, [0, 2, 5]))(h)
+        # both add the constant response at every position (the fold ignores the zero-padded border,
+        # and so does the reference): equal to float error
+        assert (got[:, [0, 2, 5]] - ref[:, [0, 2, 5]]).abs().max() < 1e-4, (kind, tap)
+        assert torch.equal(zero, plain)
+        assert not torch.allclose(got[:, [0, 2, 5]], plain[:, [0, 2, 5]], atol=1e-3)
+
+
 def _sub_conv(sub, layer_name):
     """The subgraph's copy of a base model's prunable conv."""
     for unit_name, unit in zip(sub.unit_names, sub.units):
@@ -369,6 +430,34 @@ def test_evaluate_cluster_subgraphs_matches_independent_count(kind):
         assert 0 < row["flop_ratio"] < 1
     assert res["mean"]["accuracy"] == pytest.approx(np.mean([r["accuracy"] for r in res["clusters"]]))
     assert res["n"] == len(data) and res["empty_clusters"] == []
+
+
+def test_cluster_specs_fill_with_cluster_mean_activation_and_bad_fill_errors():
+    from sinf_core.stats import collect_stats
+
+    m = make_tiny_resnet()
+    data = make_tiny_dataset(n_per_class=5)
+    hier = data.hierarchy
+    stats = collect_stats(m, data, batch_size=8)
+    tap = m.unit_names()[1]
+    specs = make_cluster_specs(m, "tiny", tap, {k: l1_scores(m) for k in range(3)}, hier, 0.1, 0.6, fill_stats=stats)
+    from sinf_core.data import iterate_batches
+    from sinf_core.hooks import activations
+
+    x, y = next(iterate_batches(data, len(data)))
+    means: dict = {}
+    sel = torch.isin(y, torch.as_tensor(hier.members(1)))
+    with torch.no_grad(), activations(m, None, lambda layer, a: means.__setitem__(layer.name, a.mean((0, 2, 3)))):
+        m(x[sel])
+    assert set(specs[1].fill) == set(specs[1].keep)
+    for name, values in specs[1].fill.items():  # the mean of A_l over the cluster's images, computed directly
+        assert torch.allclose(torch.tensor(values, dtype=torch.float64), means[name].double(), atol=1e-5)
+    layer = next(iter(specs[1].keep))
+    n = len(specs[1].fill[layer])
+    for fill, msg in (({layer: [0.0] * (n + 1)}, "values for"), ({layer: [float("nan")] * n}, "finite"),
+                      ({"layer1.0.conv1": [0.0] * 4}, "does not prune")):
+        with pytest.raises(SinfError, match=msg):
+            build_subgraph(m, SubgraphSpec("tiny", tap, specs[1].keep, None, fill))
 
 
 def test_evaluate_empty_cluster_and_names():

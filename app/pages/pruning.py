@@ -38,6 +38,9 @@ with st.form("pruning_form"):
         tap = rtr.tap_
         st.caption(f"The shared stem ends after **{tap}**, the router's attachment point (calibration route "
                    f"accuracy {100 * rtr.calib_accuracy_[tap]:.1f} %).")
+    fill = st.toggle("Mean replacement: a removed channel is replaced by its mean activation on the cluster's fit "
+                     "images (folded into the next layer's bias), not by zero", value=cfg.get("fill", "mean") == "mean",
+                     key="fill")
     with st.expander("Per-cluster overrides (tick a cluster to give it its own r_M / r_L)"):
         overrides = {}
         for m, name in enumerate(h.cluster_names):
@@ -53,7 +56,8 @@ with st.form("pruning_form"):
     submitted = st.form_submit_button("Apply", type="primary", key="apply")
 
 if submitted:
-    cfg = {**cfg, "method": method, "r_M": round(r_M, 4), "r_L": round(r_L, 4), "overrides": overrides}
+    cfg = {**cfg, "method": method, "r_M": round(r_M, 4), "r_L": round(r_L, 4), "overrides": overrides,
+           "fill": "mean" if fill else "zero"}
     if rtr is None:
         cfg["tap"] = tap
     state.set_config(src, cfg)
@@ -125,7 +129,9 @@ with ui.guard("Cannot evaluate this configuration"):
             calib, "Mean per-cluster accuracy vs FLOPs on the calibration split (oracle routing)",
             base_flops=None, base_acc=base_acc,
             highlight={"flops": ev["mean"]["flops_with_stem"], "mean_acc": mean_acc}), key="grid_fig")
-        st.caption("Each line is one filter score over the (r_M, r_L) grid of `sinf build`; the star is the "
+        grid_fill = next((r.get("fill") for r in calib if r.get("fill")), "zero")
+        st.caption("Each line is one filter score over the (r_M, r_L) grid of `sinf build` (removed channels "
+                   f"{'replaced by their mean' if grid_fill == 'mean' else 'set to zero'}); the star is the "
                    "configuration above.")
     else:
         ui.bundle_notice(src, "The comparison over the (r_M, r_L) grid for every score")

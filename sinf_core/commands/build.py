@@ -26,6 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-bench", action="store_true", help="skip the benchmark step")
     p.add_argument("--bench-options", help="benchmark options as a JSON object, e.g. "
                    "'{\"taps\": [\"layer3.2\"], \"head_fit_samples\": 20000}' (see `sinf bench --help`)")
+    p.add_argument("--fill", choices=("mean", "zero"), default="mean",
+                   help="what replaces a removed channel: its mean activation on the cluster's fit images, folded "
+                        "into the next layer (mean replacement, default), or zero")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the analysis passes")
     p.add_argument("--json", action="store_true", help="print the manifest's step summary as JSON")
 
@@ -41,7 +44,7 @@ def run(args) -> int:
             raise SinfError(f"not a comma-separated list of numbers: {text!r}") from exc
 
     settings = BuildSettings(r_M=args.r_m, r_L_grid=floats(args.r_l_grid), route_target=args.route_target,
-                             bench=not args.no_bench, bf16=args.bf16)
+                             bench=not args.no_bench, bf16=args.bf16, fill=args.fill)
     if args.methods:
         settings.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     settings.grid_taps = tuple(t.strip() for t in args.grid_taps.split(",") if t.strip())

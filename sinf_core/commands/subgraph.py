@@ -19,6 +19,9 @@ def add_arguments(p) -> None:
     p.add_argument("--r-m", type=float, default=0.05, help="removed fraction at the first layer after the tap (default 0.05)")
     p.add_argument("--r-l", type=float, default=0.5, help="removed fraction at the last prunable layer (default 0.5)")
     p.add_argument("--multiple-of", type=int, help="round kept channel counts up to a multiple of this (e.g. 8)")
+    p.add_argument("--fill", choices=("mean", "zero"), default="mean",
+                   help="what replaces a removed channel: its mean activation over the cluster's fit images "
+                        "(mean replacement, default) or zero")
     p.add_argument("--full-head", action="store_true", help="keep every class in the head (default: the cluster's classes)")
     p.add_argument("--split", choices=["calib", "report", "none"], default="calib",
                    help="where to measure accuracy (default calib; use report only for numbers you publish; none: skip)")
@@ -71,9 +74,17 @@ def run(args) -> int:
     res = load_or_compute_scores([args.score], model, args.model, exp.fit_data(), "fit", hier, None, None, None, None,
                                  args.cache_dir, False, args.batch_size, exp.device, args.bf16)
     table = res[args.score]["scores"]
+    fill_stats = None
+    if args.fill == "mean":
+        from ..stats import cached_stats
+
+        fill_stats, _, _ = cached_stats(args.model, model, exp.train, "fit", indices=exp.splits.fit,
+                                        batch_size=args.batch_size, device=exp.device, root=args.cache_dir)
     specs = make_cluster_specs(model, args.model, args.tap, {m: table[m] for m in range(hier.num_clusters)}, hier,
-                               args.r_m, args.r_l, args.multiple_of, restricted=not args.full_head)
+                               args.r_m, args.r_l, args.multiple_of, restricted=not args.full_head,
+                               fill_stats=fill_stats)
     out: dict = {"model": args.model, "tap": args.tap, "score": args.score, "r_M": args.r_m, "r_L": args.r_l,
+                 "fill": args.fill,
                  "multiple_of": args.multiple_of, "restricted_head": not args.full_head, "split": args.split}
     if args.out:
         out["specs_file"] = str(save_subgraphs(args.out, {hier.cluster_names[m]: s for m, s in specs.items()}))

@@ -56,6 +56,7 @@ def compare_scores(grid: dict, tap: str) -> dict:
     mean_report = {m: sum(report[m].values()) / len(report[m]) for m in methods}
     return {
         "tap": tap,
+        "fill": grid.get("fill", "zero"),
         "dcs_variant": chosen,
         "dcs_variant_calib_means": {m: round(_mean(calib[m]), 2) for m in methods if m.startswith("dcs") and m in calib},
         "r_M": next((row["r_M"] for row in grid["rows"]), None),
@@ -71,8 +72,10 @@ def comparison_markdown(cmp: dict, title: str) -> str:
     methods = cmp["ranking"]
     lines = [f"# {title}", "",
              f"Oracle routing (each cluster's samples go to its own subgraph), restricted heads, stem boundary "
-             f"after `{cmp['tap']}`, r_M = {cmp['r_M']}, same schedule and kept counts for every score. "
-             "Mean per-cluster top-1 (%) on the **report** split; options were fixed on the calibration split.", ""]
+             f"after `{cmp['tap']}`, r_M = {cmp['r_M']}, same schedule and kept counts for every score, removed "
+             + ("channels replaced by their mean activation on the cluster's fit images (mean replacement). "
+                if cmp.get("fill") == "mean" else "channels set to zero. ")
+             + "Mean per-cluster top-1 (%) on the **report** split; options were fixed on the calibration split.", ""]
     if cmp.get("dcs_variant"):
         lines += [f"DCS variant chosen on the calibration split: `{cmp['dcs_variant']}` (mean calibration accuracy "
                   + ", ".join(f"{m} {v:.2f}" for m, v in cmp["dcs_variant_calib_means"].items())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 
 import torch
@@ -18,6 +19,35 @@ def pick_device(name: str | None = None) -> torch.device:
 
         raise SinfError("CUDA was requested but no CUDA device is available; use --device cpu.")
     return dev
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Whether bf16 autocast speeds convolutions up on ``device``: a CUDA GPU with bf16, or a CPU with
+    AMX (``amx_bf16``). On a CPU without it (AVX2 only) oneDNN has no bf16 kernels worth the name:
+    measured here, ResNet-56 inference runs 6.5x slower in bf16 than in float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return "amx_bf16" in _cpu_flags()
+    return False
+
+
+def resolve_bf16(bf16: bool | None, device: torch.device | str) -> bool:
+    """``bf16`` as asked, or for None ('auto') whether it is fast on ``device`` (``bf16_is_fast``)."""
+    return bf16_is_fast(device) if bf16 is None else bool(bf16)
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:

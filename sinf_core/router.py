@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImageDataset, augment_crop_flip, iterate_batches, normalise, stratified_split
-from .device import autocast
+from .device import autocast, resolve_bf16
 from .errors import SinfError
 from .io import atomic_write, sha256_file, write_json
 from .models import SinfModel
@@ -192,7 +192,8 @@ class TapHeads:
     a cosine schedule), ``augment`` (random crop + flip), ``cache`` (train on cached stem features of
     one augmented copy per image; False = a fresh stem pass and augmentation every epoch),
     ``cache_budget_mb`` / ``max_fit_samples`` (cap on the cached subsample, stratified by class),
-    ``bf16`` / ``channels_last`` (training and stem passes), ``eval_batch_size``, ``random_state``.
+    ``bf16`` / ``channels_last`` (training and stem passes; bf16 None = where it is fast, see
+    ``device.bf16_is_fast``), ``eval_batch_size``, ``random_state``.
     The defaults (15 000 cached samples, 4 epochs) fit ResNet-56 heads at layer2.8..layer3.6 plus the
     exit head in about 4 minutes on 2 busy CPU cores; a head's training cost grows with its tap's
     feature-map area (a layer1 head costs ~10x a layer3 head).
@@ -219,7 +220,7 @@ class TapHeads:
         cache: bool = True,
         cache_budget_mb: float = 2048.0,
         max_fit_samples: int | None = 15000,
-        bf16: bool = True,
+        bf16: bool | None = None,
         channels_last: bool = True,
         eval_batch_size: int = 500,
         random_state: int = 0,
@@ -329,7 +330,7 @@ class TapHeads:
             self.head(t)
         dev = _model_device(model) if device is None else torch.device(device)
         logits = _collect_head_logits(model, [(self.heads_[t], model.unit_index(t)) for t in taps], data,
-                                      self.eval_batch_size, dev, self.bf16, self.channels_last)
+                                      self.eval_batch_size, dev, resolve_bf16(self.bf16, dev), self.channels_last)
         y = _targets(data, self.target)
         out: dict[str, dict[str, float]] = {"accuracy": {}, "nll": {}}
         for t, z in zip(taps, logits):
@@ -565,6 +566,7 @@ class _HeadTrainer:
             raise SinfError("no fit samples to train the heads on")
         self.model, self.data, self.lead = model.eval(), fit_data, lead
         self.dev = _model_device(model) if device is None else torch.device(device)
+        lead.bf16 = resolve_bf16(lead.bf16, self.dev)  # recorded as used
         self.progress = on_progress or (lambda stage, done, total: None)
         self.t0 = time.perf_counter()
         self.units = sorted({u for _, u in taps})

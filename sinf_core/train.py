@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .data import ImageDataset, augment_crop_flip, normalise
-from .device import autocast
+from .device import autocast, resolve_bf16
 from .errors import SinfError
 from .io import atomic_write, write_json
 
@@ -37,7 +37,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
-    bf16: bool = True
+    bf16: bool | None = None  # None: bf16 autocast where it is fast (AMX CPU, bf16 GPU), else float32
     channels_last: bool = True
     checkpoint_every: int = 100  # optimizer steps between checkpoints
     seed: int = 0
@@ -99,6 +99,7 @@ def train(
     """
     cfg.validate()
     device = torch.device(device)
+    cfg.bf16 = resolve_bf16(cfg.bf16, device)  # recorded as used
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = len(data)

@@ -74,3 +74,16 @@ def test_publish_copies_weights_with_a_card_that_eval_reproduces(tmp_path, monke
     assert card["test_top1"] == round(100.0 * float((pred == data.labels).double().mean()), 2)
     for k, v in model.state_dict().items():
         assert torch.equal(v.float(), by_name.state_dict()[k].float()), k
+
+
+def test_bf16_auto_follows_the_cpu():
+    """bf16 defaults to 'where it is fast': on a CPU only with AMX (read from /proc/cpuinfo here)."""
+    from pathlib import Path
+
+    from sinf_core.device import resolve_bf16
+
+    info = Path("/proc/cpuinfo")
+    amx = info.is_file() and any("amx_bf16" in line.split() for line in info.read_text().splitlines()
+                                 if line.startswith("flags"))
+    assert resolve_bf16(None, "cpu") is amx
+    assert resolve_bf16(True, "cpu") is True and resolve_bf16(False, "cpu") is False

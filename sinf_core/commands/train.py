@@ -54,7 +54,7 @@ def run(args) -> int:
         raise SinfError(f"{args.model} predicts {model.num_classes} classes but {ds_name} has {tr.num_classes}")
     cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                      bf16=not args.no_bf16, channels_last=device.type == "cpu" or device.type == "cuda",
+                      bf16=False if args.no_bf16 else None, channels_last=device.type == "cpu" or device.type == "cuda",
                       checkpoint_every=args.checkpoint_every, seed=args.seed)
     out = Path(args.out or Path("runs") / args.model)
 

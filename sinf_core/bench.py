@@ -1284,7 +1284,8 @@ def resolve_score(bundle, score: str) -> str:
 
     grid = bundle.json("grid.json")
     held = {f[len("scores_"):-len(".safetensors")] for f in bundle.files_of("scores")} if bundle.has("scores") else set()
-    calib = {m: v for m, v in grid_table(grid, grid["tap"], "calib").items() if m in held}
+    tap = (grid.get("taps") or [grid.get("tap")])[0]  # the grid's first stem boundary (not always the router's tap)
+    calib = {m: v for m, v in grid_table(grid, tap, "calib").items() if m in held}
     return choose_dcs_variant(calib) or "dcs"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from .common import add_data_options, progress
 
 NAME = "train"
-HELP = "train a registered model (bf16 + channels_last on CPU, SGD + cosine, resumable checkpoints)"
+HELP = "train a registered model (channels_last, bf16 where the hardware has it fast; SGD + cosine, resumable checkpoints)"
 
 
 def add_arguments(p) -> None:
@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--checkpoint-every", type=int, default=100, help="optimizer steps between checkpoints")
-    p.add_argument("--no-bf16", action="store_true", help="train in float32")
+    p.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bf16 autocast only where it is fast: AMX CPU or a bf16 GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-after-steps", type=int, help=argparse_suppress())

@@ -543,7 +543,8 @@ def overlap(src: Source, q: float):
 
 # ==================================================================================== scores
 SCORE_LABELS = {
-    "dcs": "DCS (ours)", "l1": "L1 norm", "bn_gamma": "BN |gamma|", "mean_act": "mean activation", "apoz": "APoZ",
+    "dcs": "DCS (ours)", "dcs_lda": "DCS, LDA probe", "dcs_p1": "DCS, p = 1", "dcs_std": "DCS x spread",
+    "std": "spread (std of a_l)", "l1": "L1 norm", "bn_gamma": "BN |gamma|", "mean_act": "mean activation", "apoz": "APoZ",
     "taylor": "Taylor", "hrank": "HRank", "chip": "CHIP", "tvs": "TVSPrune", "random": "random",
 }
 

@@ -26,7 +26,8 @@ ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 
 @dataclass
 class BuildSettings:
-    methods: tuple[str, ...] = ("dcs", "dcs_lda", "dcs_p1", "l1", "bn_gamma", "mean_act", "apoz", "taylor", "hrank", "chip", "tvs", "random")
+    methods: tuple[str, ...] = ("dcs", "dcs_lda", "dcs_p1", "dcs_std", "l1", "bn_gamma", "mean_act", "std", "apoz",
+                                "taylor", "hrank", "chip", "tvs", "random")
     r_M: float = 0.05
     r_L_grid: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     grid_taps: tuple[str, ...] = ("router",)  # stem boundaries for the oracle grid; "router" = the router's tap

@@ -191,6 +191,33 @@ def test_mean_act_and_apoz_match_hooks_and_the_statistics_pass(tiny_dataset):
                 torch.testing.assert_close(src["apoz"][t][name], direct_apoz, rtol=1e-4, atol=1e-6)
 
 
+def test_std_and_dcs_std_match_a_direct_computation(tiny_dataset):
+    """std: the spread of a_l over the cluster's images (streamed reducers and the statistics pass
+    alike); dcs_std: rank(DCS, LDA probe) x rank(std), both scaled to [0, 1]."""
+    from sinf_core.scores.dcs import rank01
+    from sinf_core.stats import collect_stats
+
+    m = make_tiny_resnet()
+    rows = sample_indices(tiny_dataset.labels.numpy(), range(6), None)
+    opts = {"max_per_class": 0}
+    ours = compute_all_scores(["std", "dcs_std", "dcs_lda"], m, None, tiny_dataset, options=opts)
+    theirs = compute_all_scores(["std"], m, None, tiny_dataset, stats=collect_stats(m, tiny_dataset, rows))
+    for name in ["layer1.0.conv1", "layer3.1.conv1"]:
+        maps, labels = layer_maps(m, tiny_dataset, rows, name)
+        for t in range(3):
+            sel = torch.isin(labels, torch.as_tensor(tiny_dataset.hierarchy.members(t)))
+            direct = maps[sel].mean(dim=(2, 3)).double().std(0, unbiased=False).float()
+            for src in (ours, theirs):
+                torch.testing.assert_close(src["std"][t][name], direct, rtol=1e-3, atol=1e-5)
+            expect = rank01(ours["dcs_lda"][t][name]) * rank01(direct)
+            torch.testing.assert_close(ours["dcs_std"][t][name], expect)
+    dead = compute_all_scores(["std", "dcs_std"], dead_channel_resnet(), None, tiny_dataset, options=FAST)
+    for meth in ("std", "dcs_std"):  # a constant channel has no spread: it ranks last
+        for t in range(3):
+            v = dead[meth][t]["layer2.0.conv1"]
+            assert float(v[3]) == 0.0 and int(ranking(v)[-1]) == 3, meth
+
+
 def test_dcs_ranks_the_one_separating_channel_first_per_cluster():
     data, m = separable_dataset(), probe_model()
     for probe in ("logreg", "lda"):

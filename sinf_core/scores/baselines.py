@@ -7,7 +7,8 @@ Data-dependent, cluster-conditioned (only the cluster's samples when a cluster i
 et al. 2017: |mean over positions of A * dL/dA| per sample, averaged; the loss is the cross-entropy
 restricted to the cluster's classes), ``hrank`` (Lin et al. 2020: mean rank of the H x W maps),
 ``chip`` (Sui et al. 2021: mean drop in nuclear norm of the [C, HW] map matrix when the channel is
-removed), ``tvs`` (TVSPrune, Murti et al. ICLR 2023, see ``tvs_finish``).
+removed), ``tvs`` (TVSPrune, Murti et al. ICLR 2023, see ``tvs_finish``), ``std`` (standard deviation
+of a_l over the target's samples: what a channel loses when mean replacement sets it to its mean).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def _stats_table(job: ScoreJob, what: str) -> ScoreTable:
         for l in job.layers:
             if what == "mean":
                 v = st.group_mean(l.name, classes)
+            elif what == "std":
+                v = st.group_var(l.name, classes).sqrt()
             else:
                 v = 1.0 - st.group_zero_fraction(l.name, classes)
             out[t][l.name] = torch.as_tensor(v).to(torch.float32).cpu()
@@ -99,6 +102,26 @@ def mean_act_finish(job: ScoreJob, red: dict) -> ScoreTable:
     if job.stats is not None:
         return _stats_table(job, "mean")
     return _group_table(job, next(iter(red.values())), "mean activation")
+
+
+def std_reducers(job: ScoreJob) -> dict:
+    return {} if job.stats is not None else dict([_vector_reducer(job, "mean"), _vector_reducer(job, "mean_sq")])
+
+
+def std_finish(job: ScoreJob, red: dict) -> ScoreTable:
+    """sqrt(E[a_l^2] - E[a_l]^2) over the samples of each target's classes."""
+    if job.stats is not None:
+        return _stats_table(job, "std")
+    mean = next(r for r in red.values() if getattr(r, "fn_name", None) == "mean")
+    sq = next(r for r in red.values() if getattr(r, "fn_name", None) == "mean_sq")
+    out: ScoreTable = {}
+    for t in job.targets:
+        out[t] = {}
+        for l in job.layers:
+            m = class_group(mean.sums[l.name], mean.counts[l.name], job.classes_of(t), "std")
+            m2 = class_group(sq.sums[l.name], sq.counts[l.name], job.classes_of(t), "std")
+            out[t][l.name] = (m2 - m * m).clamp_min(0).sqrt().to(torch.float32)
+    return out
 
 
 def apoz_reducers(job: ScoreJob) -> dict:
@@ -268,6 +291,7 @@ DEFAULTS = {
     "bn_gamma": {},
     "random": {"seed": 0},
     "mean_act": dict(COMMON_DEFAULTS),
+    "std": dict(COMMON_DEFAULTS),
     "apoz": dict(COMMON_DEFAULTS),
     "taylor": dict(COMMON_DEFAULTS),
     "hrank": {**COMMON_DEFAULTS, "hrank_per_class": 20},

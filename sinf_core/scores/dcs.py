@@ -42,6 +42,27 @@ def reducers(job: ScoreJob) -> dict:
     return out
 
 
+def rank01(v: torch.Tensor) -> torch.Tensor:
+    """Ranks of v scaled to [0, 1] (0 = smallest), float32."""
+    return v.argsort().argsort().to(torch.float32) / max(1, v.numel() - 1)
+
+
+def std_weighted_reducers(job: ScoreJob) -> dict:
+    from .baselines import std_reducers
+
+    return {**reducers(job), **std_reducers(job)}
+
+
+def std_weighted_finish(job: ScoreJob, red: dict) -> ScoreTable:
+    """DCS weighted by spread (``dcs_std``): rank01(DCS) x rank01(std of a_l over the target's samples).
+    With mean replacement a removed channel keeps its mean and loses only its spread around it, so a
+    channel is worth keeping when it both separates the cluster's classes and varies."""
+    from .baselines import std_finish
+
+    dcs, spread = finish(job, red), std_finish(job, red)
+    return {t: {name: rank01(v) * rank01(spread[t][name]) for name, v in per.items()} for t, per in dcs.items()}
+
+
 def probe_weights(x: np.ndarray, y: np.ndarray, probe: str, C: float, max_iter: int, tol: float) -> np.ndarray:
     """Standardise x [N, F] per feature and fit the probe on labels y; returns W* [K', F] (K' = 1 for
     two classes, else the number of classes). Constant features get weight 0."""

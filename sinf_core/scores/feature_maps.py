@@ -93,8 +93,14 @@ def nuclear_norm_drop(z: torch.Tensor, chunk_elems: int = 1 << 22) -> torch.Tens
     return (full[:, None] - out).to(torch.float32)
 
 
+def spatial_mean_sq(z: torch.Tensor) -> torch.Tensor:
+    """a_l ** 2, [n, C] (with ``spatial_mean``: the spread of a_l over samples)."""
+    return spatial_mean(z) ** 2
+
+
 VECTOR_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean": spatial_mean,
+    "mean_sq": spatial_mean_sq,
     "zero": zero_fraction,
     "rank": map_rank,
     "chip": nuclear_norm_drop,

@@ -1,7 +1,8 @@
 """Investigation (issues 3 and 4): mean replacement. A removed channel is replaced by its mean activation
 over the cluster's fit images (folded into the next layer's bias / BatchNorm mean) instead of by zero.
 Oracle routing, stem after layer3.0, r_M 0.05, the bundle's own scores. Decision data = calibration
-split; the report split is printed for reference only. Run: python docs/investigate_mean_replacement.py"""
+split; the report split is printed for reference only. Run: python docs/investigate_mean_replacement.py [MODEL TAP METHODS SPLITS],
+e.g. python docs/investigate_mean_replacement.py cifar100_resnet56 layer3.0 dcs_std,std calib,report"""
 import json
 import sys
 
@@ -25,8 +26,15 @@ stats = ActivationStats.from_tensors(b.tensors("stats.safetensors"))
 data = {"calib": exp.calib_data(), "report": exp.report_data()}
 caches: dict = {s: {} for s in splits}
 out: dict = {}
+held = {f[len("scores_"):-len(".safetensors")] for f in b.files_of("scores")}
+missing = [meth for meth in methods if meth not in held]
+if missing:  # scores the bundle was built without (e.g. dcs_std, std): same options as the bundle's
+    from sinf_core.scores import compute_all_scores
+
+    extra = compute_all_scores(missing, m, None, exp.fit_data(), exp.hierarchy, stats,
+                               {"max_per_class": 30}, batch_size=256)
 for meth in methods:
-    scores = load_scores(b, meth)
+    scores = load_scores(b, meth) if meth in held else extra[meth]
     for r in (0.1, 0.3, 0.5, 0.7, 0.9):
         for fill in ("zero", "mean"):
             specs = make_cluster_specs(m, model_name, tap, scores, exp.hierarchy, 0.05, r,

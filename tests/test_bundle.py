@@ -76,7 +76,7 @@ def test_atomic_write_keeps_the_old_file_on_failure_and_uses_normal_permissions(
         assert (target.stat().st_mode & 0o777) == 0o644
         from safetensors.torch import save_file
 
-        st = atomic_write(tmp_path / "sub" / "t.safetensors", lambda p: save_file({"x": torch.zeros(2)}, str(p)))
+        st = atomic_write(tmp_path.parent / f"{tmp_path.name}-st" / "t.safetensors", lambda p: save_file({"x": torch.zeros(2)}, str(p)))
         assert (st.stat().st_mode & 0o777) == 0o644  # a writer that recreates the file gets them too
 
         def fail(p):

@@ -293,13 +293,15 @@ def test_hrank_of_rank_one_maps_is_one():
         assert torch.equal(out[t]["features.0"], torch.ones(3))
 
 
-def test_chip_against_a_direct_nuclear_norm_loop(tiny_dataset):
-    z = torch.randn(3, 5, 4, 6)
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (3, 12, 2, 2)])  # map larger / smaller than the channel count
+def test_chip_against_a_direct_nuclear_norm_loop(tiny_dataset, shape):
+    z = torch.randn(*shape)
     a = torch.relu(z)
-    direct = torch.zeros(3, 5)
-    for n in range(3):
+    n_, c_ = shape[:2]
+    direct = torch.zeros(n_, c_)
+    for n in range(n_):
         full = torch.linalg.matrix_norm(a[n].flatten(1).double(), "nuc")
-        for c in range(5):
+        for c in range(c_):
             b = a[n].flatten(1).double().clone()
             b[c] = 0
             direct[n, c] = float(full - torch.linalg.matrix_norm(b, "nuc"))

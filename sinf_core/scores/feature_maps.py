@@ -78,9 +78,22 @@ def nuclear_norm_drop(z: torch.Tensor, chunk_elems: int = 1 << 22) -> torch.Tens
     CI_c = ||A||_* - ||A with row c zeroed||_*, A = relu(z) reshaped to [C, H*W].
 
     Computed from the Gram matrix G = A A^T (nuclear norm = sum of sqrt of its eigenvalues; zeroing row c
-    of A zeroes row and column c of G), batched over samples and channels in float64."""
+    of A zeroes row and column c of G), batched over samples and channels in float64. When the map is
+    smaller than the channel count (deep VGG layers: 256 channels on 4 x 4), the [HW, HW] Gram A^T A
+    has the same non-zero eigenvalues and zeroing row c is the rank-one downdate A^T A - a_c a_c^T:
+    C eigenproblems of size HW instead of C."""
     a = torch.relu(z).flatten(2).to(torch.float64)  # [n, C, HW]
-    n, c, _ = a.shape
+    n, c, hw = a.shape
+    if hw < c:
+        gt = a.transpose(1, 2) @ a  # [n, HW, HW]
+        full = torch.linalg.eigvalsh(gt).clamp_min(0).sqrt().sum(-1)
+        out = torch.empty(n, c, dtype=torch.float64, device=gt.device)
+        step = max(1, chunk_elems // (c * hw * hw))
+        for s in range(0, n, step):
+            sl = a[s : s + step]  # [m, C, HW]
+            gc = gt[s : s + step, None] - sl[:, :, :, None] * sl[:, :, None, :]  # [m, C, HW, HW]
+            out[s : s + step] = torch.linalg.eigvalsh(gc).clamp_min(0).sqrt().sum(-1)
+        return (full[:, None] - out).to(torch.float32)
     g = a @ a.transpose(1, 2)  # [n, C, C]
     full = torch.linalg.eigvalsh(g).clamp_min(0).sqrt().sum(-1)  # [n]
     keep = 1.0 - torch.eye(c, dtype=g.dtype, device=g.device)  # [c_removed, C]

@@ -10,7 +10,7 @@ import torch
 
 from sinf_core.bundle import Bundle
 from sinf_core.experiment import open_experiment
-from sinf_core.pipeline import default_bundle_dir, load_scores
+from sinf_core.pipeline import default_bundle_dir, load_scores, score_methods
 from sinf_core.stats import ActivationStats
 from sinf_core.subgraph import evaluate_cluster_subgraphs, make_cluster_specs
 
@@ -26,7 +26,7 @@ stats = ActivationStats.from_tensors(b.tensors("stats.safetensors"))
 data = {"calib": exp.calib_data(), "report": exp.report_data()}
 caches: dict = {s: {} for s in splits}
 out: dict = {}
-held = {f[len("scores_"):-len(".safetensors")] for f in b.files_of("scores")}
+held = score_methods(b)
 missing = [meth for meth in methods if meth not in held]
 if missing:  # scores the bundle was built without (e.g. dcs_std, std): same options as the bundle's
     from sinf_core.scores import compute_all_scores

@@ -1282,8 +1282,10 @@ def resolve_score(bundle, score: str) -> str:
         return "dcs"
     from .comparison import choose_dcs_variant, grid_table
 
+    from .pipeline import score_methods
+
     grid = bundle.json("grid.json")
-    held = {f[len("scores_"):-len(".safetensors")] for f in bundle.files_of("scores")} if bundle.has("scores") else set()
+    held = score_methods(bundle)
     tap = (grid.get("taps") or [grid.get("tap")])[0]  # the grid's first stem boundary (not always the router's tap)
     calib = {m: v for m, v in grid_table(grid, tap, "calib").items() if m in held}
     return choose_dcs_variant(calib) or "dcs"
@@ -1310,9 +1312,9 @@ def _fit_stats(exp, bundle, opts: BenchOptions, prog: ProgressFn):
 def _cluster_scores(exp, bundle, score: str, opts: BenchOptions, prog: ProgressFn) -> dict[int, dict[str, torch.Tensor]]:
     """{cluster: {layer: Tensor[C]}} of ``score``: the bundle's when it has them, else the score
     cache (computed on the fit split when missing)."""
-    if bundle is not None and bundle.has("scores") and f"scores_{score}.safetensors" in bundle.files_of("scores"):
-        from .pipeline import load_scores
+    from .pipeline import load_scores, score_methods
 
+    if bundle is not None and score in score_methods(bundle):
         return load_scores(bundle, score)
     from .scores.cache import load_or_compute_scores
 

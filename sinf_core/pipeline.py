@@ -256,6 +256,13 @@ def build_bundle(
     return bundle
 
 
+def score_methods(bundle: Bundle) -> set[str]:
+    """The filter scores a bundle holds (its ``scores_<method>.safetensors`` files)."""
+    if not bundle.has("scores"):
+        return set()
+    return {f[len("scores_"):-len(".safetensors")] for f in bundle.files_of("scores")}
+
+
 def load_scores(bundle: Bundle, method: str) -> dict[int, dict[str, torch.Tensor]]:
     """{cluster: {layer: Tensor[C]}} of one score method from a bundle."""
     fname = f"scores_{method}.safetensors"

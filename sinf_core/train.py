@@ -41,6 +41,7 @@ class TrainConfig:
     channels_last: bool = True
     checkpoint_every: int = 100  # optimizer steps between checkpoints
     seed: int = 0
+    init: dict | None = None  # the weights training started from (warm restart), {"source", "sha256", ...}
     extra: dict = field(default_factory=dict)  # free-form notes recorded in the summary (width, ...)
 
     def validate(self) -> None:

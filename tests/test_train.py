@@ -87,3 +87,37 @@ def test_bf16_auto_follows_the_cpu():
                                  if line.startswith("flags"))
     assert resolve_bf16(None, "cpu") is amx
     assert resolve_bf16(True, "cpu") is True and resolve_bf16(False, "cpu") is False
+
+
+def test_warm_restart_from_published_weights_records_both_stages(tmp_path, monkeypatch):
+    """`sinf train --init published`: stage 2 starts from the published weights (strictly loaded) and
+    its card names them (sha256) and adds the stages' epochs and wall time."""
+    from sinf_core.commands.train import _load_init
+    from sinf_core.errors import SinfError
+    from sinf_core.models import registry
+    from sinf_core.models.registry import ModelEntry, publish_weights
+
+    data = make_tiny_dataset(n_per_class=16)
+    monkeypatch.setitem(registry.MODELS, "tiny", ModelEntry("tiny", make_tiny_resnet, weights_file="tiny.safetensors",
+                                                            protocol="heldout", description="tiny test ResNet"))
+    monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path / "assets")
+    measure = lambda path: {"top1": 1.0}  # noqa: E731 (accuracy is not what this test is about)
+    with pytest.raises(SinfError, match="no weights in assets|no weights file"):
+        _load_init(make_tiny_resnet(), "tiny", "published")
+    first = make_tiny_resnet(seed=1)
+    train(first, data, _cfg(epochs=1), tmp_path / "stage1")
+    card1 = publish_weights(tmp_path / "stage1", "tiny", tmp_path / "assets", measure)
+
+    second = make_tiny_resnet(seed=2)
+    init = _load_init(second, "tiny", "published")
+    for k, v in first.state_dict().items():
+        assert torch.equal(v, second.state_dict()[k]), k
+    assert init["sha256"] == card1["sha256"] and init["card"]["epochs"] == 1
+    train(second, data, _cfg(epochs=2, lr=1e-9, init=init), tmp_path / "stage2")
+    for (k, v), w in zip(first.named_parameters(), second.parameters()):
+        assert torch.allclose(v, w, atol=1e-6), k  # a vanishing learning rate keeps the stage-1 weights
+    card2 = publish_weights(tmp_path / "stage2", "tiny", tmp_path / "assets", measure)
+    assert card2["init"]["sha256"] == card1["sha256"] and card2["total_epochs"] == 3
+    assert card2["total_wall_time_s"] >= card1["wall_time_s"]
+    with pytest.raises(SinfError, match="no weights file"):
+        _load_init(make_tiny_resnet(), "tiny", str(tmp_path / "missing.safetensors"))

@@ -20,6 +20,9 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length before the cosine decay")
+    p.add_argument("--init", help="start from these weights instead of a random init (a warm restart / fine-tuning): "
+                   "a .safetensors or .pt state dict, or 'published' for the model's weights in assets/")
     p.add_argument("--checkpoint-every", type=int, default=100, help="optimizer steps between checkpoints")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bf16 autocast only where it is fast: AMX CPU or a bf16 GPU)")
     p.add_argument("--device", default="auto")
@@ -31,6 +34,34 @@ def argparse_suppress():
     import argparse
 
     return argparse.SUPPRESS
+
+
+def _load_init(model, name: str, source: str) -> dict:
+    """Load the starting weights into ``model`` (strictly) and describe them for the summary / card.
+
+    A resumed run overwrites them from its checkpoint, so loading them again on resume is harmless."""
+    from ..io import sha256_file
+    from ..models.registry import ASSETS_DIR, get_entry, load_state_dict_checked, model_card, read_checkpoint
+
+    if source == "published":
+        entry = get_entry(name)
+        if not entry.weights_file:
+            from ..errors import SinfError
+
+            raise SinfError(f"--init published: {name} has no weights in assets/ to start from")
+        path = ASSETS_DIR / entry.weights_file
+    else:
+        path = Path(source)
+    if not path.is_file():
+        from ..errors import SinfError
+
+        raise SinfError(f"--init: no weights file at {path}")
+    load_state_dict_checked(model, read_checkpoint(path), str(path))
+    info = {"source": str(path), "sha256": sha256_file(path)}
+    card = model_card(name) if source == "published" else None
+    if card:  # the earlier stage's record travels with the new weights
+        info["card"] = {k: card.get(k) for k in ("recipe", "epochs", "wall_time_s", "test_top1", "sha256", "trained_on")}
+    return info
 
 
 def run(args) -> int:
@@ -52,8 +83,10 @@ def run(args) -> int:
         from ..errors import SinfError
 
         raise SinfError(f"{args.model} predicts {model.num_classes} classes but {ds_name} has {tr.num_classes}")
+    init = _load_init(model, args.model, args.init) if args.init else None
     cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                      warmup_epochs=args.warmup_epochs, init=init,
                       bf16=False if args.no_bf16 else None, channels_last=device.type == "cpu" or device.type == "cuda",
                       checkpoint_every=args.checkpoint_every, seed=args.seed)
     out = Path(args.out or Path("runs") / args.model)

@@ -227,5 +227,12 @@ def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, meas
         "sha256": sha256_file(target),
         "file": entry.weights_file,
     }
+    if cfg.get("init"):  # a warm restart: say what it started from and the totals over both stages
+        init = cfg["init"]
+        card["init"] = init
+        earlier = init.get("card") or {}
+        if earlier.get("epochs") is not None and earlier.get("wall_time_s") is not None:
+            card["total_epochs"] = earlier["epochs"] + (cfg.get("epochs") or 0)
+            card["total_wall_time_s"] = round(earlier["wall_time_s"] + (summary.get("wall_time_s") or 0.0), 1)
     write_json(target.with_suffix(".json"), card)
     return card

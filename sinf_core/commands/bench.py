@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
                                   "holds 60-95 %% of the FLOPs)")
     p.add_argument("--schedules", help="semicolon-separated r_M,r_L pairs, e.g. '0.05,0.3;0.25,0.75'")
     p.add_argument("--multiple-of", type=int, default=8, help="round kept channel counts up to this multiple (0: exact)")
-    p.add_argument("--score", default="dcs", help="cluster-conditioned filter score of the subgraphs (default dcs)")
+    p.add_argument("--score", default="auto", help="cluster-conditioned filter score of the subgraphs (default auto: "
+                   "with --bundle, the DCS variant best on calibration in its oracle grid; else dcs)")
     p.add_argument("--static-scores", default="l1,bn_gamma,mean_act,taylor",
                    help="global scores tried for the static network; the best on calibration is used")
     p.add_argument("--static-match", default="best", choices=["best", "sinf", "exit", "cascade"],

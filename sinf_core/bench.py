@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -47,7 +46,7 @@ from torch import nn
 
 from .cost import Cost, count_flops, count_params, model_cost, module_cost, stem_cost, stem_output, tail_cost
 from .data import ImageDataset, iterate_batches, normalise
-from .device import autocast, timed
+from .device import autocast, hardware_info, timed
 from .engine import EXIT, FALLBACK, ROUTE, InferenceResult, SemanticInference
 from .errors import SinfError
 from .models import SinfModel
@@ -898,33 +897,6 @@ def result_metrics(res: InferenceResult, labels: torch.Tensor, clusters: torch.T
         "n": n,
     }
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Hardware
-# --------------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware_info(device: torch.device) -> dict:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        info["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        pass
-    return info
 
 
 # --------------------------------------------------------------------------------------------------

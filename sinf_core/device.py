@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -66,3 +69,25 @@ def timed(device: torch.device) -> float:
     """A wall-clock reading taken after all queued device work finished."""
     synchronize(device)
     return time.perf_counter()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_info(device: torch.device) -> dict:
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        info["loadavg_start"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return info

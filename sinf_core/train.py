@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .data import ImageDataset, augment_crop_flip, normalise
-from .device import autocast, resolve_bf16
+from .device import autocast, hardware_info, resolve_bf16
 from .errors import SinfError
 from .io import atomic_write, write_json
 
@@ -190,6 +190,7 @@ def train(
         "steps": total,
         "resumed_from_step": resumed_from,
         "wall_time_s": round(elapsed0 + time.perf_counter() - t0, 1),
+        "machine": hardware_info(device),  # of the run that finished (a resumed run may have started elsewhere)
         "history": history,
         "weights": str(out / FINAL),
     }

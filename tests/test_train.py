@@ -118,6 +118,6 @@ def test_warm_restart_from_published_weights_records_both_stages(tmp_path, monke
         assert torch.allclose(v, w, atol=1e-6), k  # a vanishing learning rate keeps the stage-1 weights
     card2 = publish_weights(tmp_path / "stage2", "tiny", tmp_path / "assets", measure)
     assert card2["init"]["sha256"] == card1["sha256"] and card2["total_epochs"] == 3
-    assert card2["total_wall_time_s"] >= card1["wall_time_s"]
+    assert card2["total_wall_time_s"] >= card1["wall_time_s"] and card2["trained_on"]["cpu"]
     with pytest.raises(SinfError, match="no weights file"):
         _load_init(make_tiny_resnet(), "tiny", str(tmp_path / "missing.safetensors"))

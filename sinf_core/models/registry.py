@@ -227,6 +227,8 @@ def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, meas
         "sha256": sha256_file(target),
         "file": entry.weights_file,
     }
+    if summary.get("machine"):
+        card["trained_on"] = summary["machine"]
     if cfg.get("init"):  # a warm restart: say what it started from and the totals over both stages
         init = cfg["init"]
         card["init"] = init

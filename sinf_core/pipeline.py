@@ -245,8 +245,8 @@ def build_bundle(
         from .bench import BenchOptions, run_benchmark
 
         bench_opts = {"score_options": dict(s.score_options), "fill": s.fill, **s.bench_options}
-        if "score" not in s.bench_options and "dcs" not in s.methods and s.methods:
-            bench_opts["score"] = s.methods[0]
+        if "score" not in s.bench_options and s.methods and not any(m.startswith("dcs") for m in s.methods):
+            bench_opts["score"] = s.methods[0]  # no DCS variant built: 'auto' has nothing to choose from
         BenchOptions.from_dict(bench_opts).validate()  # a bad option fails here, before any work
         run("bench", {"router": k_router, "scores": k_scores, "options": bench_opts},
             lambda: {"bench.json": run_benchmark(exp, bundle, bench_opts, prog, log)})

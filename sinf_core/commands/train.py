@@ -57,7 +57,8 @@ def _load_init(model, name: str, source: str) -> dict:
 
         raise SinfError(f"--init: no weights file at {path}")
     load_state_dict_checked(model, read_checkpoint(path), str(path))
-    info = {"source": str(path), "sha256": sha256_file(path)}
+    shown = f"published weights (assets/{path.name})" if source == "published" else str(path)
+    info = {"source": shown, "sha256": sha256_file(path)}
     card = model_card(name) if source == "published" else None
     if card:  # the earlier stage's record travels with the new weights
         info["card"] = {k: card.get(k) for k in ("recipe", "epochs", "wall_time_s", "test_top1", "sha256", "trained_on")}

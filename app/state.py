@@ -47,7 +47,9 @@ ENV_MODEL, ENV_CHECKPOINT, ENV_DATASET, ENV_BUNDLE = (
     "SINF_APP_MODEL", "SINF_APP_CHECKPOINT", "SINF_APP_DATASET", "SINF_APP_BUNDLE")
 DEFAULT_MODEL = "cifar100_resnet56"
 CIFAR100_BYTES = 169_001_437  # size of the official archive, for the download bar
-DEFAULT_CONFIG = {"method": "dcs", "r_M": 0.05, "r_L": 0.5, "overrides": {}, "fill": "mean", "gamma": 0.5, "tau": 1.0}
+DEFAULT_CONFIG = {"method": "dcs", "r_M": 0.05, "r_L": 0.5, "overrides": {}, "fill": "mean", "bn": True, "gamma": 0.5,
+                  "tau": 1.0}
+BN_SAMPLES = 256  # fit images per cluster on which the subgraphs' BatchNorm statistics are re-estimated
 
 
 # ==================================================================================== the source
@@ -671,7 +673,7 @@ def save_config(src: Source, cfg: dict) -> Path:
     if b is None:
         b = Bundle.open_or_create(src.bundle, src.model, state_dict_sha256(exp.model),
                                   {"dataset": exp.train.name, "created_by": "SINF Studio"})
-    clean = {k: cfg[k] for k in ("method", "r_M", "r_L", "overrides", "fill", "gamma", "tau", "tap") if k in cfg}
+    clean = {k: cfg[k] for k in ("method", "r_M", "r_L", "overrides", "fill", "bn", "gamma", "tau", "tap") if k in cfg}
     b.put("config", {"config.json": clean})
     _open_bundle.clear()
     _read_json.clear()
@@ -691,16 +693,42 @@ def _cfg_key(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def bn_samples(src: Source):
+    """The fit images on which subgraph BatchNorm statistics are re-estimated (stem outputs cached per tap)."""
+    from sinf_core.subgraph import BatchNormSamples
+
+    def compute():
+        exp = experiment(src)
+        return BatchNormSamples(exp.model, exp.fit_data(), hierarchy(src), BN_SAMPLES)
+
+    return memo((src.key, "bn_samples"), compute)
+
+
+SPEC_KEYS = ("method", "r_M", "r_L", "overrides", "fill", "bn")  # the configuration fields a subgraph depends on
+
+
 def specs(src: Source, cfg: dict, tap: str) -> dict:
-    """One ``SubgraphSpec`` per cluster for ``cfg`` (restricted heads)."""
+    """One ``SubgraphSpec`` per cluster for ``cfg`` (restricted heads), once per configuration."""
     from sinf_core.subgraph import make_cluster_specs
 
-    exp = experiment(src)
-    h = hierarchy(src)
-    sc = scores(src, cfg["method"])
-    ratios = cluster_ratios(cfg, h)
-    return make_cluster_specs(exp.model, src.model, tap, sc, h, float(cfg["r_M"]), float(cfg["r_L"]),
-                              overrides=ratios, fill_stats=stats(src) if cfg.get("fill", "mean") == "mean" else None)
+    key_cfg = {k: cfg.get(k) for k in SPEC_KEYS}
+
+    def compute() -> dict:
+        exp = experiment(src)
+        h = hierarchy(src)
+        sc = scores(src, cfg["method"])
+        ratios = cluster_ratios(cfg, h)
+        bn = bn_samples(src) if cfg.get("bn", True) else None
+        progress = Progress("Re-estimating the subgraphs' BatchNorm statistics on their clusters' fit images") if bn else None
+        try:
+            return make_cluster_specs(exp.model, src.model, tap, sc, h, float(cfg["r_M"]), float(cfg["r_L"]),
+                                      overrides=ratios, fill_stats=stats(src) if cfg.get("fill", "mean") == "mean" else None,
+                                      bn_samples=bn, on_progress=progress)
+        finally:
+            if progress is not None:
+                progress.close()
+
+    return memo((src.key, "specs", tap, _cfg_key(key_cfg), _manifest_mtime(src.bundle)), compute)
 
 
 def calib_stem_features(src: Source, tap: str) -> dict[str, torch.Tensor]:
@@ -731,7 +759,7 @@ def evaluate_config(src: Source, cfg: dict, tap: str) -> dict:
     (``evaluate_cluster_subgraphs`` with the unpruned tail as baseline), once per configuration."""
     from sinf_core.subgraph import evaluate_cluster_subgraphs
 
-    key_cfg = {k: cfg.get(k) for k in ("method", "r_M", "r_L", "overrides", "fill")}
+    key_cfg = {k: cfg.get(k) for k in SPEC_KEYS}
 
     def compute() -> dict:
         exp = experiment(src)
@@ -829,7 +857,7 @@ def subgraph_modules(src: Source, cfg: dict, tap: str) -> dict:
     """{cluster index: Subgraph} for ``cfg`` (built once per configuration)."""
     from sinf_core.subgraph import build_subgraph
 
-    key_cfg = {k: cfg.get(k) for k in ("method", "r_M", "r_L", "overrides", "fill")}
+    key_cfg = {k: cfg.get(k) for k in SPEC_KEYS}
 
     def compute() -> dict:
         exp = experiment(src)

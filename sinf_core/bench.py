@@ -51,7 +51,7 @@ from .engine import EXIT, FALLBACK, ROUTE, InferenceResult, SemanticInference
 from .errors import SinfError
 from .models import SinfModel
 from .router import ExitPredictor, RouteHead, RoutePredictor, TapHeads, default_taps, fit_heads, forward_taps
-from .subgraph import (SubgraphSpec, build_subgraph, check_fill, first_pruned_index, keep_indices, make_cluster_specs,
+from .subgraph import (BatchNormSamples, SubgraphSpec, build_subgraph, check_bn_samples, check_fill, estimate_bn_stats, first_pruned_index, keep_indices, make_cluster_specs,
                        model_schedule)
 
 MODES = ("sinf", "exit", "cascade")
@@ -78,7 +78,9 @@ class BenchOptions:
     ``score``: the cluster-conditioned filter score of the subgraphs ('auto': the DCS variant with the
     best calibration accuracy in the bundle's oracle grid, else 'dcs'). ``fill``: what replaces a removed
     channel, 'mean' (its mean activation on the fit split: per cluster for the subgraphs, over all
-    classes for the static network; mean replacement) or 'zero'. ``static_scores``: global scores
+    classes for the static network; mean replacement) or 'zero'. ``bn_samples``: fit images per cluster
+    on which each subgraph's BatchNorm statistics are re-estimated (``estimate_bn_stats``; the static
+    network uses all clusters' samples); 0 keeps the base model's. ``static_scores``: global scores
     tried for the static network (the best on calibration wins); ``static_match``: whose expected
     FLOPs the static network matches ('best' = the fastest chosen mode, or a mode name).
     ``head_fit_samples`` / ``head_epochs`` / ``exit_hidden``: head training (fit split subsample). The
@@ -101,6 +103,7 @@ class BenchOptions:
     taus: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
     score: str = "auto"
     fill: str = "mean"
+    bn_samples: int = 256
     static_scores: tuple[str, ...] = ("l1", "bn_gamma", "mean_act", "taylor")
     static_match: str = "best"
     head_fit_samples: int = 50000
@@ -185,6 +188,7 @@ class BenchOptions:
         if self.score != "auto":
             get_score(self.score)
         check_fill(self.fill)
+        check_bn_samples(self.bn_samples)
         for s in self.static_scores:
             get_score(s)
         if not self.static_scores:
@@ -832,13 +836,15 @@ def tap_sweep_data(
     work: SinfModel | None = None,
     input_shape: Sequence[int] = (3, 32, 32),
     fill_stats=None,
+    bn_samples: BatchNormSamples | None = None,
 ) -> TapData:
     """Everything ``sweep_tap`` needs at ``tap`` from the stem features ``h`` [N, ...] of a split:
     the heads' calibrated confidences and predictions, the path costs, and per (r_M, r_L) schedule the
     cluster subgraphs (restricted heads, ``cluster_scores``) and each sample's prediction by the
     subgraph of the cluster the router picked. ``work``: the copy of ``model`` that runs (e.g. in
     channels_last); costs are counted on ``model``. ``fill_stats``: fit-split ``ActivationStats`` for
-    mean replacement of removed channels (None: zero)."""
+    mean replacement of removed channels (None: zero). ``bn_samples``: fit samples on which each
+    subgraph's BatchNorm statistics are re-estimated (None: the base model's)."""
     device = torch.device(device)
     work = model if work is None else work
     input_shape = tuple(input_shape)
@@ -849,7 +855,7 @@ def tap_sweep_data(
     example = stem_output(model, tap, input_shape)
     for r_M, r_L in schedules:
         specs = make_cluster_specs(model, model_name, tap, cluster_scores, hierarchy, r_M, r_L, multiple_of,
-                                   fill_stats=fill_stats)
+                                   fill_stats=fill_stats, bn_samples=bn_samples)
         subs = build_subgraphs(work, specs, device, channels_last)
         costs = tuple(module_cost(subs[m], example) for m in range(hierarchy.num_clusters))
         pred = routed_predictions(subs, h, rp, batch_size, device, bf16)
@@ -1019,7 +1025,10 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     score_name = resolve_score(bundle, opts.score)
     cluster_scores = _cluster_scores(exp, bundle, score_name, opts, prog)
     fill_stats = _fit_stats(exp, bundle, opts, prog) if opts.fill == "mean" else None
-    log(f"subgraph score: {score_name}; removed channels filled with {opts.fill}")
+    bn_samples = (BatchNormSamples(model, exp.fit_data(), hier, opts.bn_samples, opts.seed, bs)
+                  if opts.bn_samples else None)
+    log(f"subgraph score: {score_name}; removed channels filled with {opts.fill}; BatchNorm statistics "
+        + (f"re-estimated on {opts.bn_samples} fit images per cluster" if bn_samples else "of the base model"))
     t0 = lap("scores", t0)
 
     # ---- precompute on calibration
@@ -1031,7 +1040,8 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     for i, tap in enumerate(taps):
         tap_data[tap] = tap_sweep_data(
             model, exp.model_name, tap, feats[tap], _cl(route_heads[tap], cl), _cl(exit_heads[tap], cl),
-            cluster_scores, hier, opts.schedules, opts.multiple_of, bs, dev, bf16, cl, work, input_shape, fill_stats)
+            cluster_scores, hier, opts.schedules, opts.multiple_of, bs, dev, bf16, cl, work, input_shape, fill_stats,
+            bn_samples)
         prog("sweep subgraphs (calibration)", i + 1, len(taps))
     t0 = lap("precompute", t0)
 
@@ -1111,6 +1121,8 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
         for method, scores in glob.items():
             st = static_for_flops(model, exp.model_name, tap, scores, cp["flops"], opts.multiple_of, input_shape,
                                   fill=glob_fill)
+            if bn_samples is not None:
+                st["spec"] = estimate_bn_stats(model, st["spec"], bn_samples.features(tap), bs)
             tail = _cl(build_subgraph(work, st["spec"]).to(dev).eval(), cl)
             acc = _static_calib_top1(tail, feats[tap], labels, bs, dev, bf16)
             trials.append({"score": method, "r": round(st["r"], 6), "flops": st["flops"], "calib_top1": round(acc, 4),

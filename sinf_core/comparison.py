@@ -57,6 +57,7 @@ def compare_scores(grid: dict, tap: str) -> dict:
     return {
         "tap": tap,
         "fill": grid.get("fill", "zero"),
+        "bn_samples": grid.get("bn_samples", 0),
         "dcs_variant": chosen,
         "dcs_variant_calib_means": {m: round(_mean(calib[m]), 2) for m in methods if m.startswith("dcs") and m in calib},
         "r_M": next((row["r_M"] for row in grid["rows"]), None),
@@ -75,6 +76,8 @@ def comparison_markdown(cmp: dict, title: str) -> str:
              f"after `{cmp['tap']}`, r_M = {cmp['r_M']}, same schedule and kept counts for every score, removed "
              + ("channels replaced by their mean activation on the cluster's fit images (mean replacement). "
                 if cmp.get("fill") == "mean" else "channels set to zero. ")
+             + (f"BatchNorm statistics of each subgraph re-estimated on {cmp['bn_samples']} fit images of its "
+                "cluster (the shift its pruning causes, applied to the base statistics). " if cmp.get("bn_samples") else "")
              + "Mean per-cluster top-1 (%) on the **report** split; options were fixed on the calibration split.", ""]
     if cmp.get("dcs_variant"):
         lines += [f"DCS variant chosen on the calibration split: `{cmp['dcs_variant']}` (mean calibration accuracy "

@@ -34,6 +34,7 @@ class BuildSettings:
     q: float = 20.0
     k: int = 20
     fill: str = "mean"  # removed channels: "mean" (mean replacement from the fit statistics) or "zero"
+    bn_samples: int = 256  # fit images per cluster for re-estimating each subgraph's BatchNorm statistics (0: off)
     route_target: float = 0.75
     taps: tuple[str, ...] | None = None
     router: dict = field(default_factory=dict)  # extra RoutePredictor parameters (epochs, max_fit_samples, ...)
@@ -111,10 +112,11 @@ def build_bundle(
     from .scores import compute_all_scores
     from .stats import ActivationStats, collect_stats
 
-    from .subgraph import check_fill
+    from .subgraph import check_bn_samples, check_fill
 
     s = settings or BuildSettings()
     check_fill(s.fill)
+    check_bn_samples(s.bn_samples)
     prog = on_progress or (lambda stage, done, total: None)
     model, dev = exp.model.eval(), exp.device
     fit, calib, report = exp.fit_data(), exp.calib_data(), exp.report_data()
@@ -211,8 +213,9 @@ def build_bundle(
 
     # 7. oracle-routing grid: every score x r_L, calibration and report splits
     def grid_step() -> dict:
-        from .subgraph import evaluate_cluster_subgraphs, make_cluster_specs
+        from .subgraph import BatchNormSamples, evaluate_cluster_subgraphs, make_cluster_specs
 
+        bn = BatchNormSamples(model, fit, exp.hierarchy, s.bn_samples, batch_size=s.batch_size) if s.bn_samples else None
         rows = []
         stem_caches: dict[str, dict] = {"calib": {}, "report": {}}
         taps = [tap if t == "router" else t for t in s.grid_taps]
@@ -223,11 +226,12 @@ def build_bundle(
                 scores = load_scores(bundle, m)
                 for r_L in s.r_L_grid:
                     specs = make_cluster_specs(model, exp.model_name, grid_tap, scores, exp.hierarchy, s.r_M, r_L,
-                                               fill_stats=stats if s.fill == "mean" else None)
+                                               fill_stats=stats if s.fill == "mean" else None, bn_samples=bn)
                     for split, data in (("calib", calib), ("report", report)):
                         res = evaluate_cluster_subgraphs(model, specs, data, exp.hierarchy, s.batch_size, dev, s.bf16,
                                                          stem_cache=stem_caches[split])
                         rows.append({"tap": grid_tap, "method": m, "r_M": s.r_M, "r_L": r_L, "split": split, "fill": s.fill,
+                                     "bn_samples": s.bn_samples,
                                      "mean_acc": res["mean"]["accuracy"],
                                      "per_cluster": [r["accuracy"] for r in res["clusters"]],
                                      "flops": [r["flops_with_stem"] for r in res["clusters"]],
@@ -235,16 +239,18 @@ def build_bundle(
                                      "flop_ratio": res["mean"]["flop_ratio"]})
                         done += 1
                         prog("grid (oracle routing)", done, total)
-        return {"grid.json": {"tap": tap, "taps": taps, "fill": s.fill, "rows": rows}}
+        return {"grid.json": {"tap": tap, "taps": taps, "fill": s.fill, "bn_samples": s.bn_samples, "rows": rows}}
 
     run("grid", {"scores": k_scores, "router": k_router, "r_M": s.r_M, "r_L_grid": list(s.r_L_grid),
-                 "taps": list(s.grid_taps), "bf16": s.bf16, "fill": s.fill}, grid_step)
+                 "taps": list(s.grid_taps), "bf16": s.bf16, "fill": s.fill,
+                 **({"bn_samples": s.bn_samples} if s.bn_samples else {})}, grid_step)
 
     # 8. benchmark: operating points chosen on calibration, reported on the report split, timed side by side
     if s.bench:
         from .bench import BenchOptions, run_benchmark
 
-        bench_opts = {"score_options": dict(s.score_options), "fill": s.fill, **s.bench_options}
+        bench_opts = {"score_options": dict(s.score_options), "fill": s.fill, "bn_samples": s.bn_samples,
+                      **s.bench_options}
         if "score" not in s.bench_options and s.methods and not any(m.startswith("dcs") for m in s.methods):
             bench_opts["score"] = s.methods[0]  # no DCS variant built: 'auto' has nothing to choose from
         BenchOptions.from_dict(bench_opts).validate()  # a bad option fails here, before any work

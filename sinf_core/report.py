@@ -152,6 +152,18 @@ def target_text(bench: Mapping[str, Any]) -> str | None:
             f"{t.get('throughput_ratio', float('nan')):.2f}x base throughput.")
 
 
+def subgraph_text(bench: Mapping[str, Any]) -> str | None:
+    """One sentence on how the subgraphs were made: score, removed channels, BatchNorm statistics."""
+    opts = bench.get("options")
+    if not isinstance(opts, Mapping):
+        return None
+    n = opts.get("bn_samples") or 0
+    return (f"Subgraphs: filter score {bench.get('subgraph_score', opts.get('score'))}; removed channels "
+            + ("replaced by their mean activation" if opts.get("fill") == "mean" else "set to zero")
+            + ("; BatchNorm statistics re-estimated on " + f"{n} fit images per cluster." if n
+               else "; the base model's BatchNorm statistics."))
+
+
 def hardware_text(bench: Mapping[str, Any]) -> str:
     hw = bench.get("hardware")
     if hw is None:
@@ -283,9 +295,9 @@ def to_markdown(bench: Mapping[str, Any], title: str = "SINF speed-up report", f
     for r in bench_table(bench):
         lines.append("| " + " | ".join(fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
     lines.append("")
-    t = target_text(bench)
-    if t:
-        lines += [t, ""]
+    for t in (target_text(bench), subgraph_text(bench)):
+        if t:
+            lines += [t, ""]
     ops = operating_points(bench)
     if ops:
         lines += ["Operating points, chosen on the calibration split (fastest measured point within the budget):", ""]

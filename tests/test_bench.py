@@ -399,6 +399,8 @@ def test_bad_options_and_empty_splits_raise_clear_errors(tmp_path):
         BenchOptions(schedules=((0.1, 1.0),)).validate()
     with pytest.raises(SinfError, match="fill must be one of"):
         BenchOptions(fill="median").validate()
+    with pytest.raises(SinfError, match="bn_samples"):
+        BenchOptions(bn_samples=1).validate()
     empty = np.zeros(0, dtype=np.int64)
     s = exp.splits
     no_report = Experiment(exp.model_name, exp.model, exp.train, exp.test,
@@ -463,3 +465,5 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "docs" / "bench_tiny_resnet.json").read_text()) == bench
     for name in CONTENDERS:
         assert f"| {name} |" in md
+    assert bench["options"]["bn_samples"] == 256
+    assert "BatchNorm statistics re-estimated on 256 fit images per cluster" in md

@@ -31,6 +31,7 @@ def test_build_writes_the_contract_and_caches(tmp_path):
         assert (tmp_path / "b" / f).is_file(), f
     grid = b.json("grid.json")
     assert len(grid["rows"]) == 3 * 2 * 2
+    assert grid["bn_samples"] == QUICK.bn_samples == 256  # subgraph BatchNorm statistics re-estimated by default
     assert {r["split"] for r in grid["rows"]} == {"calib", "report"}
     # more pruning -> fewer FLOPs, for every method
     for m in QUICK.methods:

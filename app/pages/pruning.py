@@ -41,6 +41,9 @@ with st.form("pruning_form"):
     fill = st.toggle("Mean replacement: a removed channel is replaced by its mean activation on the cluster's fit "
                      "images (folded into the next layer's bias), not by zero", value=cfg.get("fill", "mean") == "mean",
                      key="fill")
+    bn = st.toggle("Re-estimate BatchNorm statistics: each subgraph's BatchNorms get the base model's statistics "
+                   f"corrected by the shift its pruning causes on {state.BN_SAMPLES} fit images of its cluster "
+                   "(no weight changes)", value=bool(cfg.get("bn", True)), key="bn")
     with st.expander("Per-cluster overrides (tick a cluster to give it its own r_M / r_L)"):
         overrides = {}
         for m, name in enumerate(h.cluster_names):
@@ -57,7 +60,7 @@ with st.form("pruning_form"):
 
 if submitted:
     cfg = {**cfg, "method": method, "r_M": round(r_M, 4), "r_L": round(r_L, 4), "overrides": overrides,
-           "fill": "mean" if fill else "zero"}
+           "fill": "mean" if fill else "zero", "bn": bool(bn)}
     if rtr is None:
         cfg["tap"] = tap
     state.set_config(src, cfg)

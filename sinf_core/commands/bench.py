@@ -31,6 +31,8 @@ def add_arguments(p) -> None:
                    help="global scores tried for the static network; the best on calibration is used")
     p.add_argument("--static-match", default="best", choices=["best", "sinf", "exit", "cascade"],
                    help="whose expected FLOPs the static network matches (default: the fastest chosen mode)")
+    p.add_argument("--bn-samples", type=int, default=256,
+                   help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; default 256; 0: keep the base model's)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (and channels_last) for every contender")
     p.add_argument("--channels-last", action="store_true", help="channels_last for every contender (implied by --bf16)")
     p.add_argument("--threads", type=int, help="torch CPU threads for the whole benchmark (1 is steadier on a busy machine)")
@@ -54,7 +56,7 @@ def _options(args) -> dict:
                   "channels_last": True if args.channels_last else None, "threads": args.threads, "pool": args.pool,
                   "batch_size": args.batch_size, "throughput_reps": args.reps, "latency_calls": args.latency_calls,
                   "candidates_per_mode": args.candidates, "head_fit_samples": args.head_samples,
-                  "head_epochs": args.head_epochs, "cache_dir": args.cache_dir,
+                  "head_epochs": args.head_epochs, "cache_dir": args.cache_dir, "bn_samples": args.bn_samples,
                   "static_scores": [s.strip() for s in args.static_scores.split(",") if s.strip()]}
     if args.taps:
         opts["taps"] = [t.strip() for t in args.taps.split(",") if t.strip()]

@@ -29,6 +29,8 @@ def add_arguments(p) -> None:
     p.add_argument("--fill", choices=("mean", "zero"), default="mean",
                    help="what replaces a removed channel: its mean activation on the cluster's fit images, folded "
                         "into the next layer (mean replacement, default), or zero")
+    p.add_argument("--bn-samples", type=int, default=256,
+                   help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; default 256; 0: keep the base model's)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the analysis passes")
     p.add_argument("--json", action="store_true", help="print the manifest's step summary as JSON")
 
@@ -44,7 +46,8 @@ def run(args) -> int:
             raise SinfError(f"not a comma-separated list of numbers: {text!r}") from exc
 
     settings = BuildSettings(r_M=args.r_m, r_L_grid=floats(args.r_l_grid), route_target=args.route_target,
-                             bench=not args.no_bench, bf16=args.bf16, fill=args.fill)
+                             bench=not args.no_bench, bf16=args.bf16, fill=args.fill,
+                             bn_samples=args.bn_samples)
     if args.methods:
         settings.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     settings.grid_taps = tuple(t.strip() for t in args.grid_taps.split(",") if t.strip())

@@ -22,6 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("--fill", choices=("mean", "zero"), default="mean",
                    help="what replaces a removed channel: its mean activation over the cluster's fit images "
                         "(mean replacement, default) or zero")
+    p.add_argument("--bn-samples", type=int, default=256,
+                   help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; default 256; 0: keep the base model's)")
     p.add_argument("--full-head", action="store_true", help="keep every class in the head (default: the cluster's classes)")
     p.add_argument("--split", choices=["calib", "report", "none"], default="calib",
                    help="where to measure accuracy (default calib; use report only for numbers you publish; none: skip)")
@@ -57,7 +59,7 @@ def run(args) -> int:
     from ..errors import SinfError
     from ..scores import get_score
     from ..scores.cache import load_or_compute_scores
-    from ..subgraph import compare_tail_speed, evaluate_cluster_subgraphs, make_cluster_specs, save_subgraphs
+    from ..subgraph import BatchNormSamples, check_bn_samples, compare_tail_speed, evaluate_cluster_subgraphs, make_cluster_specs, save_subgraphs
 
     t0 = time.perf_counter()
     get_score(args.score)
@@ -82,9 +84,11 @@ def run(args) -> int:
                                         batch_size=args.batch_size, device=exp.device, root=args.cache_dir)
     specs = make_cluster_specs(model, args.model, args.tap, {m: table[m] for m in range(hier.num_clusters)}, hier,
                                args.r_m, args.r_l, args.multiple_of, restricted=not args.full_head,
-                               fill_stats=fill_stats)
+                               fill_stats=fill_stats,
+                               bn_samples=BatchNormSamples(model, exp.fit_data(), hier, check_bn_samples(args.bn_samples),
+                                                           batch_size=args.batch_size) if args.bn_samples else None)
     out: dict = {"model": args.model, "tap": args.tap, "score": args.score, "r_M": args.r_m, "r_L": args.r_l,
-                 "fill": args.fill,
+                 "fill": args.fill, "bn_samples": args.bn_samples,
                  "multiple_of": args.multiple_of, "restricted_head": not args.full_head, "split": args.split}
     if args.out:
         out["specs_file"] = str(save_subgraphs(args.out, {hier.cluster_names[m]: s for m, s in specs.items()}))

@@ -656,7 +656,9 @@ def config(src: Source) -> dict:
     key = ("sinf_config", src.key)
     if key not in st.session_state:
         saved = bundle_json(src, "config.json") or {}
-        cfg = {**DEFAULT_CONFIG, **{k: v for k, v in saved.items() if k in DEFAULT_CONFIG or k == "tap"}}
+        decided = bundle_json(src, "bn.json")  # `sinf build` decides re-estimation on calibration
+        defaults = {**DEFAULT_CONFIG, "bn": bool(decided["use"]) if isinstance(decided, dict) and "use" in decided else True}
+        cfg = {**defaults, **{k: v for k, v in saved.items() if k in DEFAULT_CONFIG or k == "tap"}}
         cfg["overrides"] = dict(cfg.get("overrides") or {})
         st.session_state[key] = cfg
     return dict(st.session_state[key])

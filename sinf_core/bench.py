@@ -36,7 +36,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -80,7 +80,8 @@ class BenchOptions:
     channel, 'mean' (its mean activation on the fit split: per cluster for the subgraphs, over all
     classes for the static network; mean replacement) or 'zero'. ``bn_samples``: fit images per cluster
     on which each subgraph's BatchNorm statistics are re-estimated (``estimate_bn_stats``; the static
-    network uses all clusters' samples); 0 keeps the base model's. ``static_scores``: global scores
+    network uses all clusters' samples); 0 keeps the base model's; None: the bundle's decision (its
+    ``bn.json``, made on calibration by ``sinf build``), else 256. ``static_scores``: global scores
     tried for the static network (the best on calibration wins); ``static_match``: whose expected
     FLOPs the static network matches ('best' = the fastest chosen mode, or a mode name).
     ``head_fit_samples`` / ``head_epochs`` / ``exit_hidden``: head training (fit split subsample). The
@@ -103,7 +104,7 @@ class BenchOptions:
     taus: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
     score: str = "auto"
     fill: str = "mean"
-    bn_samples: int = 256
+    bn_samples: int | None = None
     static_scores: tuple[str, ...] = ("l1", "bn_gamma", "mean_act", "taylor")
     static_match: str = "best"
     head_fit_samples: int = 50000
@@ -188,7 +189,8 @@ class BenchOptions:
         if self.score != "auto":
             get_score(self.score)
         check_fill(self.fill)
-        check_bn_samples(self.bn_samples)
+        if self.bn_samples is not None:
+            check_bn_samples(self.bn_samples)
         for s in self.static_scores:
             get_score(s)
         if not self.static_scores:
@@ -1025,10 +1027,11 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     score_name = resolve_score(bundle, opts.score)
     cluster_scores = _cluster_scores(exp, bundle, score_name, opts, prog)
     fill_stats = _fit_stats(exp, bundle, opts, prog) if opts.fill == "mean" else None
-    bn_samples = (BatchNormSamples(model, exp.fit_data(), hier, opts.bn_samples, opts.seed, bs)
-                  if opts.bn_samples else None)
+    n_bn = resolve_bn_samples(bundle, opts.bn_samples)
+    opts = replace(opts, bn_samples=n_bn)  # recorded as used
+    bn_samples = BatchNormSamples(model, exp.fit_data(), hier, n_bn, opts.seed, bs) if n_bn else None
     log(f"subgraph score: {score_name}; removed channels filled with {opts.fill}; BatchNorm statistics "
-        + (f"re-estimated on {opts.bn_samples} fit images per cluster" if bn_samples else "of the base model"))
+        + (f"re-estimated on {n_bn} fit images per cluster" if bn_samples else "of the base model"))
     t0 = lap("scores", t0)
 
     # ---- precompute on calibration
@@ -1255,6 +1258,20 @@ def _static_calib_top1(tail: nn.Module, h: torch.Tensor, labels: torch.Tensor, b
         with autocast(dev, bf16):
             preds.append(tail(h[s : s + bs]).float().argmax(1).cpu())
     return 100.0 * float((torch.cat(preds) == labels).double().mean())
+
+
+DEFAULT_BN_SAMPLES = 256
+
+
+def resolve_bn_samples(bundle, bn_samples: int | None) -> int:
+    """``bn_samples`` when given; else the bundle's calibration decision (``bn.json`` of ``sinf build``):
+    its sample count when re-estimation won, 0 when it lost; else ``DEFAULT_BN_SAMPLES``."""
+    if bn_samples is not None:
+        return check_bn_samples(bn_samples)
+    if bundle is not None and bundle.has("bn"):
+        d = bundle.json("bn.json")
+        return int(d.get("bn_samples", DEFAULT_BN_SAMPLES)) if d.get("use") else 0
+    return DEFAULT_BN_SAMPLES
 
 
 def resolve_score(bundle, score: str) -> str:

@@ -465,5 +465,10 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "docs" / "bench_tiny_resnet.json").read_text()) == bench
     for name in CONTENDERS:
         assert f"| {name} |" in md
-    assert bench["options"]["bn_samples"] == 256
-    assert "BatchNorm statistics re-estimated on 256 fit images per cluster" in md
+    use = b.json("bn.json")["use"]  # decided on calibration by the build; the benchmark follows it
+    assert bench["options"]["bn_samples"] == (256 if use else 0)
+    assert ("BatchNorm statistics re-estimated on 256 fit images per cluster" in md) == use
+    from sinf_core.bench import resolve_bn_samples
+
+    assert resolve_bn_samples(b, None) == (256 if use else 0) and resolve_bn_samples(b, 32) == 32
+    assert resolve_bn_samples(None, None) == 256

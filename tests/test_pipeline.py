@@ -31,7 +31,13 @@ def test_build_writes_the_contract_and_caches(tmp_path):
         assert (tmp_path / "b" / f).is_file(), f
     grid = b.json("grid.json")
     assert len(grid["rows"]) == 3 * 2 * 2
-    assert grid["bn_samples"] == QUICK.bn_samples == 256  # subgraph BatchNorm statistics re-estimated by default
+    # BatchNorm re-estimation is decided on calibration (oracle accuracy over the r_L grid, with vs without)
+    bn = b.json("bn.json")
+    assert len(bn["calib_on"]) == len(bn["calib_off"]) == len(QUICK.r_L_grid) and bn["score"] == "dcs"
+    assert bn["use"] == (np.mean(bn["calib_on"]) > np.mean(bn["calib_off"]))
+    assert grid["bn_samples"] == (QUICK.bn_samples if bn["use"] else 0)
+    off = [r["mean_acc"] for r in grid["rows"] if r["method"] == "dcs" and r["split"] == "calib"]
+    assert off == pytest.approx(bn["calib_on"] if bn["use"] else bn["calib_off"])  # the grid follows the decision
     assert {r["split"] for r in grid["rows"]} == {"calib", "report"}
     # more pruning -> fewer FLOPs, for every method
     for m in QUICK.methods:
@@ -42,7 +48,7 @@ def test_build_writes_the_contract_and_caches(tmp_path):
     # a second run recomputes nothing
     log = []
     build_bundle(exp, tmp_path / "b", QUICK, log=log.append)
-    assert all("cached" in line for line in log), log
+    assert not any(" computed in " in line for line in log), log
     assert Bundle.open(tmp_path / "b", model="tiny_resnet").has("grid")
 
 

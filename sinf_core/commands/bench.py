@@ -31,8 +31,8 @@ def add_arguments(p) -> None:
                    help="global scores tried for the static network; the best on calibration is used")
     p.add_argument("--static-match", default="best", choices=["best", "sinf", "exit", "cascade"],
                    help="whose expected FLOPs the static network matches (default: the fastest chosen mode)")
-    p.add_argument("--bn-samples", type=int, default=256,
-                   help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; default 256; 0: keep the base model's)")
+    p.add_argument("--bn-samples", type=int, default=None,
+                   help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; 0: keep the base model's; default: the bundle's decision, made on calibration by `sinf build`, else 256)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (and channels_last) for every contender")
     p.add_argument("--channels-last", action="store_true", help="channels_last for every contender (implied by --bf16)")
     p.add_argument("--threads", type=int, help="torch CPU threads for the whole benchmark (1 is steadier on a busy machine)")

@@ -119,5 +119,10 @@ def test_warm_restart_from_published_weights_records_both_stages(tmp_path, monke
     card2 = publish_weights(tmp_path / "stage2", "tiny", tmp_path / "assets", measure)
     assert card2["init"]["sha256"] == card1["sha256"] and card2["total_epochs"] == 3
     assert card2["total_wall_time_s"] >= card1["wall_time_s"] and card2["trained_on"]["cpu"]
+    third = make_tiny_resnet(seed=3)  # a third stage counts all three
+    train(third, data, _cfg(epochs=1, lr=1e-9, init=_load_init(third, "tiny", "published")), tmp_path / "stage3")
+    card3 = publish_weights(tmp_path / "stage3", "tiny", tmp_path / "assets", measure)
+    assert card3["init"]["card"]["init"]["sha256"] == card1["sha256"] and card3["total_epochs"] == 4
+    assert card3["total_wall_time_s"] == pytest.approx(card2["total_wall_time_s"] + card3["wall_time_s"], abs=0.2)
     with pytest.raises(SinfError, match="no weights file"):
         _load_init(make_tiny_resnet(), "tiny", str(tmp_path / "missing.safetensors"))

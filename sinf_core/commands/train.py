@@ -61,7 +61,9 @@ def _load_init(model, name: str, source: str) -> dict:
     info = {"source": shown, "sha256": sha256_file(path)}
     card = model_card(name) if source == "published" else None
     if card:  # the earlier stage's record travels with the new weights
-        info["card"] = {k: card.get(k) for k in ("recipe", "epochs", "wall_time_s", "test_top1", "sha256", "trained_on")}
+        keep = ("recipe", "epochs", "wall_time_s", "test_top1", "sha256", "trained_on", "total_epochs",
+                "total_wall_time_s", "init")  # "init": the stages before it, nested
+        info["card"] = {k: card[k] for k in keep if k in card}
     return info
 
 

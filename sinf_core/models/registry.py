@@ -229,12 +229,14 @@ def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, meas
     }
     if summary.get("machine"):
         card["trained_on"] = summary["machine"]
-    if cfg.get("init"):  # a warm restart: say what it started from and the totals over both stages
+    if cfg.get("init"):  # a warm restart: say what it started from and the totals over every stage
         init = cfg["init"]
         card["init"] = init
         earlier = init.get("card") or {}
-        if earlier.get("epochs") is not None and earlier.get("wall_time_s") is not None:
-            card["total_epochs"] = earlier["epochs"] + (cfg.get("epochs") or 0)
-            card["total_wall_time_s"] = round(earlier["wall_time_s"] + (summary.get("wall_time_s") or 0.0), 1)
+        before_epochs = earlier.get("total_epochs", earlier.get("epochs"))
+        before_time = earlier.get("total_wall_time_s", earlier.get("wall_time_s"))
+        if before_epochs is not None and before_time is not None:
+            card["total_epochs"] = before_epochs + (cfg.get("epochs") or 0)
+            card["total_wall_time_s"] = round(before_time + (summary.get("wall_time_s") or 0.0), 1)
     write_json(target.with_suffix(".json"), card)
     return card

@@ -49,7 +49,6 @@ DEFAULT_MODEL = "cifar100_resnet56"
 CIFAR100_BYTES = 169_001_437  # size of the official archive, for the download bar
 DEFAULT_CONFIG = {"method": "dcs", "r_M": 0.05, "r_L": 0.5, "overrides": {}, "fill": "mean", "bn": True, "gamma": 0.5,
                   "tau": 1.0}
-BN_SAMPLES = 256  # fit images per cluster on which the subgraphs' BatchNorm statistics are re-estimated
 
 
 # ==================================================================================== the source
@@ -701,7 +700,7 @@ def bn_samples(src: Source):
 
     def compute():
         exp = experiment(src)
-        return BatchNormSamples(exp.model, exp.fit_data(), hierarchy(src), BN_SAMPLES)
+        return BatchNormSamples(exp.model, exp.fit_data(), hierarchy(src))
 
     return memo((src.key, "bn_samples"), compute)
 

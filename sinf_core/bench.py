@@ -51,8 +51,8 @@ from .engine import EXIT, FALLBACK, ROUTE, InferenceResult, SemanticInference
 from .errors import SinfError
 from .models import SinfModel
 from .router import ExitPredictor, RouteHead, RoutePredictor, TapHeads, default_taps, fit_heads, forward_taps
-from .subgraph import (BatchNormSamples, SubgraphSpec, build_subgraph, check_bn_samples, check_fill, estimate_bn_stats, first_pruned_index, keep_indices, make_cluster_specs,
-                       model_schedule)
+from .subgraph import (DEFAULT_BN_SAMPLES, BatchNormSamples, SubgraphSpec, build_subgraph, check_bn_samples, check_fill,
+                       first_pruned_index, keep_indices, make_cluster_specs, model_schedule)
 
 MODES = ("sinf", "exit", "cascade")
 CONTENDERS = ("base",) + MODES + ("static",)
@@ -81,8 +81,8 @@ class BenchOptions:
     classes for the static network; mean replacement) or 'zero'. ``bn_samples``: fit images per cluster
     on which each subgraph's BatchNorm statistics are re-estimated (``estimate_bn_stats``; the static
     network uses all clusters' samples); 0 keeps the base model's; None: the bundle's decision (its
-    ``bn.json``, made on calibration by ``sinf build``), else 256. ``static_scores``: global scores
-    tried for the static network (the best on calibration wins); ``static_match``: whose expected
+    ``bn.json``, made on calibration by ``sinf build``), else ``DEFAULT_BN_SAMPLES``. ``static_scores``:
+    global scores tried for the static network (the best on calibration wins); ``static_match``: whose expected
     FLOPs the static network matches ('best' = the fastest chosen mode, or a mode name).
     ``head_fit_samples`` / ``head_epochs`` / ``exit_hidden``: head training (fit split subsample). The
     defaults (50 000 images, 8 epochs) matter: on ResNet-56 10 000 x 4 gave exit heads of 31 / 37 / 49 %
@@ -1124,8 +1124,8 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
         for method, scores in glob.items():
             st = static_for_flops(model, exp.model_name, tap, scores, cp["flops"], opts.multiple_of, input_shape,
                                   fill=glob_fill)
-            if bn_samples is not None:
-                st["spec"] = estimate_bn_stats(model, st["spec"], bn_samples.features(tap), bs)
+            if bn_samples is not None:  # on every cluster's samples: the static network serves all classes
+                st["spec"] = bn_samples.estimate(st["spec"])
             tail = _cl(build_subgraph(work, st["spec"]).to(dev).eval(), cl)
             acc = _static_calib_top1(tail, feats[tap], labels, bs, dev, bf16)
             trials.append({"score": method, "r": round(st["r"], 6), "flops": st["flops"], "calib_top1": round(acc, 4),
@@ -1258,9 +1258,6 @@ def _static_calib_top1(tail: nn.Module, h: torch.Tensor, labels: torch.Tensor, b
         with autocast(dev, bf16):
             preds.append(tail(h[s : s + bs]).float().argmax(1).cpu())
     return 100.0 * float((torch.cat(preds) == labels).double().mean())
-
-
-DEFAULT_BN_SAMPLES = 256
 
 
 def resolve_bn_samples(bundle, bn_samples: int | None) -> int:

@@ -19,6 +19,7 @@ import torch
 
 from .bundle import Bundle, state_dict_sha256
 from .experiment import Experiment
+from .subgraph import DEFAULT_BN_SAMPLES
 from .errors import SinfError
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
@@ -34,7 +35,7 @@ class BuildSettings:
     q: float = 20.0
     k: int = 20
     fill: str = "mean"  # removed channels: "mean" (mean replacement from the fit statistics) or "zero"
-    bn_samples: int = 256  # fit images per cluster for re-estimating each subgraph's BatchNorm statistics (0: off)
+    bn_samples: int = DEFAULT_BN_SAMPLES  # fit images per cluster for BatchNorm re-estimation (0: off)
     route_target: float = 0.75
     taps: tuple[str, ...] | None = None
     router: dict = field(default_factory=dict)  # extra RoutePredictor parameters (epochs, max_fit_samples, ...)
@@ -216,16 +217,16 @@ def build_bundle(
                    "taps": list(s.grid_taps), "bf16": s.bf16, "fill": s.fill}
 
     # 7. BatchNorm re-estimation on or off: decided on the calibration split (oracle routing, one score)
-    bn_samples = 0
-    if s.bn_samples:
-        def bn_step() -> dict:
-            from .subgraph import BatchNormSamples
+    from .subgraph import BatchNormSamples
 
+    # one sample set for the decision and the grid (its stem outputs are computed lazily, once per tap)
+    samples = BatchNormSamples(model, fit, exp.hierarchy, s.bn_samples, batch_size=s.batch_size) if s.bn_samples else None
+    bn_samples = 0
+    if samples is not None:
+        def bn_step() -> dict:
             probe = next((m for m in s.methods if m.startswith("dcs")), s.methods[0])
             return {"bn.json": bn_decision(exp, load_scores(bundle, probe), probe, taps[0], s.r_M, s.r_L_grid,
-                                           BatchNormSamples(model, fit, exp.hierarchy, s.bn_samples,
-                                                            batch_size=s.batch_size),
-                                           stats if s.fill == "mean" else None, s.batch_size, prog)}
+                                           samples, stats if s.fill == "mean" else None, s.batch_size, prog)}
 
         k_bn = run("bn", {**grid_inputs, "bn_samples": s.bn_samples, "methods": list(s.methods)}, bn_step)
         decision = bundle.json("bn.json")
@@ -236,9 +237,9 @@ def build_bundle(
 
     # 8. oracle-routing grid: every score x r_L, calibration and report splits
     def grid_step() -> dict:
-        from .subgraph import BatchNormSamples, evaluate_cluster_subgraphs, make_cluster_specs
+        from .subgraph import evaluate_cluster_subgraphs, make_cluster_specs
 
-        bn = BatchNormSamples(model, fit, exp.hierarchy, bn_samples, batch_size=s.batch_size) if bn_samples else None
+        bn = samples if bn_samples else None
         rows = []
         stem_caches: dict[str, dict] = {"calib": {}, "report": {}}
         total = len(taps) * len(s.methods) * len(s.r_L_grid) * 2

@@ -173,6 +173,9 @@ def check_fill(fill: str) -> str:
     return fill
 
 
+DEFAULT_BN_SAMPLES = 256  # fit images per cluster on which subgraph BatchNorm statistics are re-estimated
+
+
 def check_bn_samples(n) -> int:
     """Fit images per cluster for BatchNorm re-estimation: 0 (off) or at least 2."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 or n == 1:
@@ -365,7 +368,7 @@ def make_cluster_specs(
             name: fill_stats.group_mean(name, members).tolist() for name, idx in keep.items()}
         spec = SubgraphSpec(base_model, tap, keep, members if restricted else None, fill)
         if bn_samples is not None and len(bn_samples.indices[int(m)]) >= 2:  # else: the base statistics
-            spec = estimate_bn_stats(model, spec, bn_samples.features(tap, int(m)), bn_samples.batch_size)
+            spec = bn_samples.estimate(spec, int(m))
         specs[int(m)] = spec
         if on_progress:
             on_progress(len(specs), len(scores_by_cluster))
@@ -577,11 +580,17 @@ def tail_batchnorms(model: SinfModel, tap: str | None) -> list[tuple[str, nn.Bat
     return out
 
 
+def _tail_batchnorm_kept(model: SinfModel, spec: SubgraphSpec) -> list[tuple[str, nn.BatchNorm2d, list[int] | None]]:
+    """Per BatchNorm after ``spec``'s tap (``tail_batchnorms`` order): its name, the module, and the
+    channels ``spec`` keeps there, sorted (None: all of them)."""
+    layer_of = {id(l.bn): l.name for l in model.prunable_layers() if l.bn is not None}
+    return [(name, bn, sorted(spec.keep[layer_of[id(bn)]]) if layer_of.get(id(bn)) in spec.keep else None)
+            for name, bn in tail_batchnorms(model, spec.tap)]
+
+
 def tail_batchnorm_sizes(model: SinfModel, spec: SubgraphSpec) -> dict[str, int]:
     """BatchNorm name -> the number of channels it has in ``spec``'s subgraph."""
-    layer_of = {id(l.bn): l.name for l in model.prunable_layers() if l.bn is not None}
-    return {name: len(spec.keep[layer_of[id(bn)]]) if layer_of.get(id(bn)) in spec.keep else bn.num_features
-            for name, bn in tail_batchnorms(model, spec.tap)}
+    return {name: bn.num_features if kept is None else len(kept) for name, bn, kept in _tail_batchnorm_kept(model, spec)}
 
 
 @torch.no_grad()
@@ -599,8 +608,17 @@ def _batch_statistics(sub: Subgraph, h: torch.Tensor, batch_size: int) -> list[t
     return [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
 
 
+def unpruned_batch_statistics(model: SinfModel, tap: str | None, h: torch.Tensor,
+                              batch_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """What ``estimate_bn_stats`` measures on the unpruned tail after ``tap`` over ``h``; it depends
+    on the tap and the samples only, so callers that prune one sample set many ways compute it once."""
+    whole = SubgraphSpec("unpruned tail", tap)  # a throwaway spec: keeps everything, the name is a label
+    return _batch_statistics(build_subgraph(model, whole), h.float(), batch_size)
+
+
 @torch.no_grad()
-def estimate_bn_stats(model: SinfModel, spec: SubgraphSpec, h: torch.Tensor, batch_size: int = 256) -> SubgraphSpec:
+def estimate_bn_stats(model: SinfModel, spec: SubgraphSpec, h: torch.Tensor, batch_size: int = 256,
+                      unpruned: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> SubgraphSpec:
     """``spec`` with re-estimated BatchNorm statistics (field ``bn``) for every BatchNorm after its tap.
 
     Removing channels changes what every later BatchNorm sees while its running statistics still
@@ -612,21 +630,19 @@ def estimate_bn_stats(model: SinfModel, spec: SubgraphSpec, h: torch.Tensor, bat
     mean = mean_base + (mean_pruned - mean_unpruned), var = var_base * var_pruned / var_unpruned.
     Measuring the change, rather than taking the samples' own statistics, keeps the normalisation the
     later layers were trained with: normalising a VGG16 subgraph to its cluster's own statistics cost
-    14 points of oracle accuracy with no channel removed at all. No weight changes; ``model`` and
-    ``spec`` are not modified."""
+    14 points of oracle accuracy with no channel removed at all. ``unpruned``: the unpruned tail's
+    statistics over the same ``h`` (``unpruned_batch_statistics``), computed here when None. No
+    weight changes; ``model`` and ``spec`` are not modified."""
     if h.shape[0] < 2:
         raise SinfError("re-estimating BatchNorm statistics needs at least 2 samples")
     h = h.float()
-    plain = dataclasses.replace(spec, bn={})
-    pruned = _batch_statistics(build_subgraph(model, plain), h, batch_size)
-    full = _batch_statistics(build_subgraph(model, SubgraphSpec(spec.base_model, spec.tap)), h, batch_size)
-    layer_of = {id(l.bn): l.name for l in model.prunable_layers() if l.bn is not None}
+    pruned = _batch_statistics(build_subgraph(model, dataclasses.replace(spec, bn={})), h, batch_size)
+    full = unpruned if unpruned is not None else unpruned_batch_statistics(model, spec.tap, h, batch_size)
     out = {}
-    for (name, base_bn), (mp, vp), (mu, vu) in zip(tail_batchnorms(model, spec.tap), pruned, full):
+    for (name, base_bn, kept), (mp, vp), (mu, vu) in zip(_tail_batchnorm_kept(model, spec), pruned, full):
         mb, vb = base_bn.running_mean, base_bn.running_var
-        layer = layer_of.get(id(base_bn))
-        if layer in spec.keep:
-            idx = torch.as_tensor(sorted(spec.keep[layer]), dtype=torch.long, device=mb.device)
+        if kept is not None:
+            idx = torch.as_tensor(kept, dtype=torch.long, device=mb.device)
             mu, vu, mb, vb = (t.index_select(0, idx) for t in (mu, vu, mb, vb))
         var = vb * vp / vu.clamp_min(1e-12)
         out[name] = {"mean": (mb + mp - mu).tolist(), "var": var.clamp_min(0.0).tolist()}
@@ -641,7 +657,7 @@ class BatchNormSamples:
     (every cluster, for a network that serves all classes)."""
 
     def __init__(self, model: SinfModel, data: ImageDataset, hierarchy: Hierarchy | None = None,
-                 per_cluster: int = 256, seed: int = 0, batch_size: int = 256):
+                 per_cluster: int = DEFAULT_BN_SAMPLES, seed: int = 0, batch_size: int = 256):
         if check_bn_samples(per_cluster) == 0:
             raise SinfError("BatchNorm re-estimation needs at least 2 samples per cluster, got 0")
         hierarchy = hierarchy or data.hierarchy
@@ -652,6 +668,7 @@ class BatchNormSamples:
         self.indices = {m: np.sort(rng.permutation(np.flatnonzero(cluster == m))[: self.per_cluster])
                         for m in range(hierarchy.num_clusters)}
         self._stem: dict[str | None, tuple[torch.Tensor, dict[int, slice]]] = {}
+        self._unpruned: dict[tuple[str | None, int | None], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     @torch.no_grad()
     def _at(self, tap: str | None) -> tuple[torch.Tensor, dict[int, slice]]:
@@ -677,6 +694,15 @@ class BatchNormSamples:
         if int(cluster) not in spans:
             raise SinfError(f"cluster index {cluster} out of range 0..{len(spans) - 1}")
         return h[spans[int(cluster)]]
+
+    def estimate(self, spec: SubgraphSpec, cluster: int | None = None) -> SubgraphSpec:
+        """``estimate_bn_stats`` of ``spec`` on cluster ``cluster``'s samples (None: all samples); the
+        unpruned tail's statistics over them are computed once per (tap, cluster) and kept."""
+        h = self.features(spec.tap, cluster)
+        key = (spec.tap, None if cluster is None else int(cluster))
+        if key not in self._unpruned:
+            self._unpruned[key] = unpruned_batch_statistics(self.model, spec.tap, h, self.batch_size)
+        return estimate_bn_stats(self.model, spec, h, self.batch_size, self._unpruned[key])
 
 
 def save_subgraph_weights(path: str | Path, subgraph: Subgraph, spec: SubgraphSpec) -> Path:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import state, ui
 from sinf_core import plots
+from sinf_core.subgraph import DEFAULT_BN_SAMPLES
 
 st.title("Pruning")
 st.markdown(
@@ -42,7 +43,7 @@ with st.form("pruning_form"):
                      "images (folded into the next layer's bias), not by zero", value=cfg.get("fill", "mean") == "mean",
                      key="fill")
     bn = st.toggle("Re-estimate BatchNorm statistics: each subgraph's BatchNorms get the base model's statistics "
-                   f"corrected by the shift its pruning causes on {state.BN_SAMPLES} fit images of its cluster "
+                   f"corrected by the shift its pruning causes on {DEFAULT_BN_SAMPLES} fit images of its cluster "
                    "(no weight changes)", value=bool(cfg.get("bn", True)), key="bn")
     with st.expander("Per-cluster overrides (tick a cluster to give it its own r_M / r_L)"):
         overrides = {}

@@ -160,7 +160,7 @@ def subgraph_text(bench: Mapping[str, Any]) -> str | None:
     n = opts.get("bn_samples") or 0
     return (f"Subgraphs: filter score {bench.get('subgraph_score', opts.get('score'))}; removed channels "
             + ("replaced by their mean activation" if opts.get("fill") == "mean" else "set to zero")
-            + ("; BatchNorm statistics re-estimated on " + f"{n} fit images per cluster." if n
+            + (f"; BatchNorm statistics re-estimated on {n} fit images per cluster." if n
                else "; the base model's BatchNorm statistics."))
 
 

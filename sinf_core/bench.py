@@ -25,7 +25,7 @@ Timing rules: ``torch.inference_mode``, device synchronised before every clock r
 round-robin repetitions with a rotating order so machine noise hits every contender alike, medians;
 throughput ratios are the median over repetitions of PAIRED ratios (base time / contender time within
 the same repetition), which cancels load that drifts slower than one repetition;
-bf16 autocast and channels_last apply to every contender alike (the base too). FLOPs are 2 x MACs as
+bf16 autocast, channels_last and BatchNorm folding apply to every contender alike (the base too). FLOPs are 2 x MACs as
 ``torch.utils.flop_counter`` counts them (see ``sinf_core.cost``).
 """
 
@@ -49,6 +49,7 @@ from .data import ImageDataset, iterate_batches, normalise
 from .device import autocast, hardware_info, timed
 from .engine import EXIT, FALLBACK, ROUTE, InferenceResult, SemanticInference
 from .errors import SinfError
+from .fusion import fold_batchnorm
 from .models import SinfModel
 from .router import ExitPredictor, RouteHead, RoutePredictor, TapHeads, default_taps, fit_heads, forward_taps
 from .subgraph import (DEFAULT_BN_SAMPLES, BatchNormSamples, SubgraphSpec, build_subgraph, check_bn_samples, check_fill,
@@ -71,7 +72,8 @@ LogFn = Callable[[str], None]
 class BenchOptions:
     """Everything the benchmark can be told. Defaults fit ResNet-56 / CIFAR-100 on 2 CPU cores.
 
-    ``budget``: accuracy budget in points of calibration top-1 below the base model's.
+    ``budget``: accuracy budget in points of calibration top-1 below the base model's. ``target_ratio``: the
+    throughput ratio to base the best mode is checked against (``target.met`` in the result).
     ``taps``: swept taps (None: ``default_bench_taps``, on the bundle router's taps when given).
     ``schedules``: (r_M, r_L) pairs swept for the subgraphs; ``multiple_of``: kept counts rounded up
     to this multiple (None: exact). ``gammas`` / ``taus``: swept thresholds (1.0 = never route / exit).
@@ -90,13 +92,17 @@ class BenchOptions:
     ``candidates_per_mode``: front points timed per mode; ``screen_pool`` / ``screen_reps``: their
     throughput screening on calibration images. ``pool`` / ``batch_size`` / ``throughput_reps``: the
     final throughput run (report images); ``latency_calls`` / ``latency_warmup``: batch-size-1 calls.
-    ``bf16``: autocast for every contender; ``channels_last``: None = same as ``bf16``.
+    ``bf16``: autocast for every contender; ``channels_last``: channels-last tensors for every contender
+    (None: yes; on CPU it is faster in float32 too, 1.2-1.4x on the CIFAR models here). ``fold_bn``: every
+    contender (base, static and the engines' model, heads and subgraphs) runs with its BatchNorms
+    folded into the preceding convs (``fusion.fold_batchnorm``); decisions are made unfolded.
     ``threads``: torch CPU threads during the benchmark (None: leave as is). ``cache``: keep fitted
     heads under ``cache_dir`` (default $SINF_CACHE_DIR or ~/.cache/sinf) / bench.
     ``score_options``: options of the filter scores (as in ``compute_all_scores``).
     """
 
     budget: float = 2.0
+    target_ratio: float = 1.15
     taps: tuple[str, ...] | None = None
     schedules: tuple[tuple[float, float], ...] = ((0.05, 0.3), (0.25, 0.5), (0.25, 0.75), (0.5, 0.9))
     multiple_of: int | None = 8
@@ -121,6 +127,7 @@ class BenchOptions:
     latency_warmup: int = 20
     bf16: bool = False
     channels_last: bool | None = None
+    fold_bn: bool = True
     threads: int | None = None
     cache: bool = True
     cache_dir: str | None = None
@@ -146,7 +153,7 @@ class BenchOptions:
 
     @property
     def use_channels_last(self) -> bool:
-        return self.bf16 if self.channels_last is None else bool(self.channels_last)
+        return True if self.channels_last is None else bool(self.channels_last)
 
     def validate(self) -> "BenchOptions":
         """Raise SinfError for any value the benchmark cannot use; returns self."""
@@ -156,6 +163,8 @@ class BenchOptions:
             raise SinfError(f"the accuracy budget must be a number of points, got {self.budget!r}") from None
         if not math.isfinite(b) or b < 0:
             raise SinfError(f"the accuracy budget must be a finite number of points >= 0, got {self.budget}")
+        if not isinstance(self.target_ratio, (int, float)) or not 0 < float(self.target_ratio) < math.inf:
+            raise SinfError(f"the target throughput ratio must be a positive number, got {self.target_ratio!r}")
         for name in ("gammas", "taus"):
             vals = getattr(self, name)
             if not vals:
@@ -933,14 +942,17 @@ def _round_point(p: dict) -> dict:
 
 
 class _Contenders:
-    """Builds the callables the timing primitives run, with bf16 / channels_last applied alike."""
+    """Builds the callables the timing primitives run, with bf16 / channels_last / BatchNorm folding
+    applied alike."""
 
-    def __init__(self, device: torch.device, bf16: bool, channels_last: bool, batch_size: int):
-        self.device, self.bf16, self.cl, self.bs = device, bf16, channels_last, batch_size
+    def __init__(self, device: torch.device, bf16: bool, channels_last: bool, batch_size: int, fold_bn: bool):
+        self.device, self.bf16, self.cl, self.bs, self.fold = device, bf16, channels_last, batch_size, fold_bn
 
     def plain(self, net: nn.Module) -> tuple[Callable, Callable]:
         """(pool fn, single fn) for a plain network: fixed batches, argmax, predictions on the CPU."""
         dev, bf16, cl, bs = self.device, self.bf16, self.cl, self.bs
+        if self.fold:
+            net = _cl(fold_batchnorm(net)[0], cl)
 
         def one(x: torch.Tensor) -> torch.Tensor:
             with autocast(dev, bf16):
@@ -1061,7 +1073,7 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
         + ", ".join(f"{m}: {len(fronts[m])} on the front, {len(cands[m])} timed" for m in MODES))
 
     # ---- engines for the candidates; screen their throughput on calibration images
-    C = _Contenders(dev, bf16, cl, bs)
+    C = _Contenders(dev, bf16, cl, bs, opts.fold_bn)
     base_pool, base_one = C.plain(work)
 
     def make_engine(p: dict) -> tuple[SemanticInference, PathCosts]:
@@ -1076,7 +1088,7 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
             work, route_heads[p["tap"]] if mode != "exit" else None, subs,
             exit_heads[p["tap"]] if mode != "sinf" else None, tap=p["tap"], mode=mode,
             gamma=p["gamma"] if p["gamma"] is not None else 1.0, tau=p["tau"] if p["tau"] is not None else 1.0,
-            device=dev, bf16=bf16, channels_last=cl, input_shape=input_shape)
+            device=dev, bf16=bf16, channels_last=cl, input_shape=input_shape, fold_batchnorm=opts.fold_bn)
         costs = PathCosts(td.stem, td.tail, td.router if mode != "exit" else None, td.exit if mode != "sinf" else None,
                           sd.costs if sd is not None else ())
         return eng, costs
@@ -1215,17 +1227,17 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     modes_done = [m for m in MODES if results[m].get("throughput_ips") is not None]
     within = [m for m in modes_done if results[m]["top1_delta"] >= -opts.budget]
     best_mode = max(within or modes_done, key=lambda m: results[m]["throughput_ratio"]) if modes_done else None
-    target = {"budget_points": opts.budget, "throughput_ratio_needed": 1.15}
+    target = {"budget_points": opts.budget, "throughput_ratio_needed": opts.target_ratio}
     if best_mode is not None:
         b = results[best_mode]
         target.update({"best_mode": best_mode, "top1_delta": b["top1_delta"], "throughput_ratio": b["throughput_ratio"],
-                       "met": bool(b["top1_delta"] >= -opts.budget and b["throughput_ratio"] >= 1.15)})
+                       "met": bool(b["top1_delta"] >= -opts.budget and b["throughput_ratio"] >= opts.target_ratio)})
     try:
         hardware["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         pass
     hardware["threads"] = torch.get_num_threads()
-    hardware.update({"bf16": bf16, "channels_last": cl})
+    hardware.update({"bf16": bf16, "channels_last": cl, "fold_bn": opts.fold_bn})
     seconds["total"] = round(time.perf_counter() - t_start, 2)
     return {
         "format": BENCH_FORMAT, "version": BENCH_VERSION,
@@ -1371,6 +1383,6 @@ def format_table(result: dict) -> str:
     t = result["target"]
     if t.get("best_mode"):
         lines.append(f"  best mode: {t['best_mode']} at {t['top1_delta']:+.2f} points, {t['throughput_ratio']:.3f}x "
-                     f"base throughput; target (>= -{t['budget_points']} points, >= 1.15x): "
+                     f"base throughput; target (>= -{t['budget_points']} points, >= {t['throughput_ratio_needed']}x): "
                      f"{'met' if t['met'] else 'NOT met'}")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from torch import nn
 
 from .device import autocast, pick_device
 from .errors import SinfError
+from .fusion import fold_batchnorm
 from .models import SinfModel
 from .router import ExitPredictor, RouteHead, RoutePredictor, TapHeads
 
@@ -112,10 +113,13 @@ class SemanticInference:
     global logits [n, classes]; a missing / None entry sends that cluster's inputs to the fallback.
     ``exit_head``: a fitted ``ExitPredictor`` (at the same tap) or a ``RouteHead``.
     ``gamma`` / ``tau``: route / exit thresholds in [0, 1]. ``device`` is chosen once (model, heads
-    and subgraphs are moved there). ``bf16``: autocast; ``channels_last``: inputs in channels-last
-    layout (the convs then keep it); ``cuda_streams``: run groups on separate CUDA streams.
+    and subgraphs are moved there). ``bf16``: autocast; ``channels_last``: inputs and modules in
+    channels-last layout; ``cuda_streams``: run groups on separate CUDA streams.
     ``input_shape``: (C, H, W) the model expects. ``mean`` / ``std``: normalisation, needed to pass
-    uint8 images. ``keep_logits``: also return the answering module's logits.
+    uint8 images. ``keep_logits``: also return the answering module's logits. ``fold_batchnorm``:
+    run on copies of the model, heads and subgraphs with each conv -> BatchNorm pair folded into the
+    conv (``fusion.fold_batchnorm``; same function up to float rounding, faster on CPU); the modules
+    given are then left as they are.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class SemanticInference:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         keep_logits: bool = False,
+        fold_batchnorm: bool = False,
     ):
         if mode not in MODES:
             raise SinfError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -172,9 +177,10 @@ class SemanticInference:
         self.tap = taps.pop()
         self.tap_index = model.unit_index(self.tap)
 
-        self.model = model.to(self.device).eval()
-        self.router = None if router_head is None else router_head.to(self.device).eval()
-        self.exit_head = None if exit_mod is None else exit_mod.to(self.device).eval()
+        self.folded = bool(fold_batchnorm)
+        self.model = self._inference_copy(model)
+        self.router = None if router_head is None else self._inference_copy(router_head)
+        self.exit_head = None if exit_mod is None else self._inference_copy(exit_mod)
         self.fallback_tail = _FullTail(self.model, self.tap)
         self.num_clusters = 0 if self.router is None else self.router.num_outputs
         self.subgraphs: list[nn.Module | None] = [None] * self.num_clusters
@@ -188,7 +194,7 @@ class SemanticInference:
                     sub_tap = getattr(sub, "tap", self.tap)
                     if sub_tap != self.tap:
                         raise SinfError(f"the subgraph of cluster {m} starts after tap {sub_tap!r}, not {self.tap!r}")
-                    self.subgraphs[m] = sub.to(self.device).eval()
+                    self.subgraphs[m] = self._inference_copy(sub)
             if mode in ("sinf", "cascade") and not any(s is not None for s in self.subgraphs):
                 raise SinfError("no subgraphs given: every routed input would fall back")
         if self.exit_head is not None and self.exit_head.num_outputs != int(model.num_classes):
@@ -198,6 +204,14 @@ class SemanticInference:
         self._streams: list[torch.cuda.Stream] = []
         if self.cuda_streams:
             self._streams = [torch.cuda.Stream(self.device) for _ in range(min(4, self.num_clusters + 1))]
+
+    def _inference_copy(self, module: nn.Module) -> nn.Module:
+        """``module`` on the engine's device in eval mode (channels-last when the engine is); a
+        BatchNorm-folded copy when asked."""
+        if self.folded:
+            module = fold_batchnorm(module)[0]
+        module = module.to(self.device).eval()
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
 
     # -- settings -------------------------------------------------------------------------
     def set_thresholds(self, gamma: float | None = None, tau: float | None = None) -> "SemanticInference":

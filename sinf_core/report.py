@@ -142,7 +142,7 @@ def operating_points(bench: Mapping[str, Any]) -> list[dict]:
 
 
 def target_text(bench: Mapping[str, Any]) -> str | None:
-    """One sentence on the issue's target (best mode within the budget and >= 1.15x throughput)."""
+    """One sentence on the target (best mode within the budget and at least the target throughput ratio)."""
     t = bench.get("target")
     if not isinstance(t, Mapping) or t.get("best_mode") is None:
         return None

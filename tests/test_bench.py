@@ -320,6 +320,10 @@ def tiny_result(tmp_path_factory):
     return exp, run_benchmark(exp, None, {**QUICK, "cache_dir": str(cache)})
 
 
+def budget_of(res: dict) -> float:
+    return float(res["options"]["budget"])
+
+
 def test_benchmark_json_has_every_contender_and_the_hardware(tiny_result):
     exp, res = tiny_result
     for name in CONTENDERS:
@@ -328,6 +332,12 @@ def test_benchmark_json_has_every_contender_and_the_hardware(tiny_result):
     for key in ("cpu", "threads", "torch", "device"):
         assert res["hardware"][key] not in (None, "")
     assert res["hardware"]["torch"] == torch.__version__
+    # every contender ran BatchNorm-folded and channels-last by default, and the result says so
+    assert res["hardware"]["fold_bn"] is True and res["hardware"]["channels_last"] is True
+    t = res["target"]
+    assert t["throughput_ratio_needed"] == res["options"]["target_ratio"] == 1.15
+    if t.get("best_mode"):
+        assert t["met"] == (t["top1_delta"] >= -budget_of(res) and t["throughput_ratio"] >= 1.15)
     assert set(res["sweep"]["pareto"]) == {"sinf", "exit", "cascade"}
     import json
 
@@ -401,6 +411,10 @@ def test_bad_options_and_empty_splits_raise_clear_errors(tmp_path):
         BenchOptions(fill="median").validate()
     with pytest.raises(SinfError, match="bn_samples"):
         BenchOptions(bn_samples=1).validate()
+    for bad in (0, -1.3, math.inf, "fast"):
+        with pytest.raises(SinfError, match="target throughput ratio"):
+            BenchOptions(target_ratio=bad).validate()
+    assert BenchOptions().use_channels_last and not BenchOptions(channels_last=False).use_channels_last
     empty = np.zeros(0, dtype=np.int64)
     s = exp.splits
     no_report = Experiment(exp.model_name, exp.model, exp.train, exp.test,
@@ -472,3 +486,14 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
 
     assert resolve_bn_samples(b, None) == (256 if use else 0) and resolve_bn_samples(b, 32) == 32
     assert resolve_bn_samples(None, None) == 256
+
+
+def test_cli_timing_flags_reach_the_options():
+    from sinf_core.cli import build_parser
+    from sinf_core.commands.bench import _options
+
+    default = BenchOptions.from_dict(_options(build_parser().parse_args(["bench", "m"])))
+    assert default.fold_bn and default.use_channels_last and default.target_ratio == 1.15
+    args = build_parser().parse_args(["bench", "m", "--no-fold-bn", "--no-channels-last", "--target-ratio", "1.3"])
+    opts = BenchOptions.from_dict(_options(args)).validate()
+    assert not opts.fold_bn and not opts.use_channels_last and opts.target_ratio == 1.3

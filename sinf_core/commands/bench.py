@@ -33,8 +33,13 @@ def add_arguments(p) -> None:
                    help="whose expected FLOPs the static network matches (default: the fastest chosen mode)")
     p.add_argument("--bn-samples", type=int, default=None,
                    help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; 0: keep the base model's; default: the bundle's decision, made on calibration by `sinf build`, else 256)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (and channels_last) for every contender")
-    p.add_argument("--channels-last", action="store_true", help="channels_last for every contender (implied by --bf16)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for every contender")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="run every contender on contiguous (NCHW) tensors (default: channels_last, faster on CPU)")
+    p.add_argument("--target-ratio", type=float, default=1.15,
+                   help="throughput ratio to base the best mode is checked against (default 1.15)")
+    p.add_argument("--no-fold-bn", action="store_true",
+                   help="run every contender with its BatchNorms as separate layers (default: folded into the convs)")
     p.add_argument("--threads", type=int, help="torch CPU threads for the whole benchmark (1 is steadier on a busy machine)")
     p.add_argument("--pool", type=int, default=2048, help="report images in the throughput pool (default 2048)")
     p.add_argument("--batch-size", type=int, default=256, help="batch size of the throughput runs (default 256)")
@@ -51,9 +56,10 @@ def add_arguments(p) -> None:
 def _options(args) -> dict:
     from ..errors import SinfError
 
-    opts: dict = {"budget": args.budget, "multiple_of": args.multiple_of or None, "score": args.score,
+    opts: dict = {"budget": args.budget, "target_ratio": args.target_ratio, "multiple_of": args.multiple_of or None, "score": args.score,
                   "static_match": args.static_match, "bf16": args.bf16,
-                  "channels_last": True if args.channels_last else None, "threads": args.threads, "pool": args.pool,
+                  "channels_last": not args.no_channels_last,
+                  "fold_bn": not args.no_fold_bn, "threads": args.threads, "pool": args.pool,
                   "batch_size": args.batch_size, "throughput_reps": args.reps, "latency_calls": args.latency_calls,
                   "candidates_per_mode": args.candidates, "head_fit_samples": args.head_samples,
                   "head_epochs": args.head_epochs, "cache_dir": args.cache_dir, "bn_samples": args.bn_samples,

@@ -274,8 +274,9 @@ def build_bundle(
                       **s.bench_options}
         if "score" not in s.bench_options and s.methods and not any(m.startswith("dcs") for m in s.methods):
             bench_opts["score"] = s.methods[0]  # no DCS variant built: 'auto' has nothing to choose from
-        BenchOptions.from_dict(bench_opts).validate()  # a bad option fails here, before any work
-        run("bench", {"router": k_router, "scores": k_scores, "options": bench_opts},
+        resolved = BenchOptions.from_dict(bench_opts).validate()  # a bad option fails here, before any work
+        # keyed on every option, defaults included: a changed default reruns the benchmark
+        run("bench", {"router": k_router, "scores": k_scores, "options": resolved.to_json()},
             lambda: {"bench.json": run_benchmark(exp, bundle, bench_opts, prog, log)})
 
     bundle.manifest["last_build_seconds"] = timings

@@ -193,7 +193,11 @@ class TapHeads:
     one augmented copy per image; False = a fresh stem pass and augmentation every epoch),
     ``cache_budget_mb`` / ``max_fit_samples`` (cap on the cached subsample, stratified by class),
     ``bf16`` / ``channels_last`` (training and stem passes; bf16 None = where it is fast, see
-    ``device.bf16_is_fast``), ``eval_batch_size``, ``random_state``.
+    ``device.bf16_is_fast``), ``eval_batch_size``, ``random_state``. ``distill``: weight in [0, 1] of
+    distillation from the base model: the loss is (1 - distill) x cross-entropy on the labels +
+    distill x cross-entropy on the base model's own probabilities for the same (augmented) image,
+    summed over each cluster's classes for a route head. An exit head that answers for the base model
+    should agree with it where it is confident; the labels alone teach it the task, not the model.
     The defaults (15 000 cached samples, 4 epochs) fit ResNet-56 heads at layer2.8..layer3.6 plus the
     exit head in about 4 minutes on 2 busy CPU cores; a head's training cost grows with its tap's
     feature-map area (a layer1 head costs ~10x a layer3 head).
@@ -224,6 +228,7 @@ class TapHeads:
         channels_last: bool = True,
         eval_batch_size: int = 500,
         random_state: int = 0,
+        distill: float = 0.0,
     ):
         self.taps = None if taps is None else list(taps)
         self.target = target
@@ -241,6 +246,7 @@ class TapHeads:
         self.channels_last = channels_last
         self.eval_batch_size = eval_batch_size
         self.random_state = random_state
+        self.distill = distill
 
     # -- scikit-learn style parameter access -----------------------------------------------
     def get_params(self) -> dict:
@@ -258,6 +264,9 @@ class TapHeads:
             raise SinfError("learning rate must be positive and weight decay non-negative")
         if self.max_fit_samples is not None and self.max_fit_samples < 1:
             raise SinfError("max_fit_samples must be at least 1 (or None for no cap)")
+        if isinstance(self.distill, bool) or not isinstance(self.distill, (int, float)) \
+                or not 0.0 <= float(self.distill) <= 1.0:
+            raise SinfError(f"distill is a weight in [0, 1], got {self.distill!r}")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "heads_"):
@@ -495,7 +504,8 @@ def fit_router_and_exit(
     augmentation, precision) follows the router's parameters; ``exit.taps`` is ignored."""
     router._validate_params()
     exit._validate_params()
-    trainer = _HeadTrainer(model, fit_data, router, router._resolve_taps(model), device, on_progress)
+    trainer = _HeadTrainer(model, fit_data, router, router._resolve_taps(model), device, on_progress,
+                           soft_targets=router.distill > 0 or exit.distill > 0)
     trainer.train([router])
     trainer.calibrate([router], calib_data)
     trainer.train([exit], taps=[(router.tap_, model.unit_index(router.tap_))])
@@ -543,6 +553,21 @@ def _collect_head_logits(
     return [torch.cat(o) if o else torch.zeros(0, head.num_outputs) for o, (head, _) in zip(outs, heads)]
 
 
+def _head_loss(logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None, distill: float,
+               cluster_of: torch.Tensor | None = None) -> torch.Tensor:
+    """(1 - distill) x cross-entropy(logits, labels) + distill x cross-entropy(logits, soft targets).
+
+    ``soft``: the base model's class probabilities [n, classes]; ``cluster_of`` (a [classes, clusters]
+    0/1 membership matrix) turns them into cluster probabilities for a route head."""
+    hard = F.cross_entropy(logits, labels)
+    if distill <= 0:
+        return hard
+    if soft is None:
+        raise SinfError("distillation needs the base model's probabilities (soft targets)")
+    q = soft if cluster_of is None else soft @ cluster_of
+    return (1.0 - distill) * hard + distill * -(q * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
 def _subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """A class-stratified subsample of about ``n`` indices (sorted), or all when n >= len."""
     if n >= len(labels):
@@ -557,11 +582,13 @@ class _HeadTrainer:
     ``lead`` supplies the loop settings (epochs, batch size, augmentation, cache, precision, seed).
     With ``lead.cache`` the stem runs once over the subsample (one random crop/flip per image) and
     the features are held as bf16 (float32 without bf16); otherwise every epoch runs a fresh stem
-    pass with fresh augmentation. The base model is never updated.
+    pass with fresh augmentation. With ``soft_targets`` the rest of the network runs too and the base
+    model's class probabilities for the same images are kept (for ``distill``). The base model is
+    never updated.
     """
 
     def __init__(self, model: SinfModel, fit_data: ImageDataset, lead: TapHeads, taps: list[tuple[str, int]],
-                 device: torch.device | str | None, on_progress: ProgressFn | None):
+                 device: torch.device | str | None, on_progress: ProgressFn | None, soft_targets: bool = False):
         if len(fit_data) == 0:
             raise SinfError("no fit samples to train the heads on")
         self.model, self.data, self.lead = model.eval(), fit_data, lead
@@ -586,24 +613,41 @@ class _HeadTrainer:
         self.n = int(len(self.idx))
         self.labels = {"class": fit_data.labels[self.idx], "cluster": fit_data.cluster_labels[self.idx]}
         self.output_names = {t: _output_names(fit_data, t) for t in TARGETS}
+        self.soft_targets = bool(soft_targets)
+        # class -> cluster membership [classes, clusters], to sum the base model's class probabilities
+        hier = fit_data.hierarchy
+        self.cluster_of = F.one_hot(torch.as_tensor(hier.cluster_of_class, dtype=torch.long),
+                                    hier.num_clusters).float().to(self.dev)
         self.cache: dict[int, torch.Tensor] = {}
+        self.soft_cache: torch.Tensor | None = None
         if lead.cache:
             for u in self.units:
                 self.cache[u] = torch.empty((self.n,) + self.shapes[u], dtype=cache_dtype, device=self.dev)
             for start in range(0, self.n, lead.eval_batch_size):
                 sel = torch.arange(start, min(self.n, start + lead.eval_batch_size))
-                for u, h in zip(self.units, self._stem(sel)):
+                feats, soft = self._stem(sel)
+                for u, h in zip(self.units, feats):
                     self.cache[u][start : start + len(sel)] = h.to(cache_dtype)
+                if soft is not None:
+                    if self.soft_cache is None:
+                        self.soft_cache = torch.empty((self.n, soft.shape[1]), dtype=torch.float32, device=self.dev)
+                    self.soft_cache[start : start + len(sel)] = soft
                 self.progress("stem features", start + len(sel), self.n)
 
-    def _stem(self, sel: torch.Tensor) -> list[torch.Tensor]:
-        """Stem features at every tap for subsample positions ``sel`` (augmented when asked)."""
+    def _stem(self, sel: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Stem features at every tap for subsample positions ``sel`` (augmented when asked), and the
+        base model's class probabilities [n, classes] (float32) for the same images with
+        ``soft_targets``, else None."""
         imgs = self.data.images[self.idx[sel]]
         if self.lead.augment:
             imgs = augment_crop_flip(imgs, self.gen)
         x = _prep(normalise(imgs.to(self.dev), self.data.mean, self.data.std), self.lead.channels_last)
         with torch.no_grad(), autocast(self.dev, self.lead.bf16):
-            return forward_taps(self.model, x, self.units)
+            feats = forward_taps(self.model, x, self.units)
+            if not self.soft_targets:
+                return feats, None
+            logits = self.model.forward_tail(feats[-1], self.units[-1])
+        return feats, torch.softmax(logits.float(), dim=1)
 
     def train(self, predictors: Sequence[TapHeads], taps: list[tuple[str, int]] | None = None) -> None:
         """(Re)initialise and train the heads of ``predictors`` at their taps (or at ``taps``, which
@@ -641,11 +685,15 @@ class _HeadTrainer:
             correct = torch.zeros(len(jobs), dtype=torch.float64)
             for k in range(steps_per_epoch):
                 sel = order[k * lead.batch_size : (k + 1) * lead.batch_size]
+                soft = None
                 if self.cache:
                     sel_dev = sel.to(dev)
                     feats = {u: self.cache[u].index_select(0, sel_dev) for u in units}
+                    if self.soft_cache is not None:
+                        soft = self.soft_cache.index_select(0, sel_dev)
                 else:
-                    feats = dict(zip(self.units, self._stem(sel)))
+                    stem, soft = self._stem(sel)
+                    feats = dict(zip(self.units, stem))
                 scale = 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
                 for g in opt.param_groups:
                     g["lr"] = g["base_lr"] * scale
@@ -656,7 +704,8 @@ class _HeadTrainer:
                     h = _prep(feats[job.unit], lead.channels_last)
                     with autocast(dev, lead.bf16):
                         logits = heads[i](h)
-                    loss = F.cross_entropy(logits.float(), y)
+                    loss = _head_loss(logits.float(), y, soft, float(job.owner.distill),
+                                      self.cluster_of if job.owner.target == "cluster" else None)
                     total_loss = total_loss + loss
                     loss_sum[i] += float(loss.detach()) * len(sel)
                     correct[i] += float((logits.detach().argmax(1) == y).sum())
@@ -715,7 +764,8 @@ def fit_heads(
     for p in predictors:
         p._validate_params()
     taps = sorted({tu for p in predictors for tu in p._resolve_taps(model)}, key=lambda tu: tu[1])
-    trainer = _HeadTrainer(model, fit_data, predictors[0], taps, device, on_progress)
+    trainer = _HeadTrainer(model, fit_data, predictors[0], taps, device, on_progress,
+                           soft_targets=any(p.distill > 0 for p in predictors))
     trainer.train(predictors)
     trainer.calibrate(predictors, calib_data)
     trainer.close()

@@ -414,6 +414,9 @@ def test_bad_options_and_empty_splits_raise_clear_errors(tmp_path):
     for bad in (0, -1.3, math.inf, "fast"):
         with pytest.raises(SinfError, match="target throughput ratio"):
             BenchOptions(target_ratio=bad).validate()
+    for bad in (-0.5, 2.0, True):
+        with pytest.raises(SinfError, match="head_distill"):
+            BenchOptions(head_distill=bad).validate()
     assert BenchOptions().use_channels_last and not BenchOptions(channels_last=False).use_channels_last
     empty = np.zeros(0, dtype=np.int64)
     s = exp.splits
@@ -494,6 +497,8 @@ def test_cli_timing_flags_reach_the_options():
 
     default = BenchOptions.from_dict(_options(build_parser().parse_args(["bench", "m"])))
     assert default.fold_bn and default.use_channels_last and default.target_ratio == 1.15
-    args = build_parser().parse_args(["bench", "m", "--no-fold-bn", "--no-channels-last", "--target-ratio", "1.3"])
+    assert default.head_distill == 0.9
+    args = build_parser().parse_args(["bench", "m", "--no-fold-bn", "--no-channels-last", "--target-ratio", "1.3",
+                                      "--head-distill", "0"])
     opts = BenchOptions.from_dict(_options(args)).validate()
-    assert not opts.fold_bn and not opts.use_channels_last and opts.target_ratio == 1.3
+    assert not opts.fold_bn and not opts.use_channels_last and opts.target_ratio == 1.3 and opts.head_distill == 0

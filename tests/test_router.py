@@ -14,8 +14,11 @@ from sinf_core.router import (
     ExitPredictor,
     RouteHead,
     RoutePredictor,
+    _head_loss,
+    _HeadTrainer,
     choose_tap,
     default_taps,
+    fit_heads,
     fit_router_and_exit,
     fit_temperature,
     forward_taps,
@@ -203,6 +206,43 @@ def test_bad_parameters_raise_clear_errors():
         RoutePredictor().head()
     with pytest.raises(SinfError, match="no fit samples"):
         RoutePredictor(taps=["layer2.0"]).fit(model, ds.subset([]), ds)
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(SinfError, match="distill"):
+            ExitPredictor(taps=["layer2.0"], distill=bad).fit(model, ds, ds)
+
+
+def test_distillation_loss_against_a_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    logits, soft = torch.randn(5, 6, generator=g), torch.softmax(torch.randn(5, 6, generator=g), 1)
+    y = torch.tensor([0, 1, 2, 3, 5])
+    logp = torch.log_softmax(logits, 1)
+    ce = -logp[torch.arange(5), y].mean()
+    soft_ce = -(soft * logp).sum(1).mean()
+    torch.testing.assert_close(_head_loss(logits, y, None, 0.0), ce)
+    torch.testing.assert_close(_head_loss(logits, y, soft, 1.0), soft_ce)
+    torch.testing.assert_close(_head_loss(logits, y, soft, 0.25), 0.75 * ce + 0.25 * soft_ce)
+    # a route head: the base model's class probabilities summed over each cluster's classes
+    cluster_of = torch.tensor([[1.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]])
+    zc, yc = logits[:, :3], torch.tensor([0, 0, 1, 1, 2])
+    q = torch.stack([soft[:, 0] + soft[:, 1], soft[:, 2] + soft[:, 3], soft[:, 4] + soft[:, 5]], 1)
+    torch.testing.assert_close(_head_loss(zc, yc, soft, 1.0, cluster_of), -(q * torch.log_softmax(zc, 1)).sum(1).mean())
+    with pytest.raises(SinfError, match="soft targets"):
+        _head_loss(logits, y, None, 0.5)
+
+
+def test_distilled_heads_train_on_the_base_models_own_probabilities():
+    model = make_tiny_vgg()
+    fit = make_tiny_dataset(n_per_class=10, seed=0)
+    lead = ExitPredictor(taps=["features.4"], augment=False, bf16=False, channels_last=False, distill=1.0)
+    trainer = _HeadTrainer(model, fit, lead, lead._resolve_taps(model), None, None, soft_targets=True)
+    x, _ = next(iterate_batches(fit.subset(trainer.idx.numpy()), len(fit)))
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.soft_cache, torch.softmax(model(x), 1), atol=1e-5, rtol=1e-4)
+    # distilled and plain heads fit in one loop; the parameter survives save / load
+    exitp = ExitPredictor(taps=["features.4"], hidden=8, epochs=2, distill=0.7)
+    router = RoutePredictor(taps=["features.4"], hidden=8, epochs=2, distill=0.0)
+    fit_heads([exitp, router], model, fit, make_tiny_dataset(n_per_class=5, seed=1))
+    assert exitp.distill == 0.7 and 0.0 <= exitp.calib_accuracy_["features.4"] <= 1.0
 
 
 @pytest.mark.realdata

@@ -48,6 +48,8 @@ def add_arguments(p) -> None:
     p.add_argument("--candidates", type=int, default=3, help="front points timed per mode before choosing (default 3)")
     p.add_argument("--head-samples", type=int, default=50000, help="fit images the heads train on (default 50000)")
     p.add_argument("--head-epochs", type=int, default=8, help="head training epochs (default 8)")
+    p.add_argument("--head-distill", type=float, default=0.9,
+                   help="weight in [0, 1] of distillation from the base model in the heads' loss (default 0.9)")
     p.add_argument("--cache-dir", help="cache root for scores and heads (default $SINF_CACHE_DIR or ~/.cache/sinf)")
     p.add_argument("--out", help="also write the JSON result to this file, and a Markdown report beside it (.md)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -62,7 +64,7 @@ def _options(args) -> dict:
                   "fold_bn": not args.no_fold_bn, "threads": args.threads, "pool": args.pool,
                   "batch_size": args.batch_size, "throughput_reps": args.reps, "latency_calls": args.latency_calls,
                   "candidates_per_mode": args.candidates, "head_fit_samples": args.head_samples,
-                  "head_epochs": args.head_epochs, "cache_dir": args.cache_dir, "bn_samples": args.bn_samples,
+                  "head_epochs": args.head_epochs, "head_distill": args.head_distill, "cache_dir": args.cache_dir, "bn_samples": args.bn_samples,
                   "static_scores": [s.strip() for s in args.static_scores.split(",") if s.strip()]}
     if args.taps:
         opts["taps"] = [t.strip() for t in args.taps.split(",") if t.strip()]

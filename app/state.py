@@ -854,8 +854,23 @@ def head_flops(src: Source, tap: str, with_exit: bool) -> int:
 
 
 # ==================================================================================== engine
+# The live page runs the base model and SINF alike, as the benchmark does by default: BatchNorm folded
+# into the convs (``sinf_core.fusion``; same outputs up to float rounding) and channels_last tensors.
+
+
+def _inference_ready(module: torch.nn.Module) -> torch.nn.Module:
+    from sinf_core.fusion import fold_batchnorm
+
+    return fold_batchnorm(module)[0].to(memory_format=torch.channels_last)
+
+
+def inference_base(src: Source) -> torch.nn.Module:
+    """The base model as the live page runs and times it (folded, channels_last; built once)."""
+    return memo((src.key, "inference_base"), lambda: _inference_ready(experiment(src).model))
+
+
 def subgraph_modules(src: Source, cfg: dict, tap: str) -> dict:
-    """{cluster index: Subgraph} for ``cfg`` (built once per configuration)."""
+    """{cluster index: Subgraph} for ``cfg``, folded and channels_last (built once per configuration)."""
     from sinf_core.subgraph import build_subgraph
 
     key_cfg = {k: cfg.get(k) for k in SPEC_KEYS}
@@ -863,7 +878,7 @@ def subgraph_modules(src: Source, cfg: dict, tap: str) -> dict:
     def compute() -> dict:
         exp = experiment(src)
         with st.spinner("Building the pruned subgraphs ..."):
-            return {m: build_subgraph(exp.model, s).eval() for m, s in specs(src, cfg, tap).items()}
+            return {m: _inference_ready(build_subgraph(exp.model, s)) for m, s in specs(src, cfg, tap).items()}
 
     return memo((src.key, "subgraphs", tap, _cfg_key(key_cfg), _manifest_mtime(src.bundle)), compute)
 
@@ -883,9 +898,10 @@ def engine(src: Source, cfg: dict, mode: str, gamma: float, tau: float):
     subs = subgraph_modules(src, cfg, r.tap_) if mode != "exit" else None
     exit_head = None
     if e is not None and r.tap_ in e.heads_:
-        exit_head = e.head(r.tap_)
-    return SemanticInference(exp.model, r if mode != "exit" else None, subs, exit_head, tap=r.tap_, mode=mode,
-                             gamma=gamma, tau=tau, device="cpu", input_shape=tuple(exp.train.images.shape[1:]),
+        exit_head = _inference_ready(e.head(r.tap_))
+    return SemanticInference(inference_base(src), _inference_ready(r.head()) if mode != "exit" else None, subs,
+                             exit_head, tap=r.tap_, mode=mode, gamma=gamma, tau=tau, device="cpu",
+                             channels_last=True, input_shape=tuple(exp.train.images.shape[1:]),
                              mean=exp.train.mean, std=exp.train.std, keep_logits=True)
 
 
@@ -973,5 +989,5 @@ __all__ = [
     "router", "exit_heads", "calib_stats", "CLUSTER_METHODS", "Clustering", "clustering", "maps",
     "example_images", "overlap", "default_tap", "candidate_taps", "config", "set_config", "save_config",
     "cluster_ratios", "specs", "evaluate_config", "route_distribution", "expected_cost", "head_flops",
-    "subgraph_modules", "engine", "time_call", "Upload", "decode_upload", "grid", "bench", "page_timer",
+    "subgraph_modules", "inference_base", "engine", "time_call", "Upload", "decode_upload", "grid", "bench", "page_timer",
 ]

@@ -12,7 +12,10 @@ What it does, in order (METHOD.md section 0 says which split each step may look 
    vectorised combination of those arrays (no network runs per point); Pareto front per mode.
 4. **Choice**: the few lowest-cost front points within the accuracy budget are timed (throughput,
    interleaved with the base model, on calibration images) and each mode takes the FASTEST MEASURED
-   point within the budget (``pick_fastest``).
+   point within the budget (``pick_fastest``). "Within the budget" is guarded against calibration
+   noise: a point's calibration top-1 minus ``budget_z`` standard errors of its paired difference from
+   the base model (``top1_se``) must stay within the budget, so the choice does not hug a budget edge
+   that the report split then crosses.
 5. **Static pruning**: one network pruned from the same tap with the best global (not cluster
    conditioned) score, uniform removed fraction r found by bisection (then topped up channel by
    channel) so its FLOPs match the chosen point's expected FLOPs; the score is chosen on calibration.
@@ -72,7 +75,9 @@ LogFn = Callable[[str], None]
 class BenchOptions:
     """Everything the benchmark can be told. Defaults fit ResNet-56 / CIFAR-100 on 2 CPU cores.
 
-    ``budget``: accuracy budget in points of calibration top-1 below the base model's. ``target_ratio``: the
+    ``budget``: accuracy budget in points of calibration top-1 below the base model's. ``budget_z``: a point is
+    within the budget when its calibration top-1 minus ``budget_z`` standard errors of its paired difference
+    from the base model is (1.645: one-sided 95 %; 0: the plain estimate). ``target_ratio``: the
     throughput ratio to base the best mode is checked against (``target.met`` in the result).
     ``taps``: swept taps (None: ``default_bench_taps``, on the bundle router's taps when given).
     ``schedules``: (r_M, r_L) pairs swept for the subgraphs; ``multiple_of``: kept counts rounded up
@@ -104,6 +109,7 @@ class BenchOptions:
     """
 
     budget: float = 2.0
+    budget_z: float = 1.645
     target_ratio: float = 1.15
     taps: tuple[str, ...] | None = None
     schedules: tuple[tuple[float, float], ...] = ((0.05, 0.3), (0.25, 0.5), (0.25, 0.75), (0.5, 0.9))
@@ -166,6 +172,9 @@ class BenchOptions:
             raise SinfError(f"the accuracy budget must be a number of points, got {self.budget!r}") from None
         if not math.isfinite(b) or b < 0:
             raise SinfError(f"the accuracy budget must be a finite number of points >= 0, got {self.budget}")
+        if isinstance(self.budget_z, bool) or not isinstance(self.budget_z, (int, float)) \
+                or not 0 <= float(self.budget_z) < math.inf:
+            raise SinfError(f"budget_z must be a number of standard errors >= 0, got {self.budget_z!r}")
         if not isinstance(self.target_ratio, (int, float)) or not 0 < float(self.target_ratio) < math.inf:
             raise SinfError(f"the target throughput ratio must be a positive number, got {self.target_ratio!r}")
         for name in ("gammas", "taus"):
@@ -554,6 +563,16 @@ def _mean_over_samples(x: torch.Tensor) -> torch.Tensor:
     return x.double().mean(-1)
 
 
+def _paired_se(ok: torch.Tensor, base_ok: torch.Tensor) -> torch.Tensor:
+    """Standard error (fraction) of mean(ok - base_ok) over the last axis: the uncertainty of a
+    point's accuracy difference from the base model on these samples (paired, so only the samples
+    where the two disagree contribute)."""
+    d = ok.double() - base_ok.double()
+    n = d.shape[-1]
+    var = (d * d).mean(-1) - d.mean(-1) ** 2
+    return (var.clamp_min(0.0) / n).sqrt()
+
+
 def sweep_tap(labels: torch.Tensor, base_pred: torch.Tensor, td: TapData, gammas: Sequence[float],
               taus: Sequence[float]) -> list[dict]:
     """Calibration top-1 (%) and expected FLOPs of every operating point at one tap, vectorised.
@@ -562,7 +581,8 @@ def sweep_tap(labels: torch.Tensor, base_pred: torch.Tensor, td: TapData, gammas
     else route when the router's >= gamma (gamma = 1: never), else fall back to the unpruned tail
     (whose prediction is the base model's). Points: mode 'exit' per tau; 'sinf' per (schedule,
     gamma); 'cascade' per (schedule, gamma, tau). Each point: mode, tap, r_M, r_L, gamma, tau, top1,
-    flops, exit_rate, route_rate, fallback_rate."""
+    top1_se (standard error, points, of top1 minus the base model's, paired over the samples), flops,
+    exit_rate, route_rate, fallback_rate."""
     n = int(labels.shape[0])
     if n == 0:
         raise SinfError("the sweep needs at least one calibration sample")
@@ -575,39 +595,43 @@ def sweep_tap(labels: torch.Tensor, base_pred: torch.Tensor, td: TapData, gammas
     stem, tail, rf, ef = float(td.stem.flops), float(td.tail.flops), float(td.router.flops), float(td.exit.flops)
     points: list[dict] = []
 
-    def rec(mode: str, r: ScheduleData | None, gamma: float | None, tau: float | None, ok: float, flops: float,
-            p_exit: float, p_route: float) -> None:
+    def rec(mode: str, r: ScheduleData | None, gamma: float | None, tau: float | None, ok: float, se: float,
+            flops: float, p_exit: float, p_route: float) -> None:
         points.append({"mode": mode, "tap": td.tap, "r_M": None if r is None else r.r_M,
                        "r_L": None if r is None else r.r_L, "gamma": gamma, "tau": tau,
-                       "top1": 100.0 * ok, "flops": flops, "exit_rate": p_exit, "route_rate": p_route,
-                       "fallback_rate": max(0.0, 1.0 - p_exit - p_route)})
+                       "top1": 100.0 * ok, "top1_se": 100.0 * se, "flops": flops, "exit_rate": p_exit,
+                       "route_rate": p_route, "fallback_rate": max(0.0, 1.0 - p_exit - p_route)})
 
     # early exit alone
-    acc = _mean_over_samples(torch.where(exited, exit_ok.view(1, n), base_ok.view(1, n)))
+    ok = torch.where(exited, exit_ok.view(1, n), base_ok.view(1, n))
+    acc, se = _mean_over_samples(ok), _paired_se(ok, base_ok)
     pe = _mean_over_samples(exited)
     for i, tau in enumerate(taus):
-        rec("exit", None, None, float(tau), float(acc[i]), stem + ef + (1.0 - float(pe[i])) * tail, float(pe[i]), 0.0)
+        rec("exit", None, None, float(tau), float(acc[i]), float(se[i]), stem + ef + (1.0 - float(pe[i])) * tail,
+            float(pe[i]), 0.0)
     for sd in td.schedules:
         sub_ok = sd.pred == labels
         subf = torch.as_tensor([c.flops for c in sd.costs], dtype=torch.float64)[td.route_pred]  # [N]
         # SINF alone
-        acc = _mean_over_samples(torch.where(routed, sub_ok.view(1, n), base_ok.view(1, n)))
+        ok = torch.where(routed, sub_ok.view(1, n), base_ok.view(1, n))
+        acc, se = _mean_over_samples(ok), _paired_se(ok, base_ok)
         cost = _mean_over_samples(torch.where(routed, subf.view(1, n), torch.full((1, n), tail, dtype=torch.float64)))
         pr = _mean_over_samples(routed)
         for j, gamma in enumerate(gammas):
-            rec("sinf", sd, float(gamma), None, float(acc[j]), stem + rf + float(cost[j]), 0.0, float(pr[j]))
+            rec("sinf", sd, float(gamma), None, float(acc[j]), float(se[j]), stem + rf + float(cost[j]), 0.0,
+                float(pr[j]))
         # the cascade: [T, G, N]
         ex = exited.view(-1, 1, n)
         ro = routed.view(1, -1, n) & ~ex
         ok = torch.where(ex, exit_ok.view(1, 1, n), torch.where(ro, sub_ok.view(1, 1, n), base_ok.view(1, 1, n)))
         after = torch.where(ex, torch.zeros((), dtype=torch.float64),
                             torch.where(ro, subf.view(1, 1, n), torch.full((), tail, dtype=torch.float64)))
-        acc = _mean_over_samples(ok)
+        acc, se = _mean_over_samples(ok), _paired_se(ok, base_ok)
         cost = _mean_over_samples(after)
         pr = _mean_over_samples(ro)
         for i, tau in enumerate(taus):
             for j, gamma in enumerate(gammas):
-                rec("cascade", sd, float(gamma), float(tau), float(acc[i, j]),
+                rec("cascade", sd, float(gamma), float(tau), float(acc[i, j]), float(se[i, j]),
                     stem + ef + (1.0 - float(pe[i])) * rf + float(cost[i, j]), float(pe[i]), float(pr[i, j]))
     return points
 
@@ -623,22 +647,30 @@ def pareto_front(points: Sequence[dict]) -> list[dict]:
     return front
 
 
-def candidates_within_budget(front: Sequence[dict], base_top1: float, budget: float, n: int) -> list[dict]:
-    """The ``n`` cheapest (expected FLOPs) front points whose top-1 is within ``budget`` points of
-    ``base_top1``: the ones worth timing."""
-    ok = [p for p in front if p["top1"] >= base_top1 - budget - 1e-9]
+def within_budget(p: Mapping[str, Any], base_top1: float, budget: float, z: float = 0.0) -> bool:
+    """Whether point ``p``'s top1 minus ``z`` standard errors (its ``top1_se``, 0 when absent) is
+    within ``budget`` points of ``base_top1``."""
+    return p["top1"] - z * float(p.get("top1_se") or 0.0) >= base_top1 - budget - 1e-9
+
+
+def candidates_within_budget(points: Sequence[dict], base_top1: float, budget: float, n: int,
+                             z: float = 0.0) -> list[dict]:
+    """The ``n`` cheapest (expected FLOPs) points of the Pareto front of those ``points`` that are
+    within the budget (``within_budget``): the ones worth timing."""
+    ok = pareto_front([p for p in points if within_budget(p, base_top1, budget, z)])
     return sorted(ok, key=lambda p: p["flops"])[:n]
 
 
-def pick_fastest(points: Sequence[dict], throughput: Sequence[float], base_top1: float, budget: float) -> int | None:
+def pick_fastest(points: Sequence[dict], throughput: Sequence[float], base_top1: float, budget: float,
+                 z: float = 0.0) -> int | None:
     """Index of the point with the highest measured ``throughput`` (images/s, one per point) among
-    those whose top1 >= base_top1 - budget (ties: higher top1, then fewer FLOPs); None if none is
-    within the budget."""
+    those within the budget (``within_budget`` with ``z``; ties: higher top1, then fewer FLOPs); None
+    if none is."""
     if len(points) != len(throughput):
         raise SinfError(f"{len(points)} points but {len(throughput)} throughput figures")
     if budget < 0:
         raise SinfError(f"the accuracy budget must be >= 0 points, got {budget}")
-    ok = [i for i, p in enumerate(points) if p["top1"] >= base_top1 - budget - 1e-9]
+    ok = [i for i, p in enumerate(points) if within_budget(p, base_top1, budget, z)]
     if not ok:
         return None
     return max(ok, key=lambda i: (throughput[i], points[i]["top1"], -points[i]["flops"]))
@@ -941,6 +973,8 @@ def _point_label(p: dict) -> str:
 def _round_point(p: dict) -> dict:
     q = dict(p)
     q["top1"] = round(q["top1"], 4)
+    if "top1_se" in q:
+        q["top1_se"] = round(q["top1_se"], 4)
     q["flops"] = round(q["flops"], 1)
     for k in ("exit_rate", "route_rate", "fallback_rate"):
         q[k] = round(q[k], 4)
@@ -1069,10 +1103,12 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     # ---- sweep and fronts
     points = [p for tap in taps for p in sweep_tap(labels, base_pred, tap_data[tap], opts.gammas, opts.taus)]
     fronts = {m: pareto_front([p for p in points if p["mode"] == m]) for m in MODES}
-    cands = {m: candidates_within_budget(fronts[m], base_top1_calib, opts.budget, opts.candidates_per_mode)
+    z = float(opts.budget_z)
+    cands = {m: candidates_within_budget([p for p in points if p["mode"] == m], base_top1_calib, opts.budget,
+                                         opts.candidates_per_mode, z)
              for m in MODES}
     per_tap = {m: {tap: [_round_point(p) for p in candidates_within_budget(
-        pareto_front([p for p in points if p["mode"] == m and p["tap"] == tap]), base_top1_calib, opts.budget, 1)]
+        [p for p in points if p["mode"] == m and p["tap"] == tap], base_top1_calib, opts.budget, 1, z)]
         for tap in taps} for m in MODES}
     t0 = lap("sweep", t0)
     log(f"sweep: {len(points)} points; base calibration top-1 {base_top1_calib:.2f} %; "
@@ -1116,12 +1152,13 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
             ratios = [statistics.median(paired_ratios(tp, f"{m}#{i}")) for i in range(len(pts))]
             screen[m] = [{**_round_point(p), "ips": round(tp[f"{m}#{i}"]["ips"], 2), "ratio_to_base": round(v, 4)}
                          for i, (p, v) in enumerate(zip(pts, ratios))]
-            k = pick_fastest(pts, ratios, base_top1_calib, opts.budget)
+            k = pick_fastest(pts, ratios, base_top1_calib, opts.budget, z)
             if k is not None:
                 chosen[m] = {**pts[k], "engine": f"{m}#{k}", "screen_ratio": ratios[k]}
     for m in MODES:
         if m in chosen:
-            log(f"chosen {m}: {_point_label(chosen[m])}, calibration top-1 {chosen[m]['top1']:.2f} %, "
+            log(f"chosen {m}: {_point_label(chosen[m])}, calibration top-1 {chosen[m]['top1']:.2f} % "
+                f"(standard error of the difference from base {chosen[m]['top1_se']:.2f}), "
                 f"{chosen[m]['flops'] / 1e6:.1f} MFLOPs, screened {chosen[m]['screen_ratio']:.3f}x base")
     t0 = lap("screen", t0)
     del screen_pool

@@ -300,7 +300,9 @@ def to_markdown(bench: Mapping[str, Any], title: str = "SINF speed-up report", f
             lines += [t, ""]
     ops = operating_points(bench)
     if ops:
-        lines += ["Operating points, chosen on the calibration split (fastest measured point within the budget):", ""]
+        z = (bench.get("options") or {}).get("budget_z") or 0
+        guard = f", its calibration top-1 less {z} standard errors of its difference from base" if z else ""
+        lines += [f"Operating points, chosen on the calibration split (fastest measured point within the budget{guard}):", ""]
         for op in ops:
             if "note" in op:
                 lines.append(f"- **{op['mode']}**: {op['note']}")

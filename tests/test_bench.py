@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from conftest import make_tiny_dataset, make_tiny_resnet, make_tiny_vgg
-from sinf_core.bench import (CONTENDERS, BenchOptions, PathCosts, StaticNet, channel_step_flops, decision_flops,
-                             expected_flops, interleaved_latency, interleaved_throughput, pareto_front, pick_fastest,
-                             run_benchmark, static_for_flops, stem_features, sweep_tap, tap_sweep_data)
+from sinf_core.bench import (CONTENDERS, BenchOptions, PathCosts, StaticNet, candidates_within_budget,
+                             channel_step_flops, decision_flops, expected_flops, interleaved_latency,
+                             interleaved_throughput, pareto_front, pick_fastest, run_benchmark, static_for_flops,
+                             stem_features, sweep_tap, tap_sweep_data)
 from sinf_core.cost import Cost, count_flops, model_cost, module_cost, stem_output
 from sinf_core.data import Splits, iterate_batches, make_splits
 from sinf_core.engine import EXIT, FALLBACK, ROUTE, SemanticInference
@@ -161,6 +162,8 @@ def test_sweep_points_equal_actual_engine_runs(make):
                                 tau=p["tau"] if p["tau"] is not None else 1.0)
         res = eng.run_pool(x, bs)
         assert p["top1"] == pytest.approx(100.0 * float((res.pred == y).double().mean()), abs=1e-9), p
+        d = [int(a == t) - int(b == t) for a, b, t in zip(res.pred.tolist(), base_pred.tolist(), y.tolist())]
+        assert p["top1_se"] == pytest.approx(100.0 * float(np.std(d)) / math.sqrt(len(d)), abs=1e-9), p
         counts = res.counts()
         assert p["exit_rate"] == pytest.approx(counts["exit"] / len(res))
         assert p["route_rate"] == pytest.approx(counts["route"] / len(res))
@@ -278,6 +281,13 @@ def test_pick_fastest_takes_the_fastest_point_within_the_budget():
     assert pick_fastest(pts, ips, 75.0, 1.0) is None
     # a tie in speed goes to the more accurate point
     assert pick_fastest(pts[:2], [100.0, 100.0], 70.0, 2.0) == 0
+    # guarded: 69.0 with a standard error of 0.8 falls below 68 at 1.645 of them; 68.0 (no error) is then
+    # the fastest point in
+    guarded = [dict(p, top1_se=se) for p, se in zip(pts, [0.0, 0.8, 0.1, 0.0, 0.1])]
+    assert pick_fastest(guarded, ips, 70.0, 2.0, z=0.0) == 1
+    assert pick_fastest(guarded, ips, 70.0, 2.0, z=1.645) == 3
+    assert [p["top1"] for p in candidates_within_budget(guarded, 70.0, 2.0, 5, z=1.645)] == [68.0, 70.0]
+    assert [p["top1"] for p in candidates_within_budget(guarded, 70.0, 2.0, 5)] == [68.0, 69.0, 70.0]
     with pytest.raises(SinfError):
         pick_fastest(pts, ips[:2], 70.0, 2.0)
     with pytest.raises(SinfError, match="budget"):
@@ -414,6 +424,9 @@ def test_bad_options_and_empty_splits_raise_clear_errors(tmp_path):
     for bad in (0, -1.3, math.inf, "fast"):
         with pytest.raises(SinfError, match="target throughput ratio"):
             BenchOptions(target_ratio=bad).validate()
+    for bad in (-1.0, math.inf, True):
+        with pytest.raises(SinfError, match="budget_z"):
+            BenchOptions(budget_z=bad).validate()
     for bad in (-0.5, 2.0, True):
         with pytest.raises(SinfError, match="head_distill"):
             BenchOptions(head_distill=bad).validate()

@@ -96,7 +96,8 @@ if image is not None:
         with torch.inference_mode():
             base_logits = exp.model(xb)
         base_pred = int(base_logits.argmax(1))
-        base_ms = state.time_call(lambda: exp.model(xb))
+        fast_base = state.inference_base(src)
+        base_ms = state.time_call(lambda: fast_base(xb.contiguous(memory_format=torch.channels_last)))
         cols = st.columns(2)
         verdict = "" if true_label is None else (" (correct)" if base_pred == true_label else " (wrong)")
         cols[1].metric("Base model", h.class_names[base_pred] + verdict, delta=f"{base_ms:.2f} ms (batch of 1)", delta_color="off",

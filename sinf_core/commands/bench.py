@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for every contender")
     p.add_argument("--no-channels-last", action="store_true",
                    help="run every contender on contiguous (NCHW) tensors (default: channels_last, faster on CPU)")
+    p.add_argument("--budget-z", type=float, default=1.645,
+                   help="standard errors of a point's calibration difference from base that must also fit the "
+                        "budget (default 1.645: one-sided 95 %%; 0: the plain estimate)")
     p.add_argument("--target-ratio", type=float, default=1.15,
                    help="throughput ratio to base the best mode is checked against (default 1.15)")
     p.add_argument("--no-fold-bn", action="store_true",
@@ -58,7 +61,7 @@ def add_arguments(p) -> None:
 def _options(args) -> dict:
     from ..errors import SinfError
 
-    opts: dict = {"budget": args.budget, "target_ratio": args.target_ratio, "multiple_of": args.multiple_of or None, "score": args.score,
+    opts: dict = {"budget": args.budget, "budget_z": args.budget_z, "target_ratio": args.target_ratio, "multiple_of": args.multiple_of or None, "score": args.score,
                   "static_match": args.static_match, "bf16": args.bf16,
                   "channels_last": not args.no_channels_last,
                   "fold_bn": not args.no_fold_bn, "threads": args.threads, "pool": args.pool,

@@ -38,18 +38,22 @@ class _Tracer(fx.Tracer):
 
 
 def conv_bn_pairs(module: nn.Module) -> list[tuple[str, str]]:
-    """(conv name, BatchNorm name) for every BatchNorm2d fed only by a Conv2d, as qualified names in
-    ``module``. Raises whatever ``torch.fx`` tracing raises for an untraceable module."""
+    """(conv name, BatchNorm name) for every BatchNorm2d fed only by a Conv2d whose output feeds
+    nothing else, both called once per forward pass, as qualified names in ``module``. Raises whatever ``torch.fx`` tracing raises for an untraceable module."""
     graph = _Tracer().trace(module)
     named = dict(module.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(named.get(node.target), nn.BatchNorm2d):
             continue
         src = node.args[0] if node.args else None
         if (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(named.get(src.target), nn.Conv2d)
-                and len(src.users) == 1):
-            pairs.append((src.target, node.target))
+                and len(src.users) == 1 and calls[src.target] == 1 and calls[node.target] == 1):
+            pairs.append((src.target, node.target))  # each module called once: folding changes nothing else
     return pairs
 
 

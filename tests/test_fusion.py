@@ -96,6 +96,25 @@ def test_batchnorm_not_fed_only_by_a_conv_is_kept():
     assert torch.allclose(folded(x), mod(x))
 
 
+def test_modules_called_twice_are_not_folded():
+    class Reused(nn.Module):  # one BatchNorm after two convs, and one conv before two BatchNorms
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.bn = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+            self.c, self.bn2, self.bn3 = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(self.a(x)) + self.bn(self.b(x)) + self.bn2(self.c(x)) + self.bn3(self.c(x))
+
+    mod = Reused().eval()
+    for bn in (mod.bn, mod.bn2, mod.bn3):
+        bn.running_mean.uniform_(-1, 1)
+    assert conv_bn_pairs(mod) == []
+    folded, n, _ = fold_batchnorm(mod)
+    x = torch.randn(2, 3, 4, 4)
+    assert n == 0 and torch.allclose(folded(x), mod(x))
+
+
 def test_untraceable_module_comes_back_unfolded_with_the_reason():
     class DataDependent(nn.Module):
         def __init__(self):

@@ -899,13 +899,15 @@ def compare_tail_speed(
     bf16: bool = False,
     channels_last: bool = False,
     subgraph: Subgraph | None = None,
+    fold_bn: bool = False,
 ) -> dict:
     """Wall-clock of the unpruned tail versus the subgraph on the same stem features, side by side.
 
     ``x``: a normalised image batch [N, 3, H, W] on the model's device; the stem runs once, then the
     two tails alternate (ABBA order over repetitions, so drift hits both alike). Reports medians in
     ms, ``time_ratio`` = subgraph / tail (< 1: the subgraph is faster), ``speedup`` = tail / subgraph,
-    and per-image FLOPs with ``flop_ratio`` = subgraph / tail.
+    and per-image FLOPs with ``flop_ratio`` = subgraph / tail. ``fold_bn``: both tails run with their
+    BatchNorms folded into the convs (``fusion.fold_batchnorm``), as ``sinf bench`` runs them.
     """
     if x is None or x.ndim != 4:
         raise SinfError("compare_tail_speed needs an image batch [N, 3, H, W]")
@@ -920,8 +922,12 @@ def compare_tail_speed(
     subgraph = subgraph.eval()
     device = x.device
     base = model
+    if fold_bn:
+        from .fusion import fold_batchnorm
+
+        base, subgraph = fold_batchnorm(base)[0], fold_batchnorm(subgraph)[0]
     if channels_last:
-        base = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        base = copy.deepcopy(base).to(memory_format=torch.channels_last)
         subgraph = copy.deepcopy(subgraph).to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(device, bf16):
@@ -958,7 +964,7 @@ def compare_tail_speed(
     tail_ms, sub_ms = statistics.median(t_tail), statistics.median(t_sub)
     return {
         "batch": int(x.shape[0]), "reps": int(reps), "tap": tap, "bf16": bool(bf16), "channels_last": bool(channels_last),
-        "threads": torch.get_num_threads(),
+        "fold_bn": bool(fold_bn), "threads": torch.get_num_threads(),
         "tail_ms": tail_ms, "subgraph_ms": sub_ms,
         "time_ratio": sub_ms / tail_ms, "speedup": tail_ms / sub_ms,
         "tail_flops": tail_flops, "subgraph_flops": sub_flops, "flop_ratio": sub_flops / tail_flops,

@@ -487,6 +487,8 @@ def test_compare_tail_speed_reports_flops_and_times():
     assert res["subgraph_flops"] < res["tail_flops"]
     assert res["flop_ratio"] == pytest.approx(res["subgraph_flops"] / res["tail_flops"])
     res_cl = compare_tail_speed(m, spec, torch.randn(2, 3, 32, 32), reps=2, channels_last=True, bf16=True)
+    res_fold = compare_tail_speed(m, spec, torch.randn(2, 3, 32, 32), reps=2, channels_last=True, fold_bn=True)
+    assert res_fold["fold_bn"] and res_fold["flop_ratio"] == pytest.approx(res["flop_ratio"])
     assert res_cl["flop_ratio"] == pytest.approx(res["flop_ratio"])
 
 

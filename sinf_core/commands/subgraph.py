@@ -32,6 +32,7 @@ def add_arguments(p) -> None:
     p.add_argument("--speed-cluster", type=int, default=0, help="cluster index timed by --speed (default 0)")
     p.add_argument("--reps", type=int, default=20, help="timed repetitions per batch size (median reported)")
     p.add_argument("--channels-last", action="store_true", help="time with channels_last tensors")
+    p.add_argument("--fold-bn", action="store_true", help="time with BatchNorms folded into the convs (as `sinf bench` does)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a busy machine)")
     p.add_argument("--out", help="write the subgraph specs (JSON) here")
     p.add_argument("--batch-size", type=int, default=256)
@@ -120,7 +121,7 @@ def run(args) -> int:
                 raise SinfError(f"batch size {b} is larger than the {len(src)} images available")
             x, _ = next(iterate_batches(src, b, None, exp.device))
             speed.append(compare_tail_speed(model, specs[args.speed_cluster], x, args.reps, bf16=args.bf16,
-                                            channels_last=args.channels_last))
+                                            channels_last=args.channels_last, fold_bn=args.fold_bn))
         out["speed"] = {"cluster": hier.cluster_names[args.speed_cluster], "threads": torch.get_num_threads(),
                         "runs": speed}
         lines.append(f"  speed, cluster {hier.cluster_names[args.speed_cluster]} "

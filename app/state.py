@@ -859,9 +859,9 @@ def head_flops(src: Source, tap: str, with_exit: bool) -> int:
 
 
 def _inference_ready(module: torch.nn.Module) -> torch.nn.Module:
-    from sinf_core.fusion import fold_batchnorm
+    from sinf_core.fusion import prepare_for_inference
 
-    return fold_batchnorm(module)[0].to(memory_format=torch.channels_last)
+    return prepare_for_inference(module, fold_bn=True, channels_last=True)
 
 
 def inference_base(src: Source) -> torch.nn.Module:

@@ -52,7 +52,7 @@ from .data import ImageDataset, iterate_batches, normalise
 from .device import autocast, hardware_info, timed
 from .engine import EXIT, FALLBACK, ROUTE, InferenceResult, SemanticInference
 from .errors import SinfError
-from .fusion import fold_batchnorm
+from .fusion import prepare_for_inference
 from .models import SinfModel
 from .router import ExitPredictor, RouteHead, RoutePredictor, TapHeads, default_taps, fit_heads, forward_taps
 from .subgraph import (DEFAULT_BN_SAMPLES, BatchNormSamples, SubgraphSpec, build_subgraph, check_bn_samples, check_fill,
@@ -801,10 +801,6 @@ def _prep(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _cl(module: nn.Module, channels_last: bool) -> nn.Module:
-    return module.to(memory_format=torch.channels_last) if channels_last else module
-
-
 @torch.inference_mode()
 def stem_features(model: SinfModel, data: ImageDataset, taps: Sequence[str], batch_size: int,
                   device: torch.device, bf16: bool = False, channels_last: bool = False,
@@ -864,7 +860,8 @@ def routed_predictions(subgraphs: Mapping[int, nn.Module], h: torch.Tensor, rout
 
 def build_subgraphs(model: SinfModel, specs: Mapping[int, SubgraphSpec], device: torch.device,
                     channels_last: bool = False) -> dict[int, nn.Module]:
-    return {m: _cl(build_subgraph(model, s).to(device).eval(), channels_last) for m, s in specs.items()}
+    return {m: prepare_for_inference(build_subgraph(model, s), channels_last=channels_last, device=device)
+            for m, s in specs.items()}
 
 
 def tap_sweep_data(
@@ -991,8 +988,7 @@ class _Contenders:
     def plain(self, net: nn.Module) -> tuple[Callable, Callable]:
         """(pool fn, single fn) for a plain network: fixed batches, argmax, predictions on the CPU."""
         dev, bf16, cl, bs = self.device, self.bf16, self.cl, self.bs
-        if self.fold:
-            net = _cl(fold_batchnorm(net)[0], cl)
+        net = prepare_for_inference(net, self.fold, cl)
 
         def one(x: torch.Tensor) -> torch.Tensor:
             with autocast(dev, bf16):
@@ -1087,14 +1083,15 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     t0 = lap("scores", t0)
 
     # ---- precompute on calibration
-    work = _cl(copy.deepcopy(model), cl) if cl else model
+    work = prepare_for_inference(copy.deepcopy(model), channels_last=True) if cl else model
     labels = calib.labels.clone()
     feats, base_pred = stem_features(work, calib, taps, bs, dev, bf16, cl, prog)
     base_top1_calib = 100.0 * float((base_pred == labels).double().mean())
     tap_data: dict[str, TapData] = {}
     for i, tap in enumerate(taps):
         tap_data[tap] = tap_sweep_data(
-            model, exp.model_name, tap, feats[tap], _cl(route_heads[tap], cl), _cl(exit_heads[tap], cl),
+            model, exp.model_name, tap, feats[tap], prepare_for_inference(route_heads[tap], channels_last=cl),
+            prepare_for_inference(exit_heads[tap], channels_last=cl),
             cluster_scores, hier, opts.schedules, opts.multiple_of, bs, dev, bf16, cl, work, input_shape, fill_stats,
             bn_samples)
         prog("sweep subgraphs (calibration)", i + 1, len(taps))
@@ -1181,7 +1178,7 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
                                   fill=glob_fill)
             if bn_samples is not None:  # on every cluster's samples: the static network serves all classes
                 st["spec"] = bn_samples.estimate(st["spec"])
-            tail = _cl(build_subgraph(work, st["spec"]).to(dev).eval(), cl)
+            tail = prepare_for_inference(build_subgraph(work, st["spec"]), channels_last=cl, device=dev)
             acc = _static_calib_top1(tail, feats[tap], labels, bs, dev, bf16)
             trials.append({"score": method, "r": round(st["r"], 6), "flops": st["flops"], "calib_top1": round(acc, 4),
                            "reachable": st["reachable"], "_spec": st["spec"], "_tail": tail})

@@ -19,6 +19,7 @@ Modes: ``sinf`` (router + subgraphs + fallback), ``exit`` (exit head + unpruned 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -28,7 +29,7 @@ from torch import nn
 
 from .device import autocast, pick_device
 from .errors import SinfError
-from .fusion import fold_batchnorm
+from .fusion import prepare_for_inference
 from .models import SinfModel
 from .router import ExitPredictor, RouteHead, RoutePredictor, TapHeads
 
@@ -178,9 +179,11 @@ class SemanticInference:
         self.tap_index = model.unit_index(self.tap)
 
         self.folded = bool(fold_batchnorm)
-        self.model = self._inference_copy(model)
-        self.router = None if router_head is None else self._inference_copy(router_head)
-        self.exit_head = None if exit_mod is None else self._inference_copy(exit_mod)
+        ready = functools.partial(prepare_for_inference, fold_bn=self.folded, channels_last=self.channels_last,
+                                  device=self.device)
+        self.model = ready(model)
+        self.router = None if router_head is None else ready(router_head)
+        self.exit_head = None if exit_mod is None else ready(exit_mod)
         self.fallback_tail = _FullTail(self.model, self.tap)
         self.num_clusters = 0 if self.router is None else self.router.num_outputs
         self.subgraphs: list[nn.Module | None] = [None] * self.num_clusters
@@ -194,7 +197,7 @@ class SemanticInference:
                     sub_tap = getattr(sub, "tap", self.tap)
                     if sub_tap != self.tap:
                         raise SinfError(f"the subgraph of cluster {m} starts after tap {sub_tap!r}, not {self.tap!r}")
-                    self.subgraphs[m] = self._inference_copy(sub)
+                    self.subgraphs[m] = ready(sub)
             if mode in ("sinf", "cascade") and not any(s is not None for s in self.subgraphs):
                 raise SinfError("no subgraphs given: every routed input would fall back")
         if self.exit_head is not None and self.exit_head.num_outputs != int(model.num_classes):
@@ -204,14 +207,6 @@ class SemanticInference:
         self._streams: list[torch.cuda.Stream] = []
         if self.cuda_streams:
             self._streams = [torch.cuda.Stream(self.device) for _ in range(min(4, self.num_clusters + 1))]
-
-    def _inference_copy(self, module: nn.Module) -> nn.Module:
-        """``module`` on the engine's device in eval mode (channels-last when the engine is); a
-        BatchNorm-folded copy when asked."""
-        if self.folded:
-            module = fold_batchnorm(module)[0]
-        module = module.to(self.device).eval()
-        return module.to(memory_format=torch.channels_last) if self.channels_last else module
 
     # -- settings -------------------------------------------------------------------------
     def set_thresholds(self, gamma: float | None = None, tau: float | None = None) -> "SemanticInference":

@@ -93,3 +93,16 @@ def fold_batchnorm(module: nn.Module) -> tuple[nn.Module, int, str | None]:
             if child is not None and id(child) in swap:
                 parent._modules[name] = swap[id(child)]
     return out, len(pairs), None
+
+
+def prepare_for_inference(module: nn.Module, fold_bn: bool = False, channels_last: bool = False,
+                          device: torch.device | str | None = None) -> nn.Module:
+    """``module`` ready to run: eval mode, on ``device`` (None: where it is), its BatchNorms folded
+    (``fold_batchnorm``: a copy) and channels_last when asked. Without folding the module itself is
+    moved and converted in place, as ``nn.Module.to`` does."""
+    if fold_bn:
+        module = fold_batchnorm(module)[0]
+    if device is not None:
+        module = module.to(device)
+    module = module.eval()
+    return module.to(memory_format=torch.channels_last) if channels_last else module

@@ -9,7 +9,7 @@ from torch import nn
 
 from conftest import make_tiny_bottleneck, make_tiny_resnet, make_tiny_vgg
 from sinf_core.engine import SemanticInference
-from sinf_core.fusion import conv_bn_pairs, fold_batchnorm
+from sinf_core.fusion import conv_bn_pairs, fold_batchnorm, prepare_for_inference
 from sinf_core.router import RouteHead
 from sinf_core.subgraph import SubgraphSpec, build_subgraph
 
@@ -150,3 +150,13 @@ def test_engine_with_folding_matches_the_unfolded_engine():
     assert _batchnorms(m) > 0 and _batchnorms(subs[0]) > 0  # the caller's modules are left as they were
     assert torch.equal(plain.mode_per_sample, folded.mode_per_sample)
     assert torch.allclose(plain.logits, folded.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_prepare_for_inference_copies_only_when_folding():
+    m = make_tiny_vgg().train()
+    same = prepare_for_inference(m, channels_last=True)
+    assert same is m and not m.training
+    assert m.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    folded = prepare_for_inference(m, fold_bn=True, channels_last=True)
+    assert folded is not m and _batchnorms(folded) == 0 and _batchnorms(m) > 0
+    assert folded.features[0].weight.is_contiguous(memory_format=torch.channels_last)

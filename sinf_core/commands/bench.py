@@ -61,13 +61,15 @@ def add_arguments(p) -> None:
 def _options(args) -> dict:
     from ..errors import SinfError
 
-    opts: dict = {"budget": args.budget, "budget_z": args.budget_z, "target_ratio": args.target_ratio, "multiple_of": args.multiple_of or None, "score": args.score,
+    opts: dict = {"budget": args.budget, "budget_z": args.budget_z, "target_ratio": args.target_ratio,
+                  "multiple_of": args.multiple_of or None, "score": args.score,
                   "static_match": args.static_match, "bf16": args.bf16,
                   "channels_last": not args.no_channels_last,
                   "fold_bn": not args.no_fold_bn, "threads": args.threads, "pool": args.pool,
                   "batch_size": args.batch_size, "throughput_reps": args.reps, "latency_calls": args.latency_calls,
                   "candidates_per_mode": args.candidates, "head_fit_samples": args.head_samples,
-                  "head_epochs": args.head_epochs, "head_distill": args.head_distill, "cache_dir": args.cache_dir, "bn_samples": args.bn_samples,
+                  "head_epochs": args.head_epochs, "head_distill": args.head_distill, "cache_dir": args.cache_dir,
+                  "bn_samples": args.bn_samples,
                   "static_scores": [s.strip() for s in args.static_scores.split(",") if s.strip()]}
     if args.taps:
         opts["taps"] = [t.strip() for t in args.taps.split(",") if t.strip()]

@@ -979,16 +979,20 @@ def _round_point(p: dict) -> dict:
 
 
 class _Contenders:
-    """Builds the callables the timing primitives run, with bf16 / channels_last / BatchNorm folding
-    applied alike."""
+    """Readies every contender's modules alike (``ready``: BatchNorm folding, channels_last, device)
+    and builds the callables the timing primitives run (bf16 autocast alike)."""
 
     def __init__(self, device: torch.device, bf16: bool, channels_last: bool, batch_size: int, fold_bn: bool):
         self.device, self.bf16, self.cl, self.bs, self.fold = device, bf16, channels_last, batch_size, fold_bn
 
+    def ready(self, module: nn.Module) -> nn.Module:
+        """``module`` as the contenders run it (a folded copy when folding)."""
+        return prepare_for_inference(module, self.fold, self.cl, self.device)
+
     def plain(self, net: nn.Module) -> tuple[Callable, Callable]:
-        """(pool fn, single fn) for a plain network: fixed batches, argmax, predictions on the CPU."""
+        """(pool fn, single fn) for a plain network (already ``ready``): fixed batches, argmax,
+        predictions on the CPU."""
         dev, bf16, cl, bs = self.device, self.bf16, self.cl, self.bs
-        net = prepare_for_inference(net, self.fold, cl)
 
         def one(x: torch.Tensor) -> torch.Tensor:
             with autocast(dev, bf16):
@@ -1113,7 +1117,10 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
 
     # ---- engines for the candidates; screen their throughput on calibration images
     C = _Contenders(dev, bf16, cl, bs, opts.fold_bn)
-    base_pool, base_one = C.plain(work)
+    served = C.ready(work)  # the base model as every contender runs it, readied once and shared
+    served_route = {t: C.ready(h) for t, h in route_heads.items()}
+    served_exit = {t: C.ready(h) for t, h in exit_heads.items()}
+    base_pool, base_one = C.plain(served)
 
     def make_engine(p: dict) -> tuple[SemanticInference, PathCosts]:
         td = tap_data[p["tap"]]
@@ -1121,13 +1128,12 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
         mode = p["mode"]
         subs = None
         if sd is not None:
-            built = build_subgraphs(work, sd.specs, dev, cl)
-            subs = [built[m] for m in range(K)]
+            subs = [C.ready(build_subgraph(work, sd.specs[m])) for m in range(K)]
         eng = SemanticInference(
-            work, route_heads[p["tap"]] if mode != "exit" else None, subs,
-            exit_heads[p["tap"]] if mode != "sinf" else None, tap=p["tap"], mode=mode,
+            served, served_route[p["tap"]] if mode != "exit" else None, subs,
+            served_exit[p["tap"]] if mode != "sinf" else None, tap=p["tap"], mode=mode,
             gamma=p["gamma"] if p["gamma"] is not None else 1.0, tau=p["tau"] if p["tau"] is not None else 1.0,
-            device=dev, bf16=bf16, channels_last=cl, input_shape=input_shape, fold_batchnorm=opts.fold_bn)
+            device=dev, bf16=bf16, channels_last=cl, input_shape=input_shape)
         costs = PathCosts(td.stem, td.tail, td.router if mode != "exit" else None, td.exit if mode != "sinf" else None,
                           sd.costs if sd is not None else ())
         return eng, costs
@@ -1222,7 +1228,7 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
         prog("report accuracy", i + 2, len(MODES) + 2)
     if static_net is not None:
         with torch.inference_mode():
-            spool, sone = C.plain(static_net)
+            spool, sone = C.plain(C.ready(static_net))
             pred = spool(x_report)
         sc = Cost(count_params(static_net), count_flops(static_net, torch.zeros(1, *input_shape, device=dev)))
         results["static"] = {"top1": round(100.0 * float((pred == labels_r).double().mean()), 4),

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImageDataset, augment_crop_flip, iterate_batches, normalise, stratified_split
-from .device import autocast, resolve_bf16
+from .device import autocast, module_device, resolve_bf16
 from .errors import SinfError
 from .io import atomic_write, sha256_file, write_json
 from .models import SinfModel
@@ -337,7 +337,7 @@ class TapHeads:
         taps = list(self.taps_ if taps is None else taps)
         for t in taps:
             self.head(t)
-        dev = _model_device(model) if device is None else torch.device(device)
+        dev = module_device(model) if device is None else torch.device(device)
         logits = _collect_head_logits(model, [(self.heads_[t], model.unit_index(t)) for t in taps], data,
                                       self.eval_batch_size, dev, resolve_bf16(self.bf16, dev), self.channels_last)
         y = _targets(data, self.target)
@@ -520,11 +520,6 @@ def fit_router_and_exit(
 # --------------------------------------------------------------------------------------------
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _prep(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -592,7 +587,7 @@ class _HeadTrainer:
         if len(fit_data) == 0:
             raise SinfError("no fit samples to train the heads on")
         self.model, self.data, self.lead = model.eval(), fit_data, lead
-        self.dev = _model_device(model) if device is None else torch.device(device)
+        self.dev = module_device(model) if device is None else torch.device(device)
         lead.bf16 = resolve_bf16(lead.bf16, self.dev)  # recorded as used
         self.progress = on_progress or (lambda stage, done, total: None)
         self.t0 = time.perf_counter()

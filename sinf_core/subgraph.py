@@ -30,8 +30,9 @@ from torch import nn
 
 from .cost import count_flops, module_cost, stem_cost, stem_output, tail_cost
 from .data import Hierarchy, ImageDataset, iterate_batches
-from .device import autocast, timed
+from .device import autocast, module_device, timed
 from .errors import SinfError
+from .fusion import prepare_for_inference
 from .io import atomic_write, write_json
 from .models import PrunableLayer, SinfModel, build_model
 
@@ -674,7 +675,7 @@ class BatchNormSamples:
     def _at(self, tap: str | None) -> tuple[torch.Tensor, dict[int, slice]]:
         if tap not in self._stem:
             order = np.concatenate([self.indices[m] for m in sorted(self.indices)])
-            device = next(self.model.parameters()).device
+            device = module_device(self.model)
             was_training = self.model.training
             self.model.eval()
             parts = [x if tap is None else self.model.forward_stem(x, tap)
@@ -922,13 +923,10 @@ def compare_tail_speed(
     subgraph = subgraph.eval()
     device = x.device
     base = model
-    if fold_bn:
-        from .fusion import fold_batchnorm
-
-        base, subgraph = fold_batchnorm(base)[0], fold_batchnorm(subgraph)[0]
+    if fold_bn or channels_last:  # on copies (folding makes its own): the caller's modules stay as they are
+        base, subgraph = (prepare_for_inference(m if fold_bn else copy.deepcopy(m), fold_bn, channels_last)
+                          for m in (model, subgraph))
     if channels_last:
-        base = copy.deepcopy(base).to(memory_format=torch.channels_last)
-        subgraph = copy.deepcopy(subgraph).to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(device, bf16):
         h = x if tap is None else base.forward_stem(x, tap)

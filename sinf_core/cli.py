@@ -18,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for mod_name in COMMAND_MODULES:
         mod = importlib.import_module(f".commands.{mod_name}", __package__)
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        # argparse %-formats a subcommand's help (so a literal % must be %%), but not a description
+        # (unless it holds "%(prog)"): HELP is plain text, escaped here for the one place that needs it.
+        p = sub.add_parser(mod.NAME, help=mod.HELP.replace("%", "%%"), description=mod.HELP)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

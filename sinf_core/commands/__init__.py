@@ -1,6 +1,7 @@
 """One module per `sinf` subcommand; each defines NAME, HELP, add_arguments(parser) and run(args)."""
 
 COMMAND_MODULES = [
+    "models",
     "train",
     "eval",
     "stats",

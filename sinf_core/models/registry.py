@@ -96,6 +96,61 @@ def seed_hub_cache(weights_dir: str | Path | None = None) -> list[Path]:
     return placed
 
 
+def weights_source(name: str) -> tuple[str, Path | None]:
+    """Where ``name``'s registered weights would come from, without loading them: ``("assets", path)``,
+    ``("cached", path)`` (torch.hub's cache), ``("local", path)`` (``$SINF_WEIGHTS_DIR``), ``("download", None)``
+    (a public release file not fetched yet), ``("missing", path)`` (an assets/ file that is absent) or
+    ``("none", None)`` (no published weights: train it)."""
+    entry = get_entry(name)
+    if entry.weights_file:
+        path = ASSETS_DIR / entry.weights_file
+        return ("assets" if path.is_file() else "missing"), path
+    if entry.weights_url:
+        fname = entry.weights_url.rsplit("/", 1)[1]
+        if (hub_checkpoint_dir() / fname).is_file():
+            return "cached", hub_checkpoint_dir() / fname
+        local = os.environ.get(WEIGHTS_ENV)
+        if local and (Path(local) / fname).is_file():
+            return "local", Path(local) / fname
+        return "download", None
+    return "none", None
+
+
+def count_parameters(name: str) -> int | None:
+    """Parameters of ``name``'s architecture, built on the meta device (no memory, no initialisation)."""
+    try:
+        with torch.device("meta"):
+            model = get_entry(name).build()
+        return int(sum(p.numel() for p in model.parameters()))
+    except Exception:  # an architecture that cannot be built on meta: leave the count out
+        return None
+
+
+def _card_top1(name: str) -> float | None:
+    try:
+        card = model_card(name)
+    except (OSError, ValueError):  # an unreadable card: no figure rather than a traceback in a listing
+        return None
+    top1 = card.get("test_top1") if isinstance(card, dict) else None
+    return float(top1) if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
+
+
+def describe_models() -> list[dict]:
+    """One JSON-able row per registered model, in registry order (`sinf models`). ``published_top1``: the
+    release's figure; ``card_top1``: the test top-1 on the model card of a project-trained weights file."""
+    rows = []
+    for name, entry in MODELS.items():
+        source, path = weights_source(name)
+        rows.append({
+            "name": name, "dataset": entry.dataset, "parameters": count_parameters(name),
+            "published_top1": entry.published_top1, "card_top1": _card_top1(name), "protocol": entry.protocol,
+            "weights": source, "weights_available": source in ("assets", "cached", "local"),
+            "weights_path": str(path) if path is not None and source != "missing" else None,
+            "description": entry.description,
+        })
+    return rows
+
+
 def load_state_dict_checked(model: torch.nn.Module, state: dict, source: str) -> None:
     """``strict=True`` loading with an error that lists missing / unexpected / mis-shaped keys."""
     own = model.state_dict()

@@ -77,3 +77,68 @@ def test_eval_help_points_at_an_existing_command():
     code, out, _ = _run(["eval", "--help"])
     assert code == 0 and "sinf models" in out
     assert _run(["models", "--help"])[0] == 0
+
+
+def _fails(argv: list[str], *fragments: str) -> str:
+    """``sinf ARGV`` exits 2 with one `sinf CMD: error: ...` message holding every fragment, no traceback."""
+    code, out, err = _run(argv)
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in err and out == ""
+    assert err.startswith(f"sinf {argv[0]}: error: "), err
+    for f in fragments:
+        assert f in err, (f, err)
+    return err
+
+
+def _write_cifar(folder, n=40, fine=None, coarse=None, n_data=None):
+    import pickle
+
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    fine = (np.arange(n) % 4).tolist() if fine is None else fine
+    coarse = [f // 2 for f in (np.arange(n) % 4).tolist()] if coarse is None else coarse
+    for split in ("train", "test"):
+        obj = {"data": rng.integers(0, 255, (n if n_data is None else n_data, 3072), dtype=np.uint8),
+               "fine_labels": fine, "coarse_labels": coarse}
+        (folder / split).write_bytes(pickle.dumps(obj, protocol=4))
+    meta = {"fine_label_names": ["a", "b", "c", "d"], "coarse_label_names": ["AB", "CD"]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=4))
+    return folder
+
+
+def test_cifar_labels_out_of_range_name_file_value_and_range(tmp_path):
+    from sinf_core.data.cifar import load_cifar100_split
+    from sinf_core.errors import SinfError
+
+    fine = (list(range(4)) * 10)[:39] + [57]
+    folder = _write_cifar(tmp_path / "a" / "cifar-100-python", fine=fine)
+    with pytest.raises(SinfError) as e:
+        load_cifar100_split(folder, "train")
+    assert str(e.value) == (f"{folder / 'train'}: fine_labels[39] is 57, outside the valid range 0..3 "
+                            "(1 of 40 labels out of range)")
+    negative = _write_cifar(tmp_path / "b" / "cifar-100-python", coarse=[-1] + [0] * 39)
+    with pytest.raises(SinfError, match=r"coarse_labels\[0\] is -1, outside the valid range 0..1"):
+        load_cifar100_split(negative, "test")
+    _fails(["eval", "cifar100_resnet20", "--data-dir", str(tmp_path / "a")],
+           str(folder / "train"), "fine_labels[39] is 57", "0..3")
+
+
+def test_cifar_label_and_image_counts_that_differ_are_named(tmp_path):
+    from sinf_core.data.cifar import load_cifar100_split
+    from sinf_core.errors import SinfError
+
+    folder = _write_cifar(tmp_path / "cifar-100-python", n_data=38)
+    with pytest.raises(SinfError) as e:
+        load_cifar100_split(folder, "test")
+    assert str(e.value).startswith(f"{folder / 'test'}: 38 images but 40 fine_labels")
+    _fails(["eval", "cifar100_resnet20", "--data-dir", str(tmp_path)], str(folder / "train"), "38 images but 40 fine_labels")
+
+
+def test_cifar_file_without_labels_is_named(tmp_path):
+    import pickle
+
+    folder = _write_cifar(tmp_path / "cifar-100-python")
+    (folder / "train").write_bytes(pickle.dumps({"data": b"x"}))
+    _fails(["eval", "cifar100_resnet20", "--data-dir", str(tmp_path)], str(folder / "train"))

@@ -79,14 +79,57 @@ def download_cifar100(data_dir: Path) -> Path:
     return folder
 
 
-def cifar100_hierarchy(meta: dict, fine: np.ndarray, coarse: np.ndarray) -> Hierarchy:
-    """Fine-to-coarse hierarchy from the meta names and one split's paired labels."""
-    names = lambda key: tuple(n.decode() if isinstance(n, bytes) else n for n in meta[key])  # noqa: E731
-    fine_names, coarse_names = names("fine_label_names"), names("coarse_label_names")
+def _field(raw: dict, key: str, path: Path):
+    if key not in raw:
+        raise SinfError(f"{path}: not a CIFAR-100 file (no {key!r} entry; it has {', '.join(map(str, raw)) or 'none'})")
+    return raw[key]
+
+
+def _label_array(raw: dict, key: str, path: Path, num_valid: int, n_images: int) -> np.ndarray:
+    """``raw[key]`` as int64 labels, one per image, each in ``0..num_valid - 1``; else a message naming
+    the file, the counts and the first bad value."""
+    values = _field(raw, key, path)
+    try:
+        labels = np.asarray(values)
+    except Exception as exc:  # ragged nested lists and the like
+        raise SinfError(f"{path}: {key} is not a list of integers ({exc})") from exc
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
+        raise SinfError(f"{path}: {key} must be a flat list of integers, got {labels.dtype} values of shape {labels.shape}")
+    if len(labels) != n_images:
+        raise SinfError(f"{path}: {n_images} images but {len(labels)} {key}; the file is damaged or not CIFAR-100")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_valid))
+    if bad.size:
+        i = int(bad[0])
+        raise SinfError(
+            f"{path}: {key}[{i}] is {int(labels[i])}, outside the valid range 0..{num_valid - 1} "
+            f"({bad.size} of {len(labels)} labels out of range)"
+        )
+    return labels.astype(np.int64)
+
+
+def _label_names(meta: dict, key: str, path: Path) -> tuple[str, ...]:
+    names = _field(meta, key, path)
+    if not isinstance(names, (list, tuple)) or not names:
+        raise SinfError(f"{path}: {key} must be a non-empty list of names")
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+def cifar100_hierarchy(meta: dict, fine: np.ndarray, coarse: np.ndarray, source: Path | str = "meta") -> Hierarchy:
+    """Fine-to-coarse hierarchy from the meta names and one split's paired labels (checked in range)."""
+    fine_names = _label_names(meta, "fine_label_names", Path(source))
+    coarse_names = _label_names(meta, "coarse_label_names", Path(source))
+    fine, coarse = np.asarray(fine, dtype=np.int64), np.asarray(coarse, dtype=np.int64)
+    for labels, names, what in ((fine, fine_names, "fine"), (coarse, coarse_names, "coarse")):
+        bad = labels[(labels < 0) | (labels >= len(names))]
+        if bad.size:
+            raise SinfError(f"{what} label {int(bad[0])} is outside the valid range 0..{len(names) - 1} "
+                            f"({len(names)} {what} classes in {source})")
     assignment = np.full(len(fine_names), -1, dtype=np.int64)
     assignment[fine] = coarse
     if (assignment < 0).any():
-        raise SinfError("CIFAR-100 split does not contain every fine class")
+        missing = [fine_names[c] for c in np.flatnonzero(assignment < 0)[:5]]
+        raise SinfError(f"CIFAR-100 split does not contain every fine class of {source} "
+                        f"({int((assignment < 0).sum())} missing, e.g. {missing})")
     return Hierarchy(fine_names, coarse_names, tuple(int(a) for a in assignment))
 
 
@@ -94,16 +137,31 @@ def load_cifar100_split(folder: Path, split: str, hierarchy: Hierarchy | None = 
     """``split`` is 'train' or 'test'."""
     if split not in ("train", "test"):
         raise SinfError(f"CIFAR-100 split must be 'train' or 'test', not {split!r}")
-    raw = _read(folder / split)
-    data = np.asarray(raw["data"], dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3072:
-        raise SinfError(f"{folder / split}: expected rows of 3072 bytes, got shape {data.shape}")
+    path = folder / split
+    raw = _read(path)
+    try:
+        data = np.asarray(_field(raw, "data", path))
+    except SinfError:
+        raise
+    except Exception as exc:
+        raise SinfError(f"{path}: data is not an array of bytes ({exc})") from exc
+    if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        raise SinfError(f"{path}: expected uint8 rows of 3072 bytes (32x32 RGB), got {data.dtype} of shape {data.shape}")
+    n = int(data.shape[0])
+    if hierarchy is None:
+        meta_path = folder / "meta"
+        meta = _read(meta_path)
+        n_fine = len(_label_names(meta, "fine_label_names", meta_path))
+        n_coarse = len(_label_names(meta, "coarse_label_names", meta_path))
+    else:
+        n_fine, n_coarse = hierarchy.num_classes, hierarchy.num_clusters
+    fine = _label_array(raw, "fine_labels", path, n_fine, n)
+    coarse = _label_array(raw, "coarse_labels", path, n_coarse, n)
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-    labels = torch.as_tensor(np.asarray(raw["fine_labels"], dtype=np.int64))
-    coarse = np.asarray(raw["coarse_labels"], dtype=np.int64)
-    hierarchy = hierarchy or cifar100_hierarchy(_read(folder / "meta"), labels.numpy(), coarse)
-    if not np.array_equal(hierarchy.cluster_array()[labels.numpy()], coarse):
-        raise SinfError(f"{folder / split}: coarse labels disagree with the fine-to-coarse hierarchy")
+    labels = torch.from_numpy(fine)
+    hierarchy = hierarchy or cifar100_hierarchy(meta, fine, coarse, meta_path)
+    if not np.array_equal(hierarchy.cluster_array()[fine], coarse):
+        raise SinfError(f"{path}: coarse labels disagree with the fine-to-coarse hierarchy")
     return ImageDataset(
         name="cifar100",
         images=images,

@@ -10,6 +10,7 @@ import torch
 
 from .data import Hierarchy, ImageDataset, Splits, load_dataset, make_splits
 from .device import pick_device
+from .errors import SinfError
 from .models import SinfModel, get_entry, load_model
 
 
@@ -62,10 +63,50 @@ def open_experiment(
     dev = pick_device(device)
     train = load_dataset(dataset or entry.dataset, "train", data_dir, download)
     test = load_dataset(dataset or entry.dataset, "test", data_dir, download)
+    check_splits_agree(train, test)
     model = load_model(model_name, checkpoint=checkpoint).to(dev)
+    check_model_fits_data(model, model_name, train)
     proto = protocol or ("heldout" if checkpoint else entry.protocol)
     splits = make_splits(train.labels.numpy(), test.labels.numpy(), proto)
     return Experiment(model_name, model, train, test, splits, dev)
+
+
+def model_outputs(model: torch.nn.Module) -> int:
+    """How many classes ``model`` predicts: the width of its final linear layer."""
+    try:
+        return int(model.classifier_layer().out_features)
+    except (AttributeError, NotImplementedError):
+        return int(model.num_classes)
+
+
+def _source(data: ImageDataset) -> str:
+    src = data.meta.get("source")
+    return f"the data set {data.name!r} in {src}" if src else f"the data set {data.name!r}"
+
+
+def check_model_fits_data(model: torch.nn.Module, model_name: str, data: ImageDataset) -> None:
+    """Refuse a model whose head does not have one output per class of ``data`` (else labels index
+    past the logits, or a model silently scores classes it was never trained on)."""
+    outputs = model_outputs(model)
+    if outputs != data.num_classes:
+        raise SinfError(
+            f"{model_name} predicts {outputs} classes (its final layer has {outputs} outputs) but "
+            f"{_source(data)} has {data.num_classes} classes; use a data set with {outputs} classes, or a "
+            f"model (--checkpoint) trained on these {data.num_classes}"
+        )
+
+
+def check_splits_agree(train: ImageDataset, test: ImageDataset) -> None:
+    """The train and test splits must name the same classes in the same order (an image folder's
+    ``train/`` and ``test/`` each list their own class sub-folders)."""
+    if train.class_names != test.class_names:
+        only_train = sorted(set(train.class_names) - set(test.class_names))
+        only_test = sorted(set(test.class_names) - set(train.class_names))
+        raise SinfError(
+            f"the train and test splits of {_source(train)} have different classes: {train.num_classes} in "
+            f"train, {test.num_classes} in test (only in train: {only_train[:5] or 'none'}; only in test: "
+            f"{only_test[:5] or 'none'})"
+        )
 
 
 def indices_of(labels: np.ndarray, classes: list[int]) -> np.ndarray:

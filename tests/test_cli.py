@@ -142,3 +142,64 @@ def test_cifar_file_without_labels_is_named(tmp_path):
     folder = _write_cifar(tmp_path / "cifar-100-python")
     (folder / "train").write_bytes(pickle.dumps({"data": b"x"}))
     _fails(["eval", "cifar100_resnet20", "--data-dir", str(tmp_path)], str(folder / "train"))
+
+
+def _image_folder(root, classes_by_split, n=2):
+    import json
+
+    from PIL import Image
+
+    for split, classes in classes_by_split.items():
+        for i, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for j in range(n):
+                Image.new("RGB", (32, 32), (40 * i, 10 * j, 0)).save(d / f"{j}.png")
+    all_classes = sorted({c for cs in classes_by_split.values() for c in cs})
+    (root / "hierarchy.json").write_text(json.dumps({"clusters": {"all": all_classes}}))
+    return root
+
+
+def _checkpoint(tmp_path, name="cifar100_resnet20"):
+    from safetensors.torch import save_file
+
+    from sinf_core.models import build_model
+
+    path = tmp_path / f"{name}.safetensors"
+    save_file(build_model(name).state_dict(), str(path))
+    return path
+
+
+def test_image_folder_whose_class_count_differs_from_the_head(tmp_path):
+    from sinf_core.errors import SinfError
+    from sinf_core.experiment import open_experiment
+
+    folder = _image_folder(tmp_path / "pets", {"train": ["cat", "dog"], "test": ["cat", "dog"]})
+    ckpt = _checkpoint(tmp_path)
+    with pytest.raises(SinfError) as e:
+        open_experiment("cifar100_resnet20", str(folder), checkpoint=ckpt, device="cpu")
+    assert str(e.value).startswith(f"cifar100_resnet20 predicts 100 classes (its final layer has 100 outputs) but "
+                                   f"the data set 'pets' in {folder} has 2 classes")
+    _fails(["eval", "cifar100_resnet20", "--dataset", str(folder), "--checkpoint", str(ckpt), "--device", "cpu"],
+           str(folder), "100 classes", "has 2 classes")
+
+
+def test_image_folder_whose_splits_list_other_classes(tmp_path):
+    import torch
+
+    from sinf_core.data import Hierarchy, ImageDataset
+    from sinf_core.errors import SinfError
+    from sinf_core.experiment import check_splits_agree
+
+    folder = _image_folder(tmp_path / "pets", {"train": ["cat", "dog", "eel"], "test": ["cat", "dog"]})
+    _fails(["eval", "cifar100_resnet20", "--dataset", str(folder), "--checkpoint", str(_checkpoint(tmp_path))],
+           f"{folder / 'hierarchy.json'} for the 2 class sub-folders of {folder / 'test'}: ", "unknown class 'eel'")
+
+    def ds(names):
+        h = Hierarchy(tuple(names), ("all",), (0,) * len(names))
+        return ImageDataset("pets", torch.zeros(1, 3, 4, 4, dtype=torch.uint8), torch.zeros(1, dtype=torch.long), h,
+                            (0.5,) * 3, (0.2,) * 3, {"source": "/x/pets"})
+
+    with pytest.raises(SinfError, match=r"'pets' in /x/pets have different classes: 3 in train, 2 in test "
+                                        r"\(only in train: \['eel'\]; only in test: none\)"):
+        check_splits_agree(ds(["cat", "dog", "eel"]), ds(["cat", "dog"]))

@@ -71,6 +71,7 @@ def run(args) -> int:
     from ..data import load_dataset, make_splits
     from ..device import pick_device
     from ..evaluate import collect_logits
+    from ..experiment import check_model_fits_data, check_splits_agree
     from ..models import build_model, get_entry
     from ..train import TrainConfig, train
 
@@ -81,11 +82,9 @@ def run(args) -> int:
     te = load_dataset(ds_name, "test", args.data_dir, args.download)
     splits = make_splits(tr.labels.numpy(), te.labels.numpy(), "heldout")
     fit, calib = tr.subset(splits.fit), tr.subset(splits.calib)
+    check_splits_agree(tr, te)
     model = build_model(args.model)
-    if model.num_classes != tr.num_classes:
-        from ..errors import SinfError
-
-        raise SinfError(f"{args.model} predicts {model.num_classes} classes but {ds_name} has {tr.num_classes}")
+    check_model_fits_data(model, args.model, tr)
     init = _load_init(model, args.model, args.init) if args.init else None
     cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,

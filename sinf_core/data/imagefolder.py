@@ -16,14 +16,20 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 HIERARCHY_FILE = "hierarchy.json"
 
 
-def load_hierarchy_file(path: Path, class_names: list[str]) -> Hierarchy:
+def load_hierarchy_file(path: Path, class_names: list[str], classes_from: Path | None = None) -> Hierarchy:
+    """The hierarchy in ``path`` over ``class_names`` (the class sub-folders of ``classes_from``); a
+    mismatch names the file and the folder."""
     if not path.is_file():
         raise SinfError(f"hierarchy file not found: {path}")
     try:
         obj = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SinfError(f"hierarchy file {path} is not valid JSON: {exc}") from exc
-    return Hierarchy.from_json(obj, class_names)
+    try:
+        return Hierarchy.from_json(obj, class_names)
+    except SinfError as exc:
+        where = f" for the {len(class_names)} class sub-folders of {classes_from}" if classes_from else ""
+        raise SinfError(f"{path}{where}: {exc}") from exc
 
 
 def load_image_folder(
@@ -46,7 +52,7 @@ def load_image_folder(
     if not class_dirs:
         raise SinfError(f"{split_dir} has no class sub-folders")
     class_names = [p.name for p in class_dirs]
-    hierarchy = load_hierarchy_file(hierarchy_path or root / HIERARCHY_FILE, class_names)
+    hierarchy = load_hierarchy_file(hierarchy_path or root / HIERARCHY_FILE, class_names, split_dir)
     images, labels, skipped = [], [], []
     for c, d in enumerate(class_dirs):
         for f in sorted(d.iterdir()):

@@ -79,7 +79,9 @@ def _load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SinfError(f"cannot resume from {path}: {exc}. Delete it to start afresh.") from exc
+        from .models.registry import checkpoint_problem
+
+        raise SinfError(f"cannot resume from {path}: {checkpoint_problem(path, exc)}. Delete it to start afresh.") from exc
 
 
 def train(

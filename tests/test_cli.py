@@ -203,3 +203,81 @@ def test_image_folder_whose_splits_list_other_classes(tmp_path):
     with pytest.raises(SinfError, match=r"'pets' in /x/pets have different classes: 3 in train, 2 in test "
                                         r"\(only in train: \['eel'\]; only in test: none\)"):
         check_splits_agree(ds(["cat", "dog", "eel"]), ds(["cat", "dog"]))
+
+
+def _assert_no_unsafe_advice(msg: str) -> None:
+    low = msg.lower()
+    assert "weights_only" not in low and "weights only" not in low and "add_safe_globals" not in low, msg
+
+
+def test_checkpoint_holding_pickled_code_is_refused_without_torchs_advice(tmp_path):
+    import torch
+
+    from sinf_core.errors import SinfError
+    from sinf_core.models import load_model
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"conv1.weight": Evil()}, path)
+    with pytest.raises(SinfError) as e:
+        load_model("cifar100_resnet20", checkpoint=path)
+    msg = str(e.value)
+    assert msg == (f"cannot read checkpoint: {path} is not a plain state dict or safetensors file: it holds the "
+                   "Python object print, and SINF only loads plain state dicts (tensors in a torch file) and "
+                   "safetensors files, for safety")
+    _assert_no_unsafe_advice(msg)
+
+
+@pytest.mark.parametrize("fname,content,expected", [
+    ("empty.pt", b"", "{path} is empty (0 bytes)"),
+    ("empty.safetensors", b"", "{path} is empty (0 bytes)"),
+    ("garbage.pt", b"garbage", "{path} is not a PyTorch state dict or safetensors file (7 bytes"),
+    ("garbage.safetensors", b"garbage!" * 4, "{path} is not a PyTorch state dict or safetensors file (32 bytes"),
+    ("truncated.pt", None, "{path} is not a PyTorch state dict or safetensors file (100 bytes"),
+    ("plain.pt", b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.",
+     "{path} is not a PyTorch state dict or safetensors file"),
+])
+def test_unreadable_checkpoints_say_what_the_file_is(tmp_path, fname, content, expected):
+    import torch
+
+    from sinf_core.errors import SinfError
+    from sinf_core.models import read_checkpoint
+
+    path = tmp_path / fname
+    if content is None:
+        torch.save({"a": torch.zeros(100)}, tmp_path / "full.pt")
+        content = (tmp_path / "full.pt").read_bytes()[:100]
+    path.write_bytes(content)
+    with pytest.raises(SinfError) as e:
+        read_checkpoint(path)
+    msg = str(e.value)
+    assert msg.startswith("cannot read checkpoint: " + expected.format(path=path)), msg
+    _assert_no_unsafe_advice(msg)
+
+
+def test_checkpoint_errors_via_the_cli_are_one_line(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    folder = _image_folder(tmp_path / "pets", {"train": ["cat", "dog"], "test": ["cat", "dog"]})
+    err = _fails(["eval", "cifar100_resnet20", "--dataset", str(folder), "--checkpoint", str(tmp_path / "empty.pt")],
+                 f"{tmp_path / 'empty.pt'} is empty (0 bytes)")
+    assert err.count("\n") == 1
+
+
+def test_a_resumed_training_checkpoint_that_is_empty_is_named(tmp_path):
+    from sinf_core.errors import SinfError
+    from sinf_core.train import _load_checkpoint
+
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(SinfError, match=r"cannot resume from .*last.pt: .*last.pt is empty \(0 bytes\)\. Delete it"):
+        _load_checkpoint(tmp_path / "last.pt")
+
+
+def test_no_message_in_the_code_advises_weights_only_false():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in [*root.glob("sinf_core/**/*.py"), *root.glob("app/**/*.py")]:
+        assert "weights_only=False" not in path.read_text(), path

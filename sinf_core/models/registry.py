@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -172,6 +173,34 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict, source: str) ->
     model.load_state_dict(state, strict=True)
 
 
+_SAFE_FORMATS = "SINF only loads plain state dicts (tensors in a torch file) and safetensors files, for safety"
+
+
+def checkpoint_problem(path: str | Path, exc: BaseException) -> str:
+    """Why the file at ``path`` could not be read as a checkpoint, in one sentence that names it.
+
+    torch's own message is never passed on as is: for a file holding pickled objects it advises loading
+    with ``weights_only`` off, which would run whatever code the file names."""
+    import pickle
+    import re
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    if size == 0:
+        return f"{path} is empty (0 bytes)"
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"{path} is not a plain state dict or safetensors file: it holds the Python object "
+                f"{found.group(1)}, and {_SAFE_FORMATS}")
+    unsafe = isinstance(exc, pickle.UnpicklingError) or "weights_only" in text.lower().replace(" ", "_")
+    return (f"{path} is not a PyTorch state dict or safetensors file ({size} bytes: truncated, damaged or "
+            f"another format)" + (f"; {_SAFE_FORMATS}" if unsafe else ""))
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """A state dict from ``.safetensors`` or a torch file (``weights_only=True``: never unpickles code)."""
     path = Path(path)
@@ -183,13 +212,16 @@ def read_checkpoint(path: str | Path) -> dict:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SinfError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
+        raise SinfError(f"cannot read checkpoint: {checkpoint_problem(path, exc)}") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a training checkpoint of ours
-    if not isinstance(state, dict):
-        raise SinfError(f"{path} does not hold a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SinfError(f"cannot read checkpoint: {path} is not a PyTorch state dict or safetensors file "
+                        "(it does not map names to tensors)")
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
@@ -221,6 +253,12 @@ def load_model(name: str, pretrained: bool = True, checkpoint: str | Path | None
                 )
             except Exception as exc:
                 fname = entry.weights_url.rsplit("/", 1)[1]
+                cached = hub_checkpoint_dir() / fname
+                if cached.is_file():  # downloaded (or seeded) but unreadable
+                    raise SinfError(
+                        f"cannot read the weights of {name}: {checkpoint_problem(cached, exc)}. Delete it to "
+                        "download it again."
+                    ) from exc
                 raise SinfError(
                     f"cannot get weights for {name}: {exc.__class__.__name__}: {exc}. Offline, place {fname} in "
                     f"{hub_checkpoint_dir()} or set {WEIGHTS_ENV} to a folder that holds it."

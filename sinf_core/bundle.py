@@ -135,7 +135,7 @@ class Bundle:
         if self.step_key(name) == key:
             return key, False
         t0 = time.perf_counter()
-        artefacts = compute()
+        artefacts = self._checked(compute())  # before any file is written
         files = {fname: self._write_artefact(fname, obj) for fname, obj in artefacts.items()}
         self.manifest["steps"][name] = {
             "key": key, "inputs": inputs, "files": files, "seconds": round(time.perf_counter() - t0, 2),
@@ -164,10 +164,29 @@ class Bundle:
         return load_file(str(p))
 
     def put(self, name: str, artefacts: Artefacts, inputs: dict | None = None) -> None:
-        """Store artefacts under a step unconditionally (e.g. the app saving a user's configuration)."""
+        """Store artefacts under a step unconditionally (e.g. the app saving a user's configuration).
+
+        A ``config.json`` is validated first (``sinf_core.config.validate_config``) and stored clean, with
+        the defaults filled in; a bad one raises ``SinfError`` and nothing is written."""
         self.step(name, {**(inputs or {}), "_put": time.time()}, lambda: artefacts)
 
+    def config(self) -> dict:
+        """The saved pruning configuration, validated (the defaults when none is saved)."""
+        from .config import read_config
+
+        return read_config(self)
+
     # ---------------------------------------------------------------- internals
+    def _checked(self, artefacts: Artefacts) -> Artefacts:
+        """Artefacts with a ``config.json`` (object or JSON bytes) replaced by its validated form."""
+        from .config import CONFIG_FILE, config_from_json, validate_config
+
+        if CONFIG_FILE not in artefacts:
+            return artefacts
+        obj, where = artefacts[CONFIG_FILE], str(self.root / CONFIG_FILE)
+        clean = config_from_json(obj, where) if isinstance(obj, (bytes, str)) else validate_config(obj, where)
+        return {**artefacts, CONFIG_FILE: clean}
+
     def _write_artefact(self, fname: str, obj: Any) -> str:
         path = self.root / fname
         if isinstance(obj, bytes):  # a file written by another component, stored as is

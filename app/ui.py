@@ -8,7 +8,7 @@ from typing import Iterator
 import streamlit as st
 
 from sinf_core.errors import SinfError
-from sinf_core.plots import cluster_color, fmt_count  # noqa: F401  (re-exported for pages)
+from sinf_core.plots import cluster_color, fmt_count, text_color  # noqa: F401  (re-exported for pages)
 
 from . import state
 
@@ -49,7 +49,8 @@ def percent(v: float | None, digits: int = 2) -> str:
 
 def cluster_chip(name: str, index: int) -> str:
     """Markdown/HTML of a cluster name in its colour."""
-    return (f"<span style='background:{cluster_color(index)};color:white;padding:1px 7px;border-radius:8px;"
+    bg = cluster_color(index)
+    return (f"<span style='background:{bg};color:{text_color(bg)};padding:1px 7px;border-radius:8px;"
             f"font-size:0.9em'>{name}</span>")
 
 

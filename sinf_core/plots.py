@@ -251,27 +251,32 @@ def cost_bars_figure(cluster_names: Sequence[str], flops: Sequence[float], tail_
 
 def tradeoff_figure(rows: Sequence[Mapping], title: str, x_key: str = "flops", y_key: str = "mean_acc",
                     group_key: str = "method", base_flops: float | None = None, base_acc: float | None = None,
-                    highlight: Mapping | None = None) -> go.Figure:
+                    highlight: Mapping | None = None, labels: Mapping[str, str] | None = None) -> go.Figure:
     """Accuracy vs expected FLOPs per score method (one line per method, sorted by FLOPs).
 
     ``rows``: dicts with ``group_key``, ``x_key`` (FLOPs per image), ``y_key`` (accuracy %), and
-    optionally r_M / r_L for the hover. ``highlight``: one point (same keys) drawn as a star."""
+    optionally r_M / r_L for the hover. ``highlight``: one point (same keys) drawn as a star. The legend
+    and hover name each method by ``labels`` (method -> label; default ``sinf_core.scores.SCORE_LABELS``,
+    the labels of the app's select boxes), falling back to the method's own name."""
+    if labels is None:
+        from .scores import SCORE_LABELS as labels
     groups: dict[str, list[Mapping]] = {}
     for r in rows:
         if r.get(x_key) is None or r.get(y_key) is None:
             continue
         groups.setdefault(str(r[group_key]), []).append(r)
     fig = go.Figure()
-    method_colors = {"dcs": "#2E91E5"}
-    others = [c for c in _PALETTE if c != "#2E91E5"]
+    method_colors = {"dcs": _PALETTE[0]}
+    others = [c for c in _PALETTE[:DISTINCT_CLUSTER_COLORS] if c != _PALETTE[0] and c != "#FB0D0D"]  # red: the star
     for i, (g, rs) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0] != "dcs", kv[0]))):
         rs = sorted(rs, key=lambda r: r[x_key])
         color = method_colors.get(g, others[i % len(others)])
         hover = [f"r_M={r.get('r_M', '?')}, r_L={r.get('r_L', '?')}" for r in rs]
+        label = str(labels.get(g, g))
         fig.add_trace(go.Scatter(
-            x=[r[x_key] / 1e6 for r in rs], y=[r[y_key] for r in rs], mode="lines+markers", name=g,
-            line={"color": color, "width": 3 if g == "dcs" else 1.5}, text=hover,
-            hovertemplate=g + "<br>%{text}<br>%{x:.2f} MFLOPs<br>accuracy %{y:.2f} %<extra></extra>",
+            x=[r[x_key] / 1e6 for r in rs], y=[r[y_key] for r in rs], mode="lines+markers", name=label,
+            line={"color": color, "width": 3 if g == "dcs" else 1.5}, text=hover, meta=g,
+            hovertemplate=label + "<br>%{text}<br>%{x:.2f} MFLOPs<br>accuracy %{y:.2f} %<extra></extra>",
         ))
     if base_flops is not None and base_acc is not None:
         fig.add_trace(go.Scatter(x=[base_flops / 1e6], y=[base_acc], mode="markers", name="unpruned",

@@ -107,3 +107,29 @@ def test_every_cluster_colour_has_readable_chip_text():
     for c in plots.cluster_colors(40):
         lo, hi = sorted((luminance(c), luminance(plots.text_color(c))))
         assert (hi + 0.05) / (lo + 0.05) >= 4.5, c  # WCAG AA for text
+
+
+# ------------------------------------------------------------------------------- trade-off legend
+ROWS = [{"method": m, "flops": f, "mean_acc": a, "r_M": 0.05, "r_L": 0.5}
+        for m, f, a in (("bn_gamma", 1e6, 50.0), ("dcs", 2e6, 60.0), ("l1", 1.5e6, 55.0), ("newscore", 2e6, 58.0),
+                        ("dcs", 1e6, 55.0))]
+
+
+def test_tradeoff_legend_shows_the_score_labels():
+    from sinf_core.scores import SCORE_LABELS, SCORES
+
+    assert set(SCORES) <= set(SCORE_LABELS)  # every score has a label
+    fig = plots.tradeoff_figure(ROWS, "t", base_flops=3e6, base_acc=65.0, highlight={"flops": 2e6, "mean_acc": 59.0})
+    names = [t.name for t in fig.data]
+    assert names == ["DCS (ours)", "BN |gamma|", "L1 norm", "newscore", "unpruned", "your configuration"]
+    assert "bn_gamma" not in names and fig.data[1].hovertemplate.startswith("BN |gamma|<br>")
+    assert [t.meta for t in fig.data[:4]] == ["dcs", "bn_gamma", "l1", "newscore"]  # the method keys stay at hand
+    assert list(fig.data[0].x) == [1.0, 2.0] and fig.data[0].line.width == 3  # DCS first, sorted by FLOPs, bold
+    assert fig.layout.legend.title.text == "score"
+
+
+def test_tradeoff_legend_takes_a_labels_mapping():
+    fig = plots.tradeoff_figure(ROWS, "t", labels={"bn_gamma": "BatchNorm gamma"})
+    assert [t.name for t in fig.data] == ["dcs", "BatchNorm gamma", "l1", "newscore"]
+    colours = [t.line.color for t in fig.data]
+    assert len(set(colours)) == 4 and colours[0] == plots.cluster_color(0)

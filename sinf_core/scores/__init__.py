@@ -61,6 +61,13 @@ SCORES: dict[str, ScoreSpec] = {
     ]
 }
 
+# Short human labels of the scores, for select boxes, figure legends and captions (app and exports).
+SCORE_LABELS: dict[str, str] = {
+    "dcs": "DCS (ours)", "dcs_lda": "DCS, LDA probe", "dcs_p1": "DCS, p = 1", "dcs_std": "DCS x spread",
+    "std": "spread (std of a_l)", "l1": "L1 norm", "bn_gamma": "BN |gamma|", "mean_act": "mean activation", "apoz": "APoZ",
+    "taylor": "Taylor", "hrank": "HRank", "chip": "CHIP", "tvs": "TVSPrune", "random": "random",
+}
+
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -218,6 +225,7 @@ def ranking(scores: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "SCORE_LABELS",
     "SCORES", "ScoreSpec", "ScoreJob", "LayerScores", "ScoreTable", "compute_scores", "compute_all_scores",
     "get_score", "resolve_options", "check_options", "resolve_layers", "ranking",
 ]

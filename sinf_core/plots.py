@@ -133,34 +133,56 @@ def jaccard_heatmap(
     title: str,
     group_of: Sequence[int] | None = None,
     group_names: Sequence[str] | None = None,
+    item: str | None = None,
+    max_tick_labels: int = 40,
 ) -> go.Figure:
-    """Symmetric overlap matrix [n, n] with values in [0, 1]. With ``group_of`` [n] (cluster of each
-    row, rows already sorted by it) thin lines separate the groups and the hover names the group."""
+    """Symmetric overlap matrix [n, n] with values in [0, 1]; row and column i are ``labels[i]``. With
+    ``group_of`` [n] (cluster of each row, rows already sorted by it) thin lines separate the groups and
+    the hover names the group. ``item`` names what a row is (default "cluster", or "class" with groups).
+
+    Both axes have titles; their ticks are the labels when there are at most ``max_tick_labels`` of them,
+    else the group names at the middle of each group (or every k-th label without groups)."""
     m = np.asarray(matrix, dtype=float)
     labels = [str(v) for v in labels]
+    n = len(labels)
+    item = item or ("cluster" if group_of is None else "class")
     if group_of is not None and group_names is not None:
         g = [str(group_names[int(i)]) for i in group_of]
-        custom = np.array([[f"{g[i]} / {g[j]}" for j in range(len(g))] for i in range(len(g))], dtype=object)
-        tmpl = "%{y} vs %{x}<br>clusters: %{customdata}<br>Jaccard: %{z:.3f}<extra></extra>"
+        custom = np.array([[[labels[i], labels[j], f"{g[i]} / {g[j]}"] for j in range(n)] for i in range(n)],
+                          dtype=object)
+        tmpl = "%{customdata[0]} vs %{customdata[1]}<br>clusters: %{customdata[2]}<br>Jaccard: %{z:.3f}<extra></extra>"
     else:
-        custom = None
-        tmpl = "%{y} vs %{x}<br>Jaccard: %{z:.3f}<extra></extra>"
+        custom = np.array([[[labels[i], labels[j]] for j in range(n)] for i in range(n)], dtype=object)
+        tmpl = "%{customdata[0]} vs %{customdata[1]}<br>Jaccard: %{z:.3f}<extra></extra>"
+    idx = list(range(n))
     fig = go.Figure(go.Heatmap(
-        z=m, x=labels, y=labels, zmin=0.0, zmax=1.0, colorscale="Viridis", customdata=custom,
+        z=m, x=idx, y=idx, zmin=0.0, zmax=1.0, colorscale="Viridis", customdata=custom if n else None,
         colorbar={"title": {"text": "Jaccard (0-1)"}}, hovertemplate=tmpl,
     ))
+    bounds: list[float] = []
     if group_of is not None:
         go_ = np.asarray(group_of)
-        bounds = np.flatnonzero(np.diff(go_)) + 0.5
+        bounds = list(np.flatnonzero(np.diff(go_)) + 0.5)
         for b in bounds:
-            fig.add_shape(type="line", x0=b, x1=b, y0=-0.5, y1=len(go_) - 0.5, line={"color": "white", "width": 1})
-            fig.add_shape(type="line", y0=b, y1=b, x0=-0.5, x1=len(go_) - 0.5, line={"color": "white", "width": 1})
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1)
-    small = len(labels) > 30
-    fig.update_xaxes(showticklabels=not small, tickangle=-60)
-    fig.update_yaxes(showticklabels=not small)
-    return _layout(fig, title, "cluster" if group_of is None else "class (grouped by cluster)",
-                   "cluster" if group_of is None else "class (grouped by cluster)", height=640)
+            fig.add_shape(type="line", x0=b, x1=b, y0=-0.5, y1=n - 0.5, line={"color": "white", "width": 1})
+            fig.add_shape(type="line", y0=b, y1=b, x0=-0.5, x1=n - 0.5, line={"color": "white", "width": 1})
+    if n <= max_tick_labels:
+        tickvals, ticktext, tick_note = idx, labels, ""
+    elif group_of is not None and group_names is not None:
+        edges = [-0.5] + bounds + [n - 0.5]
+        tickvals = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+        ticktext = [str(group_names[int(group_of[int(np.ceil(a))])]) for a in edges[:-1]]
+        tick_note = "; ticks name the clusters, hover a cell for the classes"
+    else:
+        step = int(np.ceil(n / max_tick_labels))
+        tickvals, ticktext, tick_note = idx[::step], labels[::step], f"; one in {step} labelled"
+    font = 11 if len(tickvals) <= 24 else 9
+    axis = {"tickmode": "array", "tickvals": tickvals, "ticktext": ticktext, "tickfont": {"size": font},
+            "automargin": True, "showgrid": False, "zeroline": False}
+    fig.update_xaxes(**axis, tickangle=-60)
+    fig.update_yaxes(**axis, autorange="reversed", scaleanchor="x", scaleratio=1)  # row 0 on top
+    grouped = " (grouped by cluster)" if group_of is not None else ""
+    return _layout(fig, title, f"{item}{grouped}{tick_note}", f"{item}{grouped}", height=680)
 
 
 def depth_profile_figure(layers: Sequence[str], within: Sequence[float | None], between: Sequence[float | None], q: float,

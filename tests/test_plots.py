@@ -133,3 +133,40 @@ def test_tradeoff_legend_takes_a_labels_mapping():
     assert [t.name for t in fig.data] == ["dcs", "BatchNorm gamma", "l1", "newscore"]
     colours = [t.line.color for t in fig.data]
     assert len(set(colours)) == 4 and colours[0] == plots.cluster_color(0)
+
+
+# ---------------------------------------------------------------------------------- overlap matrix
+def _sym(n, seed=0):
+    m = np.random.default_rng(seed).random((n, n))
+    return (m + m.T) / 2
+
+
+def test_cluster_matrix_has_axis_titles_and_names_as_ticks():
+    names = [f"superclass_{k}" for k in range(20)]
+    fig = plots.jaccard_heatmap(_sym(20), names, "Jaccard")
+    for ax in (fig.layout.xaxis, fig.layout.yaxis):
+        assert ax.title.text == "cluster"
+        assert list(ax.tickvals) == list(range(20)) and list(ax.ticktext) == names
+    assert fig.layout.yaxis.autorange == "reversed"  # row 0 on top
+    hm = fig.data[0]
+    assert list(hm.customdata[2][5][:2]) == [names[2], names[5]] and "%{customdata[0]} vs %{customdata[1]}" in hm.hovertemplate
+    assert plots.jaccard_heatmap(_sym(20), names, "J", item="superclass").layout.xaxis.title.text == "superclass"
+
+
+def test_class_matrix_names_the_clusters_when_too_many_classes():
+    group_of = np.repeat(np.arange(20), 5)
+    groups = [f"g{k}" for k in range(20)]
+    classes = [f"class{c}" for c in range(100)]
+    fig = plots.jaccard_heatmap(_sym(100), classes, "J", group_of=group_of, group_names=groups)
+    assert fig.layout.xaxis.title.text.startswith("class (grouped by cluster)")
+    assert fig.layout.yaxis.title.text == "class (grouped by cluster)"
+    assert list(fig.layout.xaxis.ticktext) == groups and list(fig.layout.yaxis.ticktext) == groups
+    assert list(fig.layout.xaxis.tickvals) == pytest.approx([2.0 + 5 * k for k in range(20)])  # group middles
+    assert len(fig.layout.shapes) == 2 * 19  # white lines between the groups
+    assert list(fig.data[0].customdata[7][12]) == ["class7", "class12", "g1 / g2"]
+    # few enough classes: each class labelled
+    small = plots.jaccard_heatmap(_sym(12), classes[:12], "J", group_of=np.repeat(np.arange(3), 4), group_names=groups[:3])
+    assert list(small.layout.xaxis.ticktext) == classes[:12]
+    # many ungrouped items: one in k labelled
+    many = plots.jaccard_heatmap(_sym(100), classes, "J")
+    assert list(many.layout.xaxis.ticktext) == classes[::3] and "one in 3 labelled" in many.layout.xaxis.title.text

@@ -1,9 +1,9 @@
-"""Small UI helpers shared by the pages: error boxes, messages for missing parts, formatting."""
+"""Small UI helpers shared by the pages: error boxes, messages for missing parts, formatting, the page style."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import streamlit as st
 
@@ -11,6 +11,33 @@ from sinf_core.errors import SinfError
 from sinf_core.plots import cluster_color, fmt_count, text_color  # noqa: F401  (re-exported for pages)
 
 from . import state
+
+
+# Streamlit cuts a long st.metric label with "..." (one line, overflow hidden): let labels wrap instead.
+# The label is [data-testid=stMetricLabel] > div > [data-testid=stMarkdownContainer].stMarkdownEllipsis > p.
+STYLE = """<style>
+[data-testid="stMetricLabel"] { height: auto; min-height: 0; }
+[data-testid="stMetricLabel"] div, [data-testid="stMetricLabel"] p, [data-testid="stMetricLabel"] span,
+[data-testid="stMetricLabel"] .stMarkdownEllipsis, [data-testid="stMetricLabel"] [data-testid="stMarkdownContainer"] {
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
+  overflow-wrap: anywhere; word-break: normal; min-width: 0; }
+</style>"""
+
+
+def style() -> None:
+    """Inject the app's CSS (wrapping metric labels). Call it once per run, e.g. at the top of a page or in
+    the app shell; st.html of styles only takes no space on the page."""
+    st.html(STYLE)
+
+
+def full_width_columns(table: Any, char_px: int = 8, pad_px: int = 28, max_px: int = 420) -> dict:
+    """``column_config`` for ``st.dataframe`` giving each column of ``table`` (a DataFrame) a pixel width
+    that fits its full header and its longest cell, so no column name is cut."""
+    config = {}
+    for col in table.columns:
+        longest = max([len(str(col))] + [len(str(v)) for v in table[col].tolist()])
+        config[col] = st.column_config.Column(str(col), width=min(max_px, pad_px + char_px * longest))
+    return config
 
 
 @contextlib.contextmanager

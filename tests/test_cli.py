@@ -281,3 +281,44 @@ def test_no_message_in_the_code_advises_weights_only_false():
     root = Path(__file__).resolve().parents[1]
     for path in [*root.glob("sinf_core/**/*.py"), *root.glob("app/**/*.py")]:
         assert "weights_only=False" not in path.read_text(), path
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height (RGB) but holds no pixel data: enough for Pillow to read its size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width,height,expected", [
+    (10_000, 9_000, "image is 90.0 MP (10000x9000): too large (the limit is 80 MP)"),  # past SINF's limit
+    (20_000, 10_000, "image is 200.0 MP: too large (the limit is 80 MP)"),  # past Pillow's own limit too
+])
+def test_too_large_images_state_the_one_limit(width, height, expected):
+    import warnings
+
+    from sinf_core.data.images import MAX_PIXELS, load_image_rgb, too_large_message
+    from sinf_core.errors import SinfError
+
+    with warnings.catch_warnings(), pytest.raises(SinfError) as e:
+        warnings.simplefilter("ignore")
+        load_image_rgb(_png_header(width, height), 32)
+    assert str(e.value) == expected
+    assert MAX_PIXELS == 80_000_000 and too_large_message(MAX_PIXELS + 1).endswith("(the limit is 80 MP)")
+
+
+def test_the_pixel_limit_is_stated_in_one_place():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in [*root.glob("sinf_core/**/*.py"), *root.glob("app/**/*.py")]:
+        text = path.read_text()
+        assert not re.search(r"\d+\s*(MP|megapixels?)\b", text), path  # limits are quoted only via MAX_PIXELS
+        if path.name != "images.py":
+            assert "MAX_IMAGE_PIXELS" not in text, path

@@ -17,6 +17,7 @@ st.markdown(
     "**spectral** clustering of the symmetrised confusion matrix (calibration split). The map is a UMAP of the "
     "class prototypes; the agreement with the hierarchy is the adjusted Rand index (1 = identical, 0 = chance).")
 
+ui.style()
 src = state.source()
 exp = ui.load_experiment(src)
 h = state.hierarchy(src)

@@ -16,6 +16,7 @@ st.markdown(
     "rely on different channels in the late layers: there a cluster's subgraph can drop the channels only other "
     "clusters need.")
 
+ui.style()
 src = state.source()
 exp = ui.load_experiment(src)
 h = state.hierarchy(src)

@@ -20,7 +20,7 @@ STYLE = """<style>
 [data-testid="stMetricLabel"] div, [data-testid="stMetricLabel"] p, [data-testid="stMetricLabel"] span,
 [data-testid="stMetricLabel"] .stMarkdownEllipsis, [data-testid="stMetricLabel"] [data-testid="stMarkdownContainer"] {
   white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
-  overflow-wrap: anywhere; word-break: normal; min-width: 0; }
+  overflow-wrap: break-word; word-break: normal; min-width: 0; }
 </style>"""
 
 

@@ -49,11 +49,12 @@ from torch import nn
 
 from .cost import Cost, count_flops, count_params, model_cost, module_cost, stem_cost, stem_output, tail_cost
 from .data import ImageDataset, iterate_batches, normalise
-from .device import autocast, hardware_info, timed
+from .device import autocast, hardware_info
 from .engine import EXIT, FALLBACK, ROUTE, InferenceResult, SemanticInference
 from .errors import SinfError
 from .fusion import prepare_for_inference
 from .models import SinfModel
+from .timing import interleaved_latency, interleaved_throughput, paired_ratios  # noqa: F401  (re-exported)
 from .router import ExitPredictor, RouteHead, RoutePredictor, TapHeads, default_taps, fit_heads, forward_taps
 from .subgraph import (DEFAULT_BN_SAMPLES, BatchNormSamples, SubgraphSpec, build_subgraph, check_bn_samples, check_fill,
                        first_pruned_index, keep_indices, make_cluster_specs, model_schedule)
@@ -220,111 +221,6 @@ class BenchOptions:
         if not self.static_scores:
             raise SinfError("give at least one global score for the static network")
         return self
-
-
-# --------------------------------------------------------------------------------------------------
-# Timing primitives
-# --------------------------------------------------------------------------------------------------
-
-
-def _rotation(names: Sequence[str], i: int) -> list[str]:
-    k = i % len(names)
-    return list(names[k:]) + list(names[:k])
-
-
-def interleaved_latency(
-    contenders: Mapping[str, Callable[[torch.Tensor], object]],
-    images: torch.Tensor,
-    calls: int = 200,
-    warmup: int = 20,
-    device: torch.device | str = "cpu",
-    on_progress: ProgressFn | None = None,
-) -> dict[str, dict]:
-    """Batch-size-1 latency of several callables, measured side by side.
-
-    ``images`` [M, C, H, W] are prepared inputs (already on ``device``); call i feeds image
-    ``i % M`` (as a batch of one) to every contender, in an order that rotates with i, so drift and
-    noise hit all alike and every contender sees the same images (their routes differ per image).
-    ``warmup`` untimed rounds first. The clock is read after a device synchronisation.
-    Returns {name: {median_ms, p10_ms, p90_ms, mean_ms, calls}}.
-    """
-    if not contenders:
-        raise SinfError("no contenders to time")
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise SinfError(f"latency needs a non-empty image batch [M, C, H, W], got {list(images.shape)}")
-    if calls < 1 or warmup < 0:
-        raise SinfError("latency needs calls >= 1 and warmup >= 0")
-    device = torch.device(device)
-    names = list(contenders)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    m = int(images.shape[0])
-    with torch.inference_mode():
-        for i in range(warmup + calls):
-            x = images[i % m : i % m + 1]
-            for name in _rotation(names, i):
-                t0 = timed(device)
-                contenders[name](x)
-                t1 = timed(device)
-                if i >= warmup:
-                    times[name].append((t1 - t0) * 1000.0)
-            if on_progress:
-                on_progress("latency (batch 1)", i + 1, warmup + calls)
-    out = {}
-    for n, ts in times.items():
-        q = np.percentile(ts, [10, 90])
-        out[n] = {"median_ms": float(statistics.median(ts)), "p10_ms": float(q[0]), "p90_ms": float(q[1]),
-                  "mean_ms": float(np.mean(ts)), "calls": len(ts)}
-    return out
-
-
-def interleaved_throughput(
-    contenders: Mapping[str, Callable[[torch.Tensor], object]],
-    pool: torch.Tensor,
-    reps: int = 3,
-    warmup: int = 1,
-    device: torch.device | str = "cpu",
-    on_progress: ProgressFn | None = None,
-) -> dict[str, dict]:
-    """Images per second of several callables over the same ``pool`` [N, C, H, W], side by side.
-
-    Each repetition runs every contender once over the whole pool (each callable batches it its own
-    way: the base in fixed batches, SINF's ``run_pool`` grouping routes over the pool), in an order
-    that rotates with the repetition. ``warmup`` untimed rounds first. Returns {name: {ips (pool size /
-    median seconds), median_s, all_s}}.
-    """
-    if not contenders:
-        raise SinfError("no contenders to time")
-    if pool.ndim != 4 or pool.shape[0] == 0:
-        raise SinfError(f"throughput needs a non-empty image pool [N, C, H, W], got {list(pool.shape)}")
-    if reps < 1 or warmup < 0:
-        raise SinfError("throughput needs reps >= 1 and warmup >= 0")
-    device = torch.device(device)
-    names = list(contenders)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    total = (warmup + reps) * len(names)
-    done = 0
-    with torch.inference_mode():
-        for i in range(warmup + reps):
-            for name in _rotation(names, i):
-                t0 = timed(device)
-                contenders[name](pool)
-                t1 = timed(device)
-                if i >= warmup:
-                    times[name].append(t1 - t0)
-                done += 1
-                if on_progress:
-                    on_progress("throughput", done, total)
-    n = int(pool.shape[0])
-    return {k: {"ips": n / statistics.median(v), "ips_best": n / min(v), "median_s": float(statistics.median(v)),
-                "all_s": list(v)} for k, v in times.items()}
-
-
-def paired_ratios(tp: Mapping[str, dict], name: str, ref: str = "base") -> list[float]:
-    """Per-repetition speed ratios ``ref`` time / ``name`` time (> 1: ``name`` is faster) from an
-    ``interleaved_throughput`` result. The two ran back to back in the same repetition, so a ratio
-    is insensitive to load that drifts over longer times than one repetition; the median of these
-    paired ratios is the benchmark's throughput ratio."""
-    return [a / b for a, b in zip(tp[ref]["all_s"], tp[name]["all_s"])]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`sinf build`: the whole analysis of one model, written step by step into a bundle.
 
 statistics (fit) -> clusters -> overlap -> router + exit heads (fit, calibrated on calib) -> filter
-scores (fit) -> the oracle-routing grid of every score x r_L (calib and report) -> benchmark. Each step
+scores (fit) -> the oracle-routing grid of every score x r_L (calib and report) -> benchmark -> the
+studio step (the benchmark's heads and calibration outputs at its operating points, for the app). Each step
 is cached in the bundle under a key of its inputs, so a second run recomputes nothing and an
 interrupted run resumes at the first missing step. Artefact names are the bundle contract the app reads.
 """
@@ -276,8 +277,13 @@ def build_bundle(
             bench_opts["score"] = s.methods[0]  # no DCS variant built: 'auto' has nothing to choose from
         resolved = BenchOptions.from_dict(bench_opts).validate()  # a bad option fails here, before any work
         # keyed on every option, defaults included: a changed default reruns the benchmark
-        run("bench", {"router": k_router, "scores": k_scores, "options": resolved.to_json()},
-            lambda: {"bench.json": run_benchmark(exp, bundle, bench_opts, prog, log)})
+        k_bench = run("bench", {"router": k_router, "scores": k_scores, "options": resolved.to_json()},
+                      lambda: {"bench.json": run_benchmark(exp, bundle, bench_opts, prog, log)})
+
+        # 10. what SINF Studio reads at once: the benchmark's heads and calibration outputs at its points
+        from .tuning import studio_artifacts
+
+        run("studio", {"bench": k_bench, "format": 1}, lambda: studio_artifacts(exp, bundle, prog, log))
 
     bundle.manifest["last_build_seconds"] = timings
     bundle._write_manifest()

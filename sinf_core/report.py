@@ -5,6 +5,12 @@ The benchmark JSON holds, for each mode (``base``, ``sinf``, ``exit``, ``cascade
 ``top1``, ``latency_ms_bs1``, ``throughput_ips``, ``flops``, ``params``; the modes sit under ``modes``
 or at the top level. Operating points (``pareto`` or ``points``: a list of dicts with ``mode`` or a
 {mode: [points]} mapping) and ``hardware`` (a dict or a string) are optional.
+
+``load_bench`` is the validating reader for a benchmark from outside (an uploaded file, a bundle's
+bench.json): it checks the format marker, the model name and every number the report draws, and raises
+``SinfError`` with a message naming the bad key. ``bench_info`` says which model, data set, backend and
+precision a benchmark belongs to; ``report_title`` / ``export_name`` name the report after the
+benchmark's own model.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import csv
 import html
 import io
 import json
-from typing import Any, Mapping
+import math
+import re
+from typing import Any, Mapping, Sequence
 
 from .errors import SinfError
 
@@ -44,6 +52,153 @@ def bench_modes(bench: Mapping[str, Any]) -> dict[str, dict]:
         raise SinfError("the benchmark has no 'base' mode with top1 / latency_ms_bs1 / throughput_ips / flops / params")
     order = [m for m in MODES if m in found] + sorted(m for m in found if m not in MODES)
     return {m: found[m] for m in order}
+
+
+BENCH_FORMAT = "sinf-bench"  # the marker `sinf bench --json` writes (sinf_core.bench.BENCH_FORMAT)
+# keys of a mode that, when present and not null, must be finite numbers (the table and the figures use them)
+MODE_NUMBERS = METRICS + ("latency_speedup", "throughput_ratio", "flops_ratio", "top1_delta", "calib_top1",
+                          "calib_flops")
+POINT_NUMBERS = ("top1", "flops", "ips", "latency_ms_bs1", "throughput_ips")
+TARGET_NUMBERS = ("budget_points", "throughput_ratio_needed", "top1_delta", "throughput_ratio")
+REQUIRED = ("top1", "throughput_ips")  # every mode names them (null: the mode was not measured)
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, (list, tuple)):
+        return "a list"
+    return type(v).__name__
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_numbers(obj: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
+    for k in keys:
+        v = obj.get(k)
+        if v is not None and not _is_number(v):
+            raise SinfError(f"{where}: {k} is {v!r}, not a finite number")
+
+
+def load_bench(obj: Any) -> dict:
+    """Validate a benchmark (the parsed JSON of ``sinf bench --json`` or a bundle's bench.json) and
+    return it as a dict. Raises ``SinfError`` naming the first problem: not a JSON object, a missing or
+    wrong ``format`` marker, no model name, no ``base`` mode, a mode that is not an object or lacks
+    ``top1`` / ``throughput_ips``, or a number that is not a finite number (a string, NaN, infinity).
+    ``null`` is allowed for a mode that was not measured (e.g. no operating point within the budget),
+    never for the base model's top-1 and throughput."""
+    if not isinstance(obj, Mapping):
+        raise SinfError(f"a benchmark must be a JSON object, not {_json_type(obj)}")
+    marker = obj.get("format")
+    if marker is None:
+        raise SinfError(f"the benchmark has no 'format' marker (expected {BENCH_FORMAT!r}, as `sinf bench --json` writes)")
+    if marker != BENCH_FORMAT:
+        raise SinfError(f"the benchmark's format is {marker!r}, expected {BENCH_FORMAT!r}")
+    version = obj.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise SinfError(f"the benchmark's version is {version!r}, not an integer")
+    model = obj.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise SinfError(f"the benchmark does not name its model ('model' is {model!r}, expected a non-empty string)")
+    src = obj.get("modes", obj)
+    if not isinstance(src, Mapping):
+        raise SinfError(f"the benchmark's 'modes' must be an object, not {_json_type(src)}")
+    for name in MODES:
+        if name in src and not isinstance(src[name], Mapping):
+            raise SinfError(f"mode {name!r} must be an object, not {_json_type(src[name])}")
+    for name, m in bench_modes(obj).items():
+        for k in REQUIRED:
+            if k not in m:
+                raise SinfError(f"mode {name!r} has no {k!r}")
+        _check_numbers(m, MODE_NUMBERS, f"mode {name!r}")
+    base = src["base"]
+    for k in REQUIRED:
+        if base.get(k) is None:
+            raise SinfError(f"the base mode's {k} is null; the report compares every mode with it")
+    sweep = obj.get("sweep")
+    if sweep is not None and not isinstance(sweep, Mapping):
+        raise SinfError(f"the benchmark's 'sweep' must be an object, not {_json_type(sweep)}")
+    for what, pts in (("operating point", bench_points(obj)), ("screened point", screened_points(obj))):
+        for p in pts:
+            _check_numbers(p, POINT_NUMBERS, f"{what} of mode {p.get('mode', '?')!r}")
+    target = obj.get("target")
+    if target is not None:
+        if not isinstance(target, Mapping):
+            raise SinfError(f"the benchmark's 'target' must be an object, not {_json_type(target)}")
+        _check_numbers(target, TARGET_NUMBERS, "target")
+    hw = obj.get("hardware")
+    if hw is not None and not isinstance(hw, (Mapping, str)):
+        raise SinfError(f"the benchmark's 'hardware' must be an object or a string, not {_json_type(hw)}")
+    return dict(obj)
+
+
+def _setting(bench: Mapping[str, Any], key: str) -> Any:
+    """``key`` at the top level of the benchmark, else in its hardware, else in its options."""
+    for where in (bench, bench.get("hardware"), bench.get("options")):
+        if isinstance(where, Mapping) and where.get(key) is not None:
+            return where[key]
+    return None
+
+
+def bench_info(bench: Mapping[str, Any]) -> dict[str, Any]:
+    """Which model and set-up a benchmark belongs to: ``model``, ``dataset``, ``backend`` (the
+    benchmark's own ``backend`` key when present, else "torch"), ``precision`` (its ``precision`` key,
+    else "bf16" when it ran in bfloat16, else "float32"), ``device``, ``channels_last`` and ``fold_bn``
+    (None when not recorded)."""
+    precision = _setting(bench, "precision")
+    if precision is None:
+        precision = "bf16" if _setting(bench, "bf16") else "float32"
+    return {
+        "model": str(bench.get("model") or "unknown model"),
+        "dataset": None if bench.get("dataset") is None else str(bench["dataset"]),
+        "backend": str(_setting(bench, "backend") or "torch"),
+        "precision": str(precision),
+        "device": None if _setting(bench, "device") is None else str(_setting(bench, "device")),
+        "channels_last": _setting(bench, "channels_last"),
+        "fold_bn": _setting(bench, "fold_bn"),
+    }
+
+
+def info_text(bench: Mapping[str, Any]) -> str:
+    """One line: model, data set, backend, precision, device and the layout / folding settings."""
+    i = bench_info(bench)
+    parts = [f"backend {i['backend']}", f"precision {i['precision']}"]
+    if i["device"]:
+        parts.append(f"device {i['device']}")
+    if i["channels_last"] is not None:
+        parts.append("channels_last" if i["channels_last"] else "contiguous (NCHW) tensors")
+    if i["fold_bn"] is not None:
+        parts.append("BatchNorm folded into the convolutions" if i["fold_bn"] else "BatchNorm not folded")
+    data = f" on {i['dataset']}" if i["dataset"] else ""
+    return f"Benchmark of {i['model']}{data}: " + ", ".join(parts)
+
+
+def report_title(bench: Mapping[str, Any]) -> str:
+    """The report's title, named after the benchmark's own model."""
+    return f"SINF speed-up report: {bench_info(bench)['model']}"
+
+
+def model_warning(bench: Mapping[str, Any], selected: str | None) -> str | None:
+    """A warning when the benchmark is of another model than ``selected`` (the app's model), else None."""
+    model = bench_info(bench)["model"]
+    if selected is None or model == selected:
+        return None
+    return (f"This benchmark is of {model}, not of the model selected ({selected}). "
+            f"The report and its exports are titled with {model}.")
+
+
+def export_name(bench: Mapping[str, Any], kind: str, ext: str) -> str:
+    """A file name for an export, e.g. ``sinf_report_cifar100_resnet56.html`` (model name made safe)."""
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", bench_info(bench)["model"]).strip("._") or "model"
+    return f"sinf_{kind}_{model}.{ext}"
 
 
 def _num(v: Any) -> float | None:
@@ -147,9 +302,10 @@ def target_text(bench: Mapping[str, Any]) -> str | None:
     if not isinstance(t, Mapping) or t.get("best_mode") is None:
         return None
     met = "met" if t.get("met") else "not met"
+    delta, ratio = _num(t.get("top1_delta")), _num(t.get("throughput_ratio"))
     return (f"Target ({t.get('budget_points')} points top-1 budget, {t.get('throughput_ratio_needed')}x throughput): "
-            f"{met}. Best mode {t['best_mode']}: {t.get('top1_delta', float('nan')):+.2f} points, "
-            f"{t.get('throughput_ratio', float('nan')):.2f}x base throughput.")
+            f"{met}. Best mode {t['best_mode']}: {'n/a' if delta is None else f'{delta:+.2f}'} points, "
+            f"{'n/a' if ratio is None else f'{ratio:.2f}x'} base throughput.")
 
 
 def subgraph_text(bench: Mapping[str, Any]) -> str | None:
@@ -243,8 +399,10 @@ def figures(bench: Mapping[str, Any]) -> list:
     return figs
 
 
-def to_html(bench: Mapping[str, Any], title: str = "SINF speed-up report", subtitle: str = "") -> str:
-    """A standalone HTML page (plotly.js inlined, no network needed): table, hardware, figures."""
+def to_html(bench: Mapping[str, Any], title: str | None = None, subtitle: str = "") -> str:
+    """A standalone HTML page (plotly.js inlined, no network needed): which model and set-up, the table,
+    the hardware, the figures. ``title`` defaults to ``report_title(bench)`` (the benchmark's model)."""
+    title = report_title(bench) if title is None else title
     rows = bench_table(bench)
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in COLUMNS)
     body = "".join(
@@ -266,6 +424,7 @@ th {{ background: #f3f5f8; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="meta">{html.escape(subtitle)}</p>
+<p class="meta">{html.escape(info_text(bench))}</p>
 <p class="meta">Hardware: {html.escape(hardware_text(bench))}</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <p>{html.escape(target_text(bench) or "")}</p>
@@ -286,10 +445,11 @@ def _point_text(p: Mapping[str, Any]) -> str:
     return s
 
 
-def to_markdown(bench: Mapping[str, Any], title: str = "SINF speed-up report", front_rows: int = 12) -> str:
+def to_markdown(bench: Mapping[str, Any], title: str | None = None, front_rows: int = 12) -> str:
     """The report as Markdown for docs/: the table (report split), the chosen operating points (picked on
-    calibration), the target sentence, each mode's Pareto front (calibration) and the hardware."""
-    lines = [f"# {title}", ""]
+    calibration), the target sentence, each mode's Pareto front (calibration) and the hardware. ``title``
+    defaults to ``report_title(bench)``."""
+    lines = [f"# {report_title(bench) if title is None else title}", ""]
     head = [label for _, label in COLUMNS]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in bench_table(bench):
@@ -322,5 +482,5 @@ def to_markdown(bench: Mapping[str, Any], title: str = "SINF speed-up report", f
                   "| expected FLOPs | calibration top-1 (%) | point |", "|---|---|---|"]
         lines += [f"| {fmt('flops', p['flops'])} | {fmt('top1', p.get('top1'))} | {_point_text(p)} |" for p in front]
         lines.append("")
-    lines += [f"Hardware: {hardware_text(bench)}", ""]
+    lines += [f"{info_text(bench)}.", "", f"Hardware: {hardware_text(bench)}", ""]
     return "\n".join(lines)

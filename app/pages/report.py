@@ -17,16 +17,21 @@ st.markdown(
     "side by side in one run by `sinf bench`: top-1 on the report split, latency at batch size 1 (median), "
     "throughput at a large batch, FLOPs and parameters. Each mode's point is chosen on the calibration split.")
 
+ui.style()
 src = state.source()
-bench = state.bench(src)
-origin = "the bundle"
+bench, origin = None, "the bundle"
+raw = state.bench(src)
+if raw is not None:
+    try:
+        bench = report.load_bench(raw)
+    except SinfError as exc:
+        st.error(f"The bundle's benchmark (bench.json) cannot be read: {exc}")
 with st.expander("Load another benchmark file (`sinf bench MODEL --json` output)", expanded=bench is None):
     up = st.file_uploader("Benchmark JSON", type=["json"], key="bench_upload")
     if up is not None:
         try:
-            loaded = json.loads(up.getvalue().decode("utf-8"))
-            report.bench_modes(loaded)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            loaded = report.load_bench(json.loads(up.getvalue().decode("utf-8")))
+        except ValueError as exc:  # not UTF-8 or not JSON
             st.error(f"{up.name} is not a JSON file: {exc}")
         except SinfError as exc:
             st.error(f"{up.name} is not a SINF benchmark: {exc}")
@@ -34,7 +39,8 @@ with st.expander("Load another benchmark file (`sinf bench MODEL --json` output)
             bench, origin = loaded, up.name
 
 if bench is None:
-    ui.bundle_notice(src, "The benchmark")
+    if raw is None:
+        ui.bundle_notice(src, "The benchmark")
     st.code(f"sinf bench {src.model} --json > bench.json   # then load it above", language="bash")
     st.stop()
 
@@ -44,7 +50,12 @@ except SinfError as exc:
     st.error(f"The benchmark from {origin} cannot be read: {exc}")
     st.stop()
 
-st.caption(f"From {origin}. Hardware: {report.hardware_text(bench)}")
+title = report.report_title(bench)
+st.subheader(title)
+mismatch = report.model_warning(bench, src.model)
+if mismatch:
+    st.warning(mismatch)
+st.caption(f"{report.info_text(bench)}. From {origin}. Hardware: {report.hardware_text(bench)}")
 by_mode = {r["mode"]: r for r in rows}
 cols = st.columns(max(1, len(rows) - 1))
 for col, r in zip(cols, [r for r in rows if r["mode"] != "base"]):
@@ -54,14 +65,15 @@ for col, r in zip(cols, [r for r in rows if r["mode"] != "base"]):
                delta_color="normal", border=True, help=report.MODE_LABELS.get(r["mode"], r["mode"]))
 
 table = pd.DataFrame([{label: report.fmt(k, r.get(k)) for k, label in report.COLUMNS} for r in rows])
-st.dataframe(table, hide_index=True, key="bench_table")
+st.dataframe(table, hide_index=True, key="bench_table", column_config=ui.full_width_columns(table))
 target = report.target_text(bench)
 if target:
     (st.success if bench["target"].get("met") else st.warning)(target)
 ops = report.operating_points(bench)
 if ops:
     with st.expander("Chosen operating points (picked on the calibration split)"):
-        st.dataframe(pd.DataFrame(ops), hide_index=True, key="ops_table")
+        ops_table = pd.DataFrame(ops)
+        st.dataframe(ops_table, hide_index=True, key="ops_table", column_config=ui.full_width_columns(ops_table))
 st.caption("Speed-up at batch size 1 = base latency / mode latency; throughput ratio = mode / base images per second. "
            "FLOPs per image = 2 x multiply-accumulates, expected over the routes taken.")
 
@@ -75,11 +87,11 @@ for i, fig in enumerate(figs[3:5]):
     cs[i].plotly_chart(fig, key=f"bench_fig_{i + 3}")
 
 st.subheader("Export")
-title = f"SINF speed-up report: {src.model}"
+st.caption(f"Titled and named after the benchmark's model, {report.bench_info(bench)['model']}.")
 e1, e2, e3 = st.columns(3)
 e1.download_button("Standalone HTML report", lambda: report.to_html(bench, title, f"source: {origin}"),
-                   file_name=f"sinf_report_{src.model}.html", mime="text/html", key="dl_html")
-e2.download_button("Table as CSV", report.to_csv(bench), file_name=f"sinf_bench_{src.model}.csv", mime="text/csv",
-                   key="dl_csv")
-e3.download_button("Benchmark as JSON", report.to_json(bench, {"model": src.model}),
-                   file_name=f"sinf_bench_{src.model}.json", mime="application/json", key="dl_json")
+                   file_name=report.export_name(bench, "report", "html"), mime="text/html", key="dl_html")
+e2.download_button("Table as CSV", report.to_csv(bench), file_name=report.export_name(bench, "bench", "csv"),
+                   mime="text/csv", key="dl_csv")
+e3.download_button("Benchmark as JSON", report.to_json(bench, {"model": report.bench_info(bench)["model"]}),
+                   file_name=report.export_name(bench, "bench", "json"), mime="application/json", key="dl_json")

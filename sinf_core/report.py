@@ -356,19 +356,41 @@ def fmt(key: str, v: Any) -> str:
     return f"{f:.4g}"
 
 
+# decimals of each table column in the CSV / JSON exports: 2 for top-1 and points, 4 for ratios and
+# milliseconds (as `sinf bench` records them), 1 for images per second, whole FLOPs and parameters
+DECIMALS = {"top1": 2, "delta_top1": 2, "latency_ms_bs1": 4, "latency_speedup": 4, "throughput_ips": 1,
+            "throughput_ratio": 4, "flops": 0, "flops_ratio": 4, "params": 0}
+
+
+def round_value(key: str, v: Any) -> Any:
+    """``v`` rounded to the decimals of column ``key`` (no float noise such as -1.039999999999992; whole
+    numbers as int; -0.0 as 0.0); None and text unchanged."""
+    if key not in DECIMALS or v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+        return v
+    if not math.isfinite(v):
+        return None
+    d = DECIMALS[key]
+    return int(round(v)) if d == 0 else round(float(v), d) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def rounded_table(bench: Mapping[str, Any]) -> list[dict]:
+    """``bench_table`` with every number rounded by ``round_value``."""
+    return [{k: round_value(k, v) for k, v in r.items()} for r in bench_table(bench)]
+
+
 def to_csv(bench: Mapping[str, Any]) -> str:
-    """The table as CSV (raw numbers, one row per mode, header = column keys)."""
+    """The table as CSV (numbers rounded by ``round_value``, one row per mode, header = column keys)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=[k for k, _ in COLUMNS], lineterminator="\n")
     w.writeheader()
-    for r in bench_table(bench):
+    for r in rounded_table(bench):
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k, _ in COLUMNS})
     return buf.getvalue()
 
 
 def to_json(bench: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> str:
-    """The benchmark plus the derived table, as indented JSON."""
-    return json.dumps({"benchmark": bench, "table": bench_table(bench), **(extra or {})}, indent=2, default=str)
+    """The benchmark (unchanged) plus the derived table (rounded), as indented JSON."""
+    return json.dumps({"benchmark": bench, "table": rounded_table(bench), **(extra or {})}, indent=2, default=str)
 
 
 def figures(bench: Mapping[str, Any]) -> list:

@@ -1,5 +1,5 @@
 """The speed-up report: the validating reader of benchmark files (``report.load_bench``), which model /
-backend / precision a benchmark belongs to, and the report page labelling a
+backend / precision a benchmark belongs to, the rounded CSV export, and the report page labelling a
 benchmark of another model than the app's (titles and exports named after the benchmark's own model)."""
 
 from __future__ import annotations
@@ -159,6 +159,36 @@ def test_html_report_is_titled_with_the_benchmarks_model(vgg):
     assert "<title>SINF speed-up report: cifar100_vgg16_bn_sinf</title>" in page
     assert "<h1>SINF speed-up report: cifar100_vgg16_bn_sinf</h1>" in page and "cifar100_resnet56" not in page
     assert "backend torch, precision float32" in page
+
+
+# --------------------------------------------------------------------------------- CSV export
+RESNET_CSV = """mode,top1,delta_top1,latency_ms_bs1,latency_speedup,throughput_ips,throughput_ratio,flops,flops_ratio,params
+base,71.6,0.0,4.6106,1.0,1014.8,1.0,251507200,1.0,861620
+sinf,70.56,-1.04,5.151,0.8951,961.5,0.9417,248397997,0.9876,2391212
+exit,70.9,-0.7,4.768,0.967,962.8,0.9749,236411546,0.94,905112
+cascade,70.76,-0.84,4.7894,0.9627,927.9,0.9514,236589614,0.9407,3173264
+static,55.06,-16.54,4.4495,1.0362,1037.3,1.0512,234992128,0.9343,732372
+"""
+
+
+def test_csv_export_is_rounded(resnet):
+    text = report.to_csv(resnet)
+    assert text == RESNET_CSV  # no -1.039999999999992, no 248397997.4912
+    for row in csv.DictReader(io.StringIO(text)):
+        for key, value in row.items():
+            if key != "mode":
+                decimals = value.partition(".")[2]
+                assert len(decimals) <= report.DECIMALS[key], (key, value)
+
+
+def test_round_value():
+    assert report.round_value("delta_top1", -1.039999999999992) == -1.04
+    assert report.round_value("throughput_ratio", 0.94169999999) == 0.9417
+    assert report.round_value("flops", 248397997.4912) == 248397997 and isinstance(report.round_value("params", 5.0), int)
+    assert math.copysign(1.0, report.round_value("delta_top1", -0.000001)) == 1.0  # no "-0.0"
+    assert report.round_value("delta_top1", None) is None and report.round_value("mode", "sinf") == "sinf"
+    table = json.loads(report.to_json(load(RESNET_BUNDLE / "bench.json")))["table"]
+    assert [r["delta_top1"] for r in table] == [0.0, -1.04, -0.7, -0.84, -16.54]
 
 
 # ------------------------------------------------------------------------------------- the page

@@ -9,6 +9,7 @@ import streamlit as st
 
 from sinf_core.errors import SinfError
 from sinf_core.plots import cluster_color, fmt_count, text_color  # noqa: F401  (re-exported for pages)
+from sinf_core.scores import SCORE_LABELS
 
 from . import state
 
@@ -91,7 +92,7 @@ def ensure_scores(src: state.Source, method: str, what: str = "This") -> bool:
     (a pass over the fit split that can take minutes on a large model), returning True once done."""
     if state.scores_ready(src, method):
         return True
-    label = state.SCORE_LABELS.get(method, method)
+    label = SCORE_LABELS.get(method, method)
     st.info(f"{what} needs the {label} filter scores of every cluster, which the bundle does not hold yet. "
             f"`{state.build_command(src)}` computes them with everything else; or compute them here now "
             "(one pass over part of the fit split: seconds for a small model, minutes for ResNet-56 on a CPU).")

@@ -26,12 +26,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(exc: OSError) -> str:
+    """One line for a file-system error: the path and the reason."""
+    if not exc.filename:
+        return str(exc.strerror or exc)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return f"cannot use {exc.filename}: a file is in the way of a folder ({exc.strerror})"
+    return f"cannot use {exc.filename}: {exc.strerror or exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except SinfError as exc:
         print(f"sinf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the user named cannot be read or written (missing, permissions, disk full)
+        print(f"sinf {args.command}: error: {_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sinf {args.command}: interrupted", file=sys.stderr)

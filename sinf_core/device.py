@@ -16,11 +16,17 @@ def pick_device(name: str | None = None) -> torch.device:
     """``name`` ('cpu', 'cuda', 'cuda:1') or, when None/'auto', CUDA if available else CPU."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import SinfError
+    from .errors import SinfError
 
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise SinfError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise SinfError("CUDA was requested but no CUDA device is available; use --device cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SinfError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0.."
+                        f"cuda:{torch.cuda.device_count() - 1})")
     return dev
 
 

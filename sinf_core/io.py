@@ -13,6 +13,10 @@ from typing import Any, Callable
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and then rename the temp file onto ``path`` (same folder, so atomic)."""
     path = Path(path)
+    if path.is_dir():
+        from .errors import SinfError
+
+        raise SinfError(f"cannot write {path}: it is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

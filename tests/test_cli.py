@@ -322,3 +322,49 @@ def test_the_pixel_limit_is_stated_in_one_place():
         assert not re.search(r"\d+\s*(MP|megapixels?)\b", text), path  # limits are quoted only via MAX_PIXELS
         if path.name != "images.py":
             assert "MAX_IMAGE_PIXELS" not in text, path
+
+
+def test_bad_device_and_missing_folders_are_one_line(tmp_path):
+    _fails(["eval", "cifar100_resnet20", "--device", "foo"], "unknown device 'foo'; use cpu, cuda, cuda:N or auto")
+    _fails(["eval", "cifar100_resnet20", "--dataset", str(tmp_path / "nothing")],
+           f"image folder not found: {tmp_path / 'nothing'}")
+    (tmp_path / "afile").write_text("x")
+    _fails(["eval", "cifar100_resnet20", "--dataset", str(tmp_path / "afile")], f"data set {tmp_path / 'afile'} is a file")
+    _fails(["eval", "cifar100_resnet20", "--data-dir", str(tmp_path / "nothing")],
+           f"CIFAR-100 not found in {tmp_path / 'nothing'}", "--download")
+    _fails(["eval", "cifar100_resnet20", "--checkpoint", str(tmp_path / "none.pt"), "--dataset",
+            str(_image_folder(tmp_path / "pets", {"train": ["a"], "test": ["a"]}))],
+           f"checkpoint not found: {tmp_path / 'none.pt'}")
+
+
+def test_file_system_errors_are_one_line(tmp_path, monkeypatch):
+    import sinf_core.commands.models as models_cmd
+    from sinf_core.io import write_json
+
+    def boom(args):
+        write_json(tmp_path / "afile" / "out.json", {})
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(models_cmd, "run", boom)
+    _fails(["models"], f"cannot use {tmp_path / 'afile'}: a file is in the way of a folder")
+    from sinf_core.errors import SinfError
+
+    with pytest.raises(SinfError, match=f"cannot write {tmp_path}: it is a folder; give a file name"):
+        write_json(tmp_path, {})
+
+
+def test_eval_of_an_empty_split_says_so(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    fine = list(range(100))  # one image per class: a 10 % held-out calibration split is empty
+    for split in ("train", "test"):
+        obj = {"data": np.zeros((100, 3072), dtype=np.uint8), "fine_labels": fine, "coarse_labels": [f // 5 for f in fine]}
+        (folder / split).write_bytes(pickle.dumps(obj))
+    meta = {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": [f"c{i}" for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta))
+    _fails(["eval", "cifar100_resnet20", "--data-dir", str(tmp_path), "--checkpoint", str(_checkpoint(tmp_path)),
+            "--split", "calib", "--json"], "the calib split is empty (heldout protocol, 100 train and 100 test images")

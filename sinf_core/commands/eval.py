@@ -25,6 +25,12 @@ def run(args) -> int:
     t0 = time.perf_counter()
     exp = open_from_args(args)
     data = {"test": exp.test, "calib": exp.calib_data(), "report": exp.report_data()}[args.split]
+    if len(data) == 0:
+        from ..errors import SinfError
+
+        raise SinfError(f"the {args.split} split is empty ({exp.splits.protocol} protocol, {len(exp.train)} train and "
+                        f"{len(exp.test)} test images in {exp.test.meta.get('source', exp.test.name)}); "
+                        "use --split test or a larger data set")
     bar = progress(len(data), f"eval {args.model}", quiet=args.json)
     logits = collect_logits(exp.model, data, None, args.batch_size, exp.device, args.bf16, on_batch=bar.update)
     bar.close()

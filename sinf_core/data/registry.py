@@ -70,6 +70,11 @@ def load_dataset(
             tr = load_dataset(name, "train", data_dir, False, image_size)
             stats = (tr.mean, tr.std)
         ds = load_image_folder(Path(name), split, image_size, stats=stats)
+    elif Path(name).exists():
+        raise SinfError(f"data set {name} is a file; an image folder is a folder holding <split>/<class>/ images")
+    elif "/" in name or "\\" in name or name.startswith("."):
+        raise SinfError(f"image folder not found: {name} (a data set is one of {sorted(DATASETS)} or a folder "
+                        "holding <split>/<class>/ images)")
     else:
         raise SinfError(f"unknown data set {name!r}: use one of {sorted(DATASETS)} or a path to an image folder")
     _CACHE[key] = ds

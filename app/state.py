@@ -47,8 +47,6 @@ ENV_MODEL, ENV_CHECKPOINT, ENV_DATASET, ENV_BUNDLE = (
     "SINF_APP_MODEL", "SINF_APP_CHECKPOINT", "SINF_APP_DATASET", "SINF_APP_BUNDLE")
 DEFAULT_MODEL = "cifar100_resnet56"
 CIFAR100_BYTES = 169_001_437  # size of the official archive, for the download bar
-DEFAULT_CONFIG = {"method": "dcs", "r_M": 0.05, "r_L": 0.5, "overrides": {}, "fill": "mean", "bn": True, "gamma": 0.5,
-                  "tau": 1.0}
 
 
 # ==================================================================================== the source
@@ -297,6 +295,16 @@ def bundle(src: Source) -> Bundle | None:
     return _open_bundle(src.bundle, src.model, mtime)
 
 
+def step_key(src: Source, step: str) -> str | None:
+    """The manifest key of one bundle step (None without it): what a cached result read from that
+    step depends on, so writing another step (e.g. saving the configuration) invalidates nothing else."""
+    try:
+        b = bundle(src)
+    except SinfError:
+        return None
+    return None if b is None else b.step_key(step)
+
+
 def bundle_problem(src: Source) -> str | None:
     """The message of a bundle that cannot be used, or None."""
     try:
@@ -433,7 +441,7 @@ def stats(src: Source):
             progress.close()
         return s
 
-    return memo((src.key, "stats", _manifest_mtime(src.bundle)), compute)
+    return memo((src.key, "stats", step_key(src, "stats")), compute)
 
 
 def calib_stats(src: Source):
@@ -454,7 +462,7 @@ def calib_stats(src: Source):
             progress.close()
         return s
 
-    return memo((src.key, "calib_stats", _manifest_mtime(src.bundle)), compute)
+    return memo((src.key, "calib_stats", step_key(src, "stats")), compute)
 
 
 # ==================================================================================== clusters
@@ -493,7 +501,7 @@ def clustering(src: Source, method: str, k: int) -> Clustering:
                                    fit_stats=stats(src) if method == "ward" else None,
                                    calib_stats=calib_stats(src) if method == "spectral" else None)
 
-    found = memo((src.key, "clustering", method, int(k), _manifest_mtime(src.bundle)), compute)
+    found = memo((src.key, "clustering", method, int(k), step_key(src, "clusters")), compute)
     return Clustering(method, int(k), found, adjusted_rand(found, h), False)
 
 
@@ -515,7 +523,7 @@ def maps(src: Source) -> dict:
         with st.spinner("Computing the UMAP maps of the classes and of an image sample (once) ..."):
             return cluster_maps(s)
 
-    return memo((src.key, "maps", _manifest_mtime(src.bundle)), compute)
+    return memo((src.key, "maps", step_key(src, "clusters")), compute)
 
 
 def example_images(src: Source, classes: list[int], per_class: int = 2, seed: int = 0) -> tuple[torch.Tensor, list[int]]:
@@ -538,16 +546,12 @@ def overlap(src: Source, q: float):
     from the fit statistics (cheap: computed per q and cached)."""
     from sinf_core.overlap import filter_overlap
 
-    return memo((src.key, "overlap", float(q), _manifest_mtime(src.bundle)),
+    return memo((src.key, "overlap", float(q), step_key(src, "overlap")),
                 lambda: filter_overlap(stats(src), hierarchy(src), float(q)))
 
 
 # ==================================================================================== scores
-SCORE_LABELS = {
-    "dcs": "DCS (ours)", "dcs_lda": "DCS, LDA probe", "dcs_p1": "DCS, p = 1", "dcs_std": "DCS x spread",
-    "std": "spread (std of a_l)", "l1": "L1 norm", "bn_gamma": "BN |gamma|", "mean_act": "mean activation", "apoz": "APoZ",
-    "taylor": "Taylor", "hrank": "HRank", "chip": "CHIP", "tvs": "TVSPrune", "random": "random",
-}
+from sinf_core.scores import SCORE_LABELS  # noqa: E402  (re-exported for the pages)
 
 
 def score_methods() -> list[str]:
@@ -572,7 +576,7 @@ def _parse_score_tensors(t: dict[str, torch.Tensor], h: Hierarchy) -> dict[int, 
 def scores_ready(src: Source, method: str) -> bool:
     """Whether ``scores(src, method)`` is instant: in the bundle, or computed earlier in this process."""
     store, _ = _memo_store()
-    if (src.key, "scores", method, _manifest_mtime(src.bundle)) in store:
+    if (src.key, "scores", method, step_key(src, "scores")) in store:
         return True
     try:
         b = bundle(src)
@@ -602,7 +606,7 @@ def scores(src: Source, method: str) -> dict[int, dict[str, torch.Tensor]]:
             progress.close()
         return {int(m): {k: v.float() for k, v in layer.items()} for m, layer in table[method].items() if m is not None}
 
-    return memo((src.key, "scores", method, _manifest_mtime(src.bundle)), compute)
+    return memo((src.key, "scores", method, step_key(src, "scores")), compute)
 
 
 # ==================================================================================== router + exit
@@ -616,7 +620,7 @@ def _load_heads(src: Source, kind: str):
         return None
     if b is None or not _has_file(b, f"{kind}.json"):
         return None
-    return memo((src.key, kind, _manifest_mtime(src.bundle)), lambda: cls.load(b.root, kind))
+    return memo((src.key, kind, step_key(src, "router")), lambda: cls.load(b.root, kind))
 
 
 def router(src: Source):
@@ -649,38 +653,6 @@ def candidate_taps(src: Source) -> list[str]:
     return taps
 
 
-# ==================================================================================== configuration
-def config(src: Source) -> dict:
-    """The pruning configuration: the session's edits, else the bundle's config.json, else defaults."""
-    key = ("sinf_config", src.key)
-    if key not in st.session_state:
-        saved = bundle_json(src, "config.json") or {}
-        decided = bundle_json(src, "bn.json")  # `sinf build` decides re-estimation on calibration
-        defaults = {**DEFAULT_CONFIG, "bn": bool(decided["use"]) if isinstance(decided, dict) and "use" in decided else True}
-        cfg = {**defaults, **{k: v for k, v in saved.items() if k in DEFAULT_CONFIG or k == "tap"}}
-        cfg["overrides"] = dict(cfg.get("overrides") or {})
-        st.session_state[key] = cfg
-    return dict(st.session_state[key])
-
-
-def set_config(src: Source, cfg: dict) -> None:
-    st.session_state[("sinf_config", src.key)] = dict(cfg)
-
-
-def save_config(src: Source, cfg: dict) -> Path:
-    """Write ``cfg`` as config.json into the bundle (created for this model's weights if absent)."""
-    exp = experiment(src)
-    b = bundle(src)
-    if b is None:
-        b = Bundle.open_or_create(src.bundle, src.model, state_dict_sha256(exp.model),
-                                  {"dataset": exp.train.name, "created_by": "SINF Studio"})
-    clean = {k: cfg[k] for k in ("method", "r_M", "r_L", "overrides", "fill", "bn", "gamma", "tau", "tap") if k in cfg}
-    b.put("config", {"config.json": clean})
-    _open_bundle.clear()
-    _read_json.clear()
-    return b.root / "config.json"
-
-
 def cluster_ratios(cfg: dict, h: Hierarchy) -> dict[int, tuple[float, float]]:
     """(r_M, r_L) per cluster index: the cluster's override, else the global pair."""
     out = {}
@@ -688,233 +660,6 @@ def cluster_ratios(cfg: dict, h: Hierarchy) -> dict[int, tuple[float, float]]:
         o = cfg.get("overrides", {}).get(name)
         out[m] = (float(o[0]), float(o[1])) if o else (float(cfg["r_M"]), float(cfg["r_L"]))
     return out
-
-
-def _cfg_key(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def bn_samples(src: Source):
-    """The fit images on which subgraph BatchNorm statistics are re-estimated (stem outputs cached per tap)."""
-    from sinf_core.subgraph import BatchNormSamples
-
-    def compute():
-        exp = experiment(src)
-        return BatchNormSamples(exp.model, exp.fit_data(), hierarchy(src))
-
-    return memo((src.key, "bn_samples"), compute)
-
-
-SPEC_KEYS = ("method", "r_M", "r_L", "overrides", "fill", "bn")  # the configuration fields a subgraph depends on
-
-
-def specs(src: Source, cfg: dict, tap: str) -> dict:
-    """One ``SubgraphSpec`` per cluster for ``cfg`` (restricted heads), once per configuration."""
-    from sinf_core.subgraph import make_cluster_specs
-
-    key_cfg = {k: cfg.get(k) for k in SPEC_KEYS}
-
-    def compute() -> dict:
-        exp = experiment(src)
-        h = hierarchy(src)
-        sc = scores(src, cfg["method"])
-        ratios = cluster_ratios(cfg, h)
-        bn = bn_samples(src) if cfg.get("bn", True) else None
-        progress = Progress("Re-estimating the subgraphs' BatchNorm statistics on their clusters' fit images") if bn else None
-        try:
-            return make_cluster_specs(exp.model, src.model, tap, sc, h, float(cfg["r_M"]), float(cfg["r_L"]),
-                                      overrides=ratios, fill_stats=stats(src) if cfg.get("fill", "mean") == "mean" else None,
-                                      bn_samples=bn, on_progress=progress)
-        finally:
-            if progress is not None:
-                progress.close()
-
-    return memo((src.key, "specs", tap, _cfg_key(key_cfg), _manifest_mtime(src.bundle)), compute)
-
-
-def calib_stem_features(src: Source, tap: str) -> dict[str, torch.Tensor]:
-    """``{tap: stem output of every calibration image}`` (the ``stem_cache`` of
-    ``evaluate_cluster_subgraphs``), computed once per tap: every later configuration only runs tails."""
-    from sinf_core.data import iterate_batches
-
-    def compute() -> dict[str, torch.Tensor]:
-        exp = experiment(src)
-        calib = exp.calib_data()
-        progress = Progress(f"Stem features of the calibration split at {tap} (once)")
-        on_batch = _counter(progress, len(calib))
-        parts = []
-        try:
-            with torch.inference_mode():
-                for x, _ in iterate_batches(calib, 250):
-                    parts.append(exp.model.forward_stem(x, tap))
-                    on_batch(len(x))
-        finally:
-            progress.close()
-        return {tap: torch.cat(parts)}
-
-    return memo((src.key, "calib_stem", tap), compute)
-
-
-def evaluate_config(src: Source, cfg: dict, tap: str) -> dict:
-    """Oracle-routed per-cluster accuracy on the calibration split, parameters and FLOPs of each subgraph
-    (``evaluate_cluster_subgraphs`` with the unpruned tail as baseline), once per configuration."""
-    from sinf_core.subgraph import evaluate_cluster_subgraphs
-
-    key_cfg = {k: cfg.get(k) for k in SPEC_KEYS}
-
-    def compute() -> dict:
-        exp = experiment(src)
-        sp = specs(src, cfg, tap)
-        calib = exp.calib_data()
-        cache = calib_stem_features(src, tap)
-        progress = Progress("Evaluating the subgraphs on the calibration split")
-        try:
-            return evaluate_cluster_subgraphs(exp.model, sp, calib, hierarchy(src), batch_size=250, baseline=True,
-                                              on_batch=_counter(progress, len(calib)), stem_cache=cache)
-        finally:
-            progress.close()
-
-    return memo((src.key, "evaluate", tap, _cfg_key(key_cfg)), compute)
-
-
-def route_distribution(src: Source, tap: str, gamma: float, tau: float) -> dict | None:
-    """On the calibration split, with the bundle's router (and exit head): the fraction of inputs
-    that exit, go to each cluster's subgraph, or fall back; None without a router at ``tap``."""
-    r, e = router(src), exit_heads(src)
-    if r is None or r.tap_ != tap:
-        return None
-
-    def probs() -> tuple[torch.Tensor, torch.Tensor | None]:
-        from sinf_core.data import iterate_batches
-
-        exp = experiment(src)
-        calib = exp.calib_data()
-        progress = Progress("Router on the calibration split (once)")
-        rp, ep = [], []
-        on_batch = _counter(progress, len(calib))
-        try:
-            with torch.inference_mode():
-                for x, _ in iterate_batches(calib, 250):
-                    h = exp.model.forward_stem(x, tap)
-                    rp.append(r.predict_proba(h))
-                    if e is not None and tap in e.heads_:
-                        ep.append(e.predict_proba(h, tap))
-                    on_batch(len(x))
-        finally:
-            progress.close()
-        return torch.cat(rp), (torch.cat(ep) if ep else None)
-
-    rp, ep = memo((src.key, "route_probs", tap, _manifest_mtime(src.bundle)), probs)
-    n = rp.shape[0]
-    exits = torch.zeros(n, dtype=torch.bool)
-    if ep is not None and tau < 1.0:
-        exits = ep.amax(1) >= tau
-    conf, cls = rp.max(1)
-    routed = (~exits) & (conf >= gamma) if gamma < 1.0 else torch.zeros(n, dtype=torch.bool)
-    k = rp.shape[1]
-    per = torch.bincount(cls[routed], minlength=k).double() / n
-    return {"exit": float(exits.double().mean()), "route": per.tolist(),
-            "fallback": float(((~exits) & (~routed)).double().mean()), "n": int(n)}
-
-
-def expected_cost(ev: dict, dist: dict | None, extra_head_flops: int = 0) -> dict:
-    """Expected FLOPs per input: stem + heads + sum_m P(route m) * subgraph_m + P(fallback) * tail
-    (METHOD.md section 9). Without a router (``dist`` None), oracle routing with the clusters'
-    calibration frequencies and no fallback."""
-    rows = ev["clusters"]
-    stem = next(iter(ev["stem"].values()))["flops"]
-    tail = next(iter(ev["tail"].values()))["flops"]
-    if dist is None:
-        n = sum(r["n"] for r in rows) or 1
-        p_route = {r["index"]: r["n"] / n for r in rows}
-        p_fall, p_exit, oracle = 0.0, 0.0, True
-    else:
-        p_route = {r["index"]: dist["route"][r["index"]] for r in rows}
-        p_fall, p_exit, oracle = dist["fallback"], dist["exit"], False
-    sub = sum(p_route[r["index"]] * r["flops"] for r in rows)
-    flops = stem + extra_head_flops + sub + p_fall * tail
-    return {"flops": flops, "stem": stem, "tail": tail, "base": stem + tail, "ratio": flops / (stem + tail),
-            "p_fallback": p_fall, "p_exit": p_exit, "oracle": oracle}
-
-
-def head_flops(src: Source, tap: str, with_exit: bool) -> int:
-    """FLOPs per image of the router (and exit) head at ``tap``."""
-    from sinf_core.cost import count_flops, stem_output
-
-    def compute() -> int:
-        exp = experiment(src)
-        h = stem_output(exp.model, tap, tuple(exp.train.images.shape[1:]))
-        total = 0
-        for heads in (router(src), exit_heads(src) if with_exit else None):
-            if heads is not None and tap in heads.heads_:
-                total += count_flops(heads.head(tap), h)
-        return total
-
-    return memo((src.key, "head_flops", tap, with_exit, _manifest_mtime(src.bundle)), compute)
-
-
-# ==================================================================================== engine
-# The live page runs the base model and SINF alike, as the benchmark does by default: BatchNorm folded
-# into the convs (``sinf_core.fusion``; same outputs up to float rounding) and channels_last tensors.
-
-
-def _inference_ready(module: torch.nn.Module) -> torch.nn.Module:
-    from sinf_core.fusion import prepare_for_inference
-
-    return prepare_for_inference(module, fold_bn=True, channels_last=True)
-
-
-def inference_base(src: Source) -> torch.nn.Module:
-    """The base model as the live page runs and times it (folded, channels_last; built once)."""
-    return memo((src.key, "inference_base"), lambda: _inference_ready(experiment(src).model))
-
-
-def subgraph_modules(src: Source, cfg: dict, tap: str) -> dict:
-    """{cluster index: Subgraph} for ``cfg``, folded and channels_last (built once per configuration)."""
-    from sinf_core.subgraph import build_subgraph
-
-    key_cfg = {k: cfg.get(k) for k in SPEC_KEYS}
-
-    def compute() -> dict:
-        exp = experiment(src)
-        with st.spinner("Building the pruned subgraphs ..."):
-            return {m: _inference_ready(build_subgraph(exp.model, s)) for m, s in specs(src, cfg, tap).items()}
-
-    return memo((src.key, "subgraphs", tap, _cfg_key(key_cfg), _manifest_mtime(src.bundle)), compute)
-
-
-def engine(src: Source, cfg: dict, mode: str, gamma: float, tau: float):
-    """A ``SemanticInference`` for ``mode`` ('sinf', 'exit', 'cascade') with the bundle's heads, the
-    subgraphs of ``cfg`` and thresholds ``gamma`` / ``tau``; None without a router."""
-    from sinf_core.engine import SemanticInference
-
-    r, e = router(src), exit_heads(src)
-    if r is None:
-        return None
-    if mode in ("exit", "cascade") and (e is None or r.tap_ not in e.heads_):
-        raise SinfError(f"mode {mode!r} needs an exit head at the router's tap; the bundle has none. "
-                        f"Run `{build_command(src)}`.")
-    exp = experiment(src)
-    subs = subgraph_modules(src, cfg, r.tap_) if mode != "exit" else None
-    exit_head = None
-    if e is not None and r.tap_ in e.heads_:
-        exit_head = _inference_ready(e.head(r.tap_))
-    return SemanticInference(inference_base(src), _inference_ready(r.head()) if mode != "exit" else None, subs,
-                             exit_head, tap=r.tap_, mode=mode, gamma=gamma, tau=tau, device="cpu",
-                             channels_last=True, input_shape=tuple(exp.train.images.shape[1:]),
-                             mean=exp.train.mean, std=exp.train.std, keep_logits=True)
-
-
-def time_call(fn: Callable[[], Any], repeats: int = 5) -> float:
-    """Median wall-clock milliseconds of ``fn()`` over ``repeats`` calls after one warm-up."""
-    with torch.inference_mode():
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(ts)
 
 
 @dataclass
@@ -983,11 +728,10 @@ def page_timer() -> Callable[[], float]:
 
 
 __all__ = [
-    "Source", "source", "set_source", "env_source", "default_bundle_dir", "selectable_models", "memo", "forget",
+    "Source", "source", "step_key", "set_source", "env_source", "default_bundle_dir", "selectable_models", "memo", "forget",
     "Progress", "experiment", "bundle", "bundle_problem", "bundle_json", "bundle_tensors", "build_command",
-    "build_bundle", "hierarchy", "data_info", "model_facts", "stats", "scores", "scores_ready", "calib_stem_features", "score_methods", "SCORE_LABELS",
+    "build_bundle", "hierarchy", "data_info", "model_facts", "stats", "scores", "scores_ready", "score_methods", "SCORE_LABELS",
     "router", "exit_heads", "calib_stats", "CLUSTER_METHODS", "Clustering", "clustering", "maps",
-    "example_images", "overlap", "default_tap", "candidate_taps", "config", "set_config", "save_config",
-    "cluster_ratios", "specs", "evaluate_config", "route_distribution", "expected_cost", "head_flops",
-    "subgraph_modules", "inference_base", "engine", "time_call", "Upload", "decode_upload", "grid", "bench", "page_timer",
+    "example_images", "overlap", "default_tap", "candidate_taps", "cluster_ratios", "Upload", "decode_upload", "grid",
+    "bench", "page_timer",
 ]

@@ -36,6 +36,7 @@ with st.sidebar:
     ui.source_caption(state.source())
     timing = st.empty()
 
+ui.style()
 t0 = time.perf_counter()
 try:
     nav.run()

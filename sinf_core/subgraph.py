@@ -674,19 +674,28 @@ class BatchNormSamples:
     @torch.no_grad()
     def _at(self, tap: str | None) -> tuple[torch.Tensor, dict[int, slice]]:
         if tap not in self._stem:
-            order = np.concatenate([self.indices[m] for m in sorted(self.indices)])
             device = module_device(self.model)
             was_training = self.model.training
             self.model.eval()
             parts = [x if tap is None else self.model.forward_stem(x, tap)
-                     for x, _ in iterate_batches(self.data, self.batch_size, order, device)]
+                     for x, _ in iterate_batches(self.data, self.batch_size, self.order(), device)]
             self.model.train(was_training)
-            spans, start = {}, 0
-            for m in sorted(self.indices):
-                spans[m] = slice(start, start + len(self.indices[m]))
-                start += len(self.indices[m])
-            self._stem[tap] = (torch.cat(parts).float(), spans)
+            self.set_features(tap, torch.cat(parts))
         return self._stem[tap]
+
+    def order(self) -> np.ndarray:
+        """Indices into the data of every sample, cluster by cluster (the row order of ``features(tap)``)."""
+        return np.concatenate([self.indices[m] for m in sorted(self.indices)])
+
+    def set_features(self, tap: str | None, h: torch.Tensor) -> None:
+        """Use ``h`` [len(order()), ...] as the samples' stem outputs at ``tap`` (e.g. stored ones)."""
+        if h.shape[0] != len(self.order()):
+            raise SinfError(f"stored BatchNorm sample features have {h.shape[0]} rows, the samples are {len(self.order())}")
+        spans, start = {}, 0
+        for m in sorted(self.indices):
+            spans[m] = slice(start, start + len(self.indices[m]))
+            start += len(self.indices[m])
+        self._stem[tap] = (h.float(), spans)
 
     def features(self, tap: str | None, cluster: int | None = None) -> torch.Tensor:
         h, spans = self._at(tap)

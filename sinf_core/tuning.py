@@ -208,10 +208,12 @@ def evaluate_schedule(
     if any(s.tap != tap for s in specs.values()):
         raise SinfError(f"every spec must start after tap {tap!r}")
     device = torch.device(device)
-    subs = {m: prepare_for_inference(build_subgraph(model, s), fold_bn=True, channels_last=channels_last, device=device)
-            for m, s in specs.items()}
     stem, tail, _ = costs.tap(tap)
-    sub_cost = {m: costs.subgraph(specs[m], subs[m]) for m in specs}
+    subs, sub_cost = {}, {}
+    for m, s in specs.items():
+        built = build_subgraph(model, s)
+        sub_cost[m] = costs.subgraph(s, built)  # counted unfolded, as every cost in the project
+        subs[m] = prepare_for_inference(built, fold_bn=True, channels_last=channels_last, device=device)
     labels = outputs.labels
     true_cluster = torch.as_tensor(hierarchy.cluster_array())[labels]
     routed_to = outputs.route_pred if outputs.route_pred is not None else torch.full_like(labels, -1)
@@ -314,6 +316,17 @@ def studio_outputs_file(tap: str) -> str:
     return f"studio_calib_{tap}.safetensors"
 
 
+def studio_bn_file(tap: str) -> str:
+    return f"studio_bn_{tap}.safetensors"
+
+
+def bn_sample_set(exp, per_cluster: int, seed: int = 0, batch_size: int = 256):
+    """The fit images on which subgraph BatchNorm statistics are re-estimated, as the benchmark picks them."""
+    from .subgraph import BatchNormSamples
+
+    return BatchNormSamples(exp.model, exp.fit_data(), exp.hierarchy, per_cluster, seed, batch_size)
+
+
 def heads_to_tensors(heads: Mapping[str, Mapping[str, RouteHead]]) -> tuple[dict[str, torch.Tensor], dict]:
     """{kind: {tap: head}} -> (flat tensors ``kind::tap::param``, their shapes as JSON)."""
     tensors, shapes = {}, {}
@@ -369,6 +382,8 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
     points = chosen_points(bench)
     out_taps = sorted({p["tap"] for p in points.values()}, key=exp.model.unit_index)
     files: dict = {STUDIO_HEADS: tensors}
+    n_bn = int(bench["options"].get("bn_samples") or 0)
+    bn_samples = bn_sample_set(exp, n_bn, opts.seed, opts.batch_size) if n_bn else None
     calib = exp.calib_data()
     for i, tap in enumerate(out_taps):
         done = [0]
@@ -382,8 +397,10 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
                                            device=exp.device, on_batch=on_batch)
         files[studio_outputs_file(tap)] = outs.to_tensors()
         log(f"studio: calibration outputs at {tap} (base calibration top-1 {outs.base_top1:.2f} %)")
+        if n_bn:
+            files[studio_bn_file(tap)] = quantize_features(bn_samples.features(tap))
     files[STUDIO_JSON] = {"taps": taps, "heads": shapes, "points": points, "output_taps": out_taps,
-                          "score": bench.get("subgraph_score"),
+                          "score": bench.get("subgraph_score"), "bn_seed": opts.seed,
                           "options": {k: bench["options"].get(k) for k in ("fill", "bn_samples", "multiple_of")},
                           "head_summary": {k: v for k, v in summary.items() if k != "cache"}}
     return files
@@ -391,4 +408,4 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
 
 __all__ = ["CalibrationOutputs", "CostCache", "compute_calibration_outputs", "evaluate_schedule", "threshold_curves",
            "point_at", "studio_artifacts", "heads_to_tensors", "heads_from_tensors", "chosen_points",
-           "studio_outputs_file", "STUDIO_JSON", "STUDIO_HEADS", "quantize_features", "dequantize_features", "CURVE_STEPS", "QUANT_LEVELS"]
+           "studio_outputs_file", "studio_bn_file", "bn_sample_set", "STUDIO_JSON", "STUDIO_HEADS", "quantize_features", "dequantize_features", "CURVE_STEPS", "QUANT_LEVELS"]

@@ -1,57 +1,65 @@
-"""Live inference: one image (test set or upload) through SINF and the base model, then a batch run."""
+"""Live inference: one image (test set or upload) through SINF and the base model, then a timed batch run.
+Both run alike (BatchNorm folded, channels_last, pre-processing inside the timed region), interleaved, and
+every speed is a median with its spread; the batch run's speed-up is the median of paired per-batch ratios."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import streamlit as st
 import torch
 
-from app import state, ui
-from sinf_core import plots
-from sinf_core.data import normalise
+from app import state, studio, ui
+from sinf_core import plots, tuning_plots
 from sinf_core.engine import MODE_NAMES
 from sinf_core.errors import SinfError
+from sinf_core.timing import NOISY_SPREAD, paired_stream
 
 st.title("Live inference")
 st.markdown(
     "Per input: the **exit head** answers when its confidence is at least **tau**; otherwise the **router** sends "
     "it to its cluster's subgraph when its confidence is at least **gamma**; otherwise it **falls back** to the "
-    "unpruned tail. The base model runs on the same input for comparison; timings are wall clock on this machine.")
+    "unpruned tail. The base model runs on the same input. Both are readied alike (BatchNorm folded into the "
+    "convolutions, channels_last), both timings include the same pre-processing, and they are measured "
+    "interleaved on this machine.")
 
 src = state.source()
 exp = ui.load_experiment(src)
 h = state.hierarchy(src)
-cfg = state.config(src)
-rtr, ext = state.router(src), state.exit_heads(src)
+cfg = studio.config(src)
+hd = studio.heads(src)
 size = int(exp.train.images.shape[-1])
 report = exp.report_data()
+taps = studio.head_taps(src)
 
-if rtr is None:
+if not taps:
     ui.bundle_notice(src, "SINF's router (and exit head)")
     st.caption("Below, the base model's predictions still work.")
-
-# ------------------------------------------------------------------------------------ settings
-has_exit = ext is not None and rtr is not None and rtr.tap_ in ext.heads_
-modes = ["sinf"] + (["cascade", "exit"] if has_exit else [])
-c1, c2, c3 = st.columns([1.2, 1, 1])
-mode = c1.radio("Mode", modes, horizontal=True, key="mode", disabled=rtr is None,
-                format_func={"sinf": "SINF (route / fall back)", "cascade": "cascade (exit, route, fall back)",
-                             "exit": "early exit only"}.get)
-gamma = c2.slider("gamma: router confidence needed to route", 0.0, 1.0, float(cfg["gamma"]), 0.01, key="gamma",
-                  disabled=rtr is None or mode == "exit")
-tau = c3.slider("tau: exit confidence needed to answer early", 0.0, 1.0, float(cfg["tau"]) if has_exit else 1.0, 0.01,
-                key="tau", disabled=not has_exit or mode == "sinf")
-if rtr is not None:
-    st.caption(f"Subgraphs from the pruning configuration: {state.SCORE_LABELS.get(cfg['method'], cfg['method'])}, "
-               f"r_M = {cfg['r_M']}, r_L = {cfg['r_L']}, {len(cfg['overrides'])} per-cluster overrides "
-               "(change them on the Pruning page).")
+else:
+    ui.operating_point_bar(src, cfg, "live")
+    cfg = studio.config(src)
+    tap = st.selectbox("The shared stem ends after", taps, index=taps.index(cfg["tap"]) if cfg["tap"] in taps else len(taps) - 1,
+                       key=studio.widget_key(src, "tap_live"), help="taps with a trained route head in the bundle")
+    if tap != cfg["tap"]:
+        studio.set_config(src, {**cfg, "tap": tap})
+        cfg = studio.config(src)
+    with st.expander("Thresholds: gamma and tau, with their calibration curves", expanded=False):
+        if ui.ensure_scores(src, cfg["method"], "The curves"):
+            with ui.guard("Cannot compute the curves"):
+                ui.threshold_section(src, cfg, "live")
+                cfg = studio.config(src)
+    st.caption(f"Mode **{cfg['mode']}**, gamma {cfg['gamma']:.2f}, tau {cfg['tau']:.2f}; subgraphs: "
+               f"{state.SCORE_LABELS.get(cfg['method'], cfg['method'])}, r_M {cfg['r_M']:g} -> r_L {cfg['r_L']:g}, "
+               f"{len(cfg['overrides'])} per-cluster overrides (the Pruning page changes them).")
 
 eng = None
-if rtr is not None and (mode == "exit" or ui.ensure_scores(src, cfg["method"], "SINF's subgraphs")):
+if taps and (cfg["mode"] == "exit" or ui.ensure_scores(src, cfg["method"], "SINF's subgraphs")):
     with ui.guard("SINF is not available"):
-        eng = state.engine(src, cfg, mode, gamma, tau)
+        eng = studio.engine(src, cfg)
+
+
+def ms(d: dict) -> str:
+    return f"{d['median_ms']:.2f} ms (IQR {d['q25_ms']:.2f}-{d['q75_ms']:.2f})"
+
 
 # ------------------------------------------------------------------------------------ one image
 st.subheader("One image")
@@ -80,6 +88,7 @@ with upload_tab:
             dec = state.decode_upload(up.getvalue(), size)
         except SinfError as exc:
             st.error(f"Cannot use {up.name}: {exc}")
+            image, true_label, caption = None, None, ""  # no prediction of an earlier image stays on screen
         else:
             image, true_label, caption = dec.image, None, f"{up.name} ({dec.width}x{dec.height}, {dec.mode})"
             for note in dec.notes:
@@ -92,53 +101,60 @@ if image is not None:
         big = torch.nn.functional.interpolate(x.float(), scale_factor=max(1, 160 // size), mode="nearest")
         st.image(big[0].permute(1, 2, 0).clamp(0, 255).byte().numpy(), caption=caption)
     with right:
-        xb = normalise(x, exp.train.mean, exp.train.std)
         with torch.inference_mode():
-            base_logits = exp.model(xb)
+            base_logits = studio.base_predict(src)(x).float()
         base_pred = int(base_logits.argmax(1))
-        fast_base = state.inference_base(src)
-        base_ms = state.time_call(lambda: fast_base(xb.contiguous(memory_format=torch.channels_last)))
+        lat = studio.time_one_image(src, eng, x)
         cols = st.columns(2)
         verdict = "" if true_label is None else (" (correct)" if base_pred == true_label else " (wrong)")
-        cols[1].metric("Base model", h.class_names[base_pred] + verdict, delta=f"{base_ms:.2f} ms (batch of 1)", delta_color="off",
-                       delta_arrow="off",
-                       border=True)
+        cols[1].metric("Base model", h.class_names[base_pred] + verdict, delta=f"{ms(lat['base'])}, batch of 1",
+                       delta_color="off", delta_arrow="off", border=True)
         if eng is not None:
             res = eng.run(x)
-            sinf_ms = state.time_call(lambda: eng.run(x))
             pred = int(res.pred[0])
             decided = MODE_NAMES[int(res.mode_per_sample[0])]
             verdict = "" if true_label is None else (" (correct)" if pred == true_label else " (wrong)")
-            cols[0].metric(f"SINF ({decided})", h.class_names[pred] + verdict, delta=f"{sinf_ms:.2f} ms (batch of 1)",
+            cols[0].metric(f"SINF ({decided})", h.class_names[pred] + verdict, delta=f"{ms(lat['sinf'])}, batch of 1",
                            delta_color="off", delta_arrow="off", border=True)
+            r = lat["ratio"]
+            st.caption(f"Speed vs base on this image: **{r['median']:.2f}x** (paired over {r['n']} interleaved calls, "
+                       f"IQR {r['q25']:.2f}-{r['q75']:.2f}x)"
+                       + (" - within the noise: no difference can be claimed." if r["q25"] <= 1.0 <= r["q75"] else ".")
+                       + (" The spread is too wide to trust this figure." if r["noisy"] else ""))
             route = int(res.route[0])
             if decided == "route":
-                kept = state.specs(src, cfg, rtr.tap_)[route].kept_counts()
+                kept = studio.specs(src, cfg)[route].kept_counts()
                 tot = {l.name: l.channels for l in exp.model.prunable_layers()}
                 frac = sum(kept.values()) / max(1, sum(tot[k] for k in kept))
                 st.markdown(f"Routed to {ui.cluster_chip(h.cluster_names[route], route)} with confidence "
-                            f"{float(res.route_conf[0]):.2f} >= gamma {gamma:.2f}; its subgraph keeps "
-                            f"{100 * frac:.0f} % of the channels after {rtr.tap_}.", unsafe_allow_html=True)
+                            f"{float(res.route_conf[0]):.2f} >= gamma {cfg['gamma']:.2f}; its subgraph keeps "
+                            f"{100 * frac:.0f} % of the channels after {cfg['tap']}.", unsafe_allow_html=True)
             elif decided == "exit":
-                st.markdown(f"Exited at {rtr.tap_}: exit confidence {float(res.exit_conf[0]):.2f} >= tau {tau:.2f}.")
+                st.markdown(f"Exited at {cfg['tap']}: exit confidence {float(res.exit_conf[0]):.2f} >= tau {cfg['tau']:.2f}.")
             else:
-                why = (f"router confidence {float(res.route_conf[0]):.2f} < gamma {gamma:.2f}"
-                       if route >= 0 else "no subgraph for the route")
-                st.markdown(f"Fell back to the unpruned tail ({why}); the router's best guess was "
-                            + (ui.cluster_chip(h.cluster_names[route], route) if route >= 0 else "none") + ".",
-                            unsafe_allow_html=True)
+                why = (f"router confidence {float(res.route_conf[0]):.2f} < gamma {cfg['gamma']:.2f}"
+                       if route >= 0 else "the router did not run" if cfg["mode"] == "exit" else "no subgraph for the route")
+                st.markdown(f"Fell back to the unpruned tail ({why})"
+                            + ("; the router's best guess was " + ui.cluster_chip(h.cluster_names[route], route)
+                               if route >= 0 else "") + ". A fallback does strictly more work than the base model "
+                            "(stem + heads + the same tail).", unsafe_allow_html=True)
             with torch.inference_mode():
-                hs = exp.model.forward_stem(xb, rtr.tap_)
-                rp = rtr.predict_proba(hs)[0].numpy()
-                ep = ext.predict_proba(hs, rtr.tap_)[0].numpy() if has_exit else None
+                hs = studio.inference_base(src).forward_stem(
+                    studio._prep(x, src), exp.model.unit_index(cfg["tap"]))
+                rh, eh = hd["route"].get(cfg["tap"]), hd["exit"].get(cfg["tap"])
+                rp = rh.eval().proba(hs.contiguous())[0].numpy() if rh is not None else None
+                ep = eh.eval().proba(hs.contiguous())[0].numpy() if eh is not None else None
             p1, p2 = st.columns(2)
-            p1.plotly_chart(plots.probability_bars_figure(
-                rp, h.cluster_names, "Route probabilities (calibrated)", threshold=gamma if mode != "exit" else None,
-                colors=plots.cluster_colors(h.num_clusters), x_title="router probability"), key="route_fig")
+            if rp is not None:
+                p1.plotly_chart(plots.probability_bars_figure(
+                    rp, h.cluster_names, "Route probabilities (calibrated)",
+                    threshold=cfg["gamma"] if cfg["mode"] != "exit" else None,
+                    colors=plots.cluster_colors(h.num_clusters), x_title="router probability"), key="route_fig")
             if ep is not None:
                 cl_colors = [plots.cluster_color(c) for c in h.cluster_of_class]
                 p2.plotly_chart(plots.probability_bars_figure(
-                    ep, h.class_names, "Exit head: top classes (calibrated)", threshold=tau if mode != "sinf" else None,
+                    ep, h.class_names, "Exit head: top classes (calibrated)",
+                    threshold=cfg["tau"] if cfg["mode"] != "sinf" else None,
                     colors=cl_colors, x_title="exit probability"), key="exit_fig")
         base_p = torch.softmax(base_logits, 1)[0].numpy()
         st.plotly_chart(plots.probability_bars_figure(
@@ -147,61 +163,64 @@ if image is not None:
 
 # ------------------------------------------------------------------------------------ batch run
 st.subheader("Batch run on the report split")
+st.caption("Each batch goes through the base model and SINF back to back, in alternating order, twice over the "
+           "stream (after one warm-up batch); the speed-up is the median of the per-batch paired ratios "
+           f"(base time / SINF time), shown with its interquartile range and marked when that range exceeds "
+           f"{100 * NOISY_SPREAD:.0f} % of the median.")
 with st.form("batch_form"):
-    n = st.slider("Test images", 50, min(5000, len(report)), min(500, len(report)), 50, key="batch_n")
-    bs = st.select_slider("Batch size", [1, 8, 32, 64, 128, 256], value=64, key="batch_bs")
-    go = st.form_submit_button("Run", type="primary", key="batch_run")
-if go:
+    n = st.slider("Test images", 50, min(5000, len(report)), min(2000, len(report)), 50, key="batch_n")
+    bs = st.select_slider("Batch size", [1, 8, 32, 64, 128, 256], value=256, key="batch_bs")
+    go = st.form_submit_button("Run", type="primary", key="batch_run", disabled=eng is None)
+if go and eng is not None:
     idx = np.random.default_rng(0).permutation(len(report))[:n]
     imgs, labels = report.images[idx], report.labels[idx]
-    bar = st.progress(0.0, text="running ...")
+    batches = list(imgs.split(bs))
+    base_fn = studio.base_predict(src)
+    bar = st.progress(0.0, text="timing ...")
     live = st.empty()
-    t_sinf = t_base = 0.0
-    ok_sinf = ok_base = 0
-    counts = {m: 0 for m in MODE_NAMES}
-    curve = {"n": [], "sinf": [], "base": [], "sinf_ips": [], "base_ips": []}
-    done = 0
+
+    def on_batch(done: int, total: int, part: dict) -> None:
+        bar.progress(done / total, text=f"timed batch {done}/{total}")
+        if "ratio" in part.get("sinf", {}):
+            live.caption(f"so far: {part['sinf']['ratio']['median']:.2f}x base (median of {done} paired batches)")
+
+    tp = paired_stream({"base": base_fn, "sinf": eng.run}, batches, "base", rounds=2, warmup=1, on_batch=on_batch)
+    bar.progress(1.0, text="accuracy ...")
     with torch.inference_mode():
-        for s in range(0, n, bs):
-            xb_u8, yb = imgs[s:s + bs], labels[s:s + bs]
-            t0 = time.perf_counter()
-            xb = normalise(xb_u8, exp.train.mean, exp.train.std)
-            pb = exp.model(xb).argmax(1)
-            t_base += time.perf_counter() - t0
-            ok_base += int((pb == yb).sum())
-            if eng is not None:
-                t0 = time.perf_counter()
-                r = eng.run(xb_u8)
-                t_sinf += time.perf_counter() - t0
-                ok_sinf += int((r.pred == yb).sum())
-                for k, v in r.counts().items():
-                    counts[k] += v
-            done += len(yb)
-            curve["n"].append(done)
-            curve["base"].append(100 * ok_base / done)
-            curve["sinf"].append(100 * ok_sinf / done if eng is not None else float("nan"))
-            curve["base_ips"].append(done / t_base)
-            curve["sinf_ips"].append(done / t_sinf if t_sinf else float("nan"))
-            bar.progress(done / n, text=f"{done}/{n} images")
-            live.markdown(
-                f"**Base**: {100 * ok_base / done:.1f} % correct, {done / t_base:,.0f} images/s"
-                + (f"  \n**SINF ({mode})**: {100 * ok_sinf / done:.1f} % correct, {done / t_sinf:,.0f} images/s "
-                   f"({(done / t_sinf) / (done / t_base):.2f}x base); exit {counts['exit']}, routed {counts['route']}, "
-                   f"fell back {counts['fallback']}" if eng is not None else ""))
+        base_pred = torch.cat([base_fn(xb).argmax(1) for xb in batches])
+        results = [eng.run(xb) for xb in batches]
+    sinf_pred = torch.cat([r.pred for r in results])
+    counts = {k: sum(r.counts()[k] for r in results) for k in MODE_NAMES}
     bar.empty()
-    st.session_state["batch_result"] = {"curve": curve, "counts": counts, "n": n, "bs": bs, "mode": mode}
+    live.empty()
+    st.session_state["batch_result"] = {
+        "n": n, "bs": bs, "mode": cfg["mode"], "gamma": cfg["gamma"], "tau": cfg["tau"], "tap": cfg["tap"],
+        "base_top1": 100 * float((base_pred == labels).double().mean()),
+        "sinf_top1": 100 * float((sinf_pred == labels).double().mean()), "counts": counts,
+        "base_ips": tp["base"]["ips"], "sinf_ips": tp["sinf"]["ips"], "ratio": tp["sinf"]["ratio"],
+        "ratios": [a / b for a, b in zip(tp["base"]["seconds"], tp["sinf"]["seconds"])],
+        "at_point": studio.at_point(src, cfg)}
 res = st.session_state.get("batch_result")
 if res is not None:
-    c = res["curve"]
-    m1, m2, m3 = st.columns(3)
-    m1.metric("Base accuracy", f"{c['base'][-1]:.2f} %", border=True)
-    m2.metric(f"SINF accuracy ({res['mode']})", "n/a" if eng is None else f"{c['sinf'][-1]:.2f} %",
-              delta=None if eng is None else f"{c['sinf'][-1] - c['base'][-1]:+.2f} points", border=True)
-    m3.metric("Images per second (SINF / base)",
-              f"{c['sinf_ips'][-1]:,.0f} / {c['base_ips'][-1]:,.0f}" if eng is not None else f"- / {c['base_ips'][-1]:,.0f}",
-              border=True, help=f"batch size {res['bs']}, wall clock, router and heads included")
-    f1, f2 = st.columns(2)
-    f1.plotly_chart(plots.running_figure(c["n"], c["sinf"], c["base"], "Running accuracy", "top-1 accuracy (%)"),
-                    key="run_acc")
-    f2.plotly_chart(plots.running_figure(c["n"], c["sinf_ips"], c["base_ips"], "Running throughput",
-                                         "images per second"), key="run_ips")
+    r = res["ratio"]
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Base accuracy", f"{res['base_top1']:.2f} %", border=True)
+    m2.metric(f"SINF accuracy ({res['mode']})", f"{res['sinf_top1']:.2f} %",
+              delta=f"{res['sinf_top1'] - res['base_top1']:+.2f} points", border=True)
+    m3.metric("SINF speed vs base (paired, median)", f"{r['median']:.2f}x",
+              delta=f"IQR {r['q25']:.2f}-{r['q75']:.2f}x" + (" - too noisy to trust" if r["noisy"] else ""),
+              delta_color="off", delta_arrow="off", border=True,
+              help=f"batch size {res['bs']}, {res['n']} images, wall clock, router and heads included")
+    m4.metric("Images per second (SINF / base)", f"{res['sinf_ips']:,.0f} / {res['base_ips']:,.0f}", border=True)
+    c = res["counts"]
+    st.caption(f"Mode {res['mode']} at {res['tap']}, gamma {res['gamma']:.2f}, tau {res['tau']:.2f}: exit {c['exit']}, "
+               f"routed {c['route']}, fell back {c['fallback']} of {res['n']}.")
+    bench_point = (state.bench(src) or {}).get(res["mode"]) if res["at_point"] else None
+    ref = bench_point.get("throughput_ratio") if isinstance(bench_point, dict) else None
+    if ref is not None:
+        st.caption(f"`sinf bench` measured **{ref:.2f}x** for this operating point (IQR "
+                   f"{bench_point.get('throughput_ratio_q25_q75', ['?', '?'])[0]}-"
+                   f"{bench_point.get('throughput_ratio_q25_q75', ['?', '?'])[1]}x; a pool of 2,048 calibration "
+                   f"images grouped by route before batching, on the machine that built the bundle).")
+    st.plotly_chart(tuning_plots.paired_ratio_figure(res["ratios"], r["median"], "Paired speed ratio per batch", ref),
+                    key="ratio_fig")

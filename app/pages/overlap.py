@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import state, ui
+from app import state, studio, ui
 from sinf_core import plots
 from sinf_core.overlap import cluster_sets
 
@@ -20,7 +20,7 @@ ui.style()
 src = state.source()
 exp = ui.load_experiment(src)
 h = state.hierarchy(src)
-cfg = state.config(src)
+cfg = studio.config(src)
 
 with ui.guard("Cannot compute the overlap"):
     s = state.stats(src)
@@ -54,7 +54,7 @@ with ui.guard("Cannot compute the overlap"):
                                     group_of=[h.cluster_of_class[c] for c in order], group_names=h.cluster_names)
     st.plotly_chart(fig, key="heatmap")
 
-    tap = state.default_tap(src) if state.router(src) is None else state.router(src).tap_
+    tap = cfg["tap"]
     first_pruned = next((l.name for l in exp.model.prunable_layers()
                          if l.unit > exp.model.unit_index(tap)), None)
     st.plotly_chart(plots.depth_profile_figure(
@@ -73,7 +73,7 @@ with ui.guard("Cannot compute the overlap"):
         st.caption(f"{layer} is in the shared stem (up to {tap}): every channel is kept.")
     elif ui.ensure_scores(src, "dcs", "Marking the channels DCS keeps"):
         dcs_cfg = {**cfg, "method": "dcs"}
-        keep = state.specs(src, dcs_cfg, tap)[cm].keep.get(layer)
+        keep = studio.specs(src, dcs_cfg)[cm].keep.get(layer)
         if keep is not None:
             kept = np.zeros(len(values), dtype=bool)
             kept[keep] = True

@@ -1,84 +1,86 @@
-"""Pruning: global and per-cluster (r_M, r_L), the filter score, and what the subgraphs cost and keep."""
+"""Pruning: the operating point (tap, r_M, r_L, score, thresholds), what the subgraphs cost and keep, and
+how accuracy, routes and cost move with gamma / tau. Everything runs on the calibration outputs at the
+tap (stored in the bundle), so a change answers in seconds."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from app import state, ui
+from app import state, studio, ui
 from sinf_core import plots
+from sinf_core.config import RATIO_RANGE
 from sinf_core.subgraph import DEFAULT_BN_SAMPLES
 
 st.title("Pruning")
 st.markdown(
     "Each cluster's subgraph removes a fraction r of the channels of every prunable layer after the stem, "
     "growing linearly from **r_M** at the first pruned layer to **r_L** at the last one, and keeps the channels "
-    "the chosen **filter score** ranks highest for that cluster. Accuracy is measured on the **calibration** "
-    "split with every input sent to its own cluster's subgraph (oracle routing), next to the unpruned tail "
-    "restricted to the same classes.")
+    "the chosen **filter score** ranks highest for that cluster. Everything below is measured on the "
+    "**calibration** split: per-cluster accuracy with every input sent to its own cluster's subgraph (oracle "
+    "routing), and, with the router and exit head, what the routed model answers at each gamma / tau.")
 
 src = state.source()
 exp = ui.load_experiment(src)
 h = state.hierarchy(src)
-cfg = state.config(src)
-rtr = state.router(src)
+cfg = studio.config(src)
+points = studio.operating_points(src)
+hd = studio.heads(src)
+taps = studio.head_taps(src) or state.candidate_taps(src)
 methods = state.score_methods()
+wk = lambda name: studio.widget_key(src, name)  # noqa: E731  (keys that follow outside changes)
+
+# ------------------------------------------------------------------------------------ operating point
+ui.operating_point_bar(src, cfg, "pruning")
+cfg = studio.config(src)
 
 with st.form("pruning_form"):
-    c1, c2, c3 = st.columns([1.2, 1, 1])
+    c0, c1, c2, c3 = st.columns([1, 1.2, 1, 1])
+    tap = c0.selectbox("The shared stem ends after", taps, index=taps.index(cfg["tap"]) if cfg["tap"] in taps else len(taps) - 1,
+                       key=wk("tap"), help="taps with a trained route head (and exit head) in the bundle")
     method = c1.selectbox("Filter score", methods, index=methods.index(cfg["method"]) if cfg["method"] in methods else 0,
-                          format_func=lambda m: state.SCORE_LABELS.get(m, m), key="method")
-    r_M = c2.slider("r_M: removed fraction at the first pruned layer", 0.0, 0.95, float(cfg["r_M"]), 0.01, key="r_M")
-    r_L = c3.slider("r_L: removed fraction at the last layer", 0.0, 0.95, float(cfg["r_L"]), 0.01, key="r_L")
-    if rtr is None:
-        taps = state.candidate_taps(src)
-        cur = cfg.get("tap") or state.default_tap(src)
-        tap = st.selectbox("The shared stem ends after", taps, index=taps.index(cur) if cur in taps else len(taps) - 1,
-                           help="without a trained router (build the bundle), choose where the stem ends", key="tap")
-    else:
-        tap = rtr.tap_
-        st.caption(f"The shared stem ends after **{tap}**, the router's attachment point (calibration route "
-                   f"accuracy {100 * rtr.calib_accuracy_[tap]:.1f} %).")
+                          format_func=lambda m: state.SCORE_LABELS.get(m, m), key=wk("method"))
+    r_M = c2.slider("r_M: removed fraction at the first pruned layer", *RATIO_RANGE, float(cfg["r_M"]), 0.01, key=wk("r_M"))
+    r_L = c3.slider("r_L: removed fraction at the last layer", *RATIO_RANGE, float(cfg["r_L"]), 0.01, key=wk("r_L"))
     fill = st.toggle("Mean replacement: a removed channel is replaced by its mean activation on the cluster's fit "
                      "images (folded into the next layer's bias), not by zero", value=cfg.get("fill", "mean") == "mean",
-                     key="fill")
+                     key=wk("fill"))
     bn = st.toggle("Re-estimate BatchNorm statistics: each subgraph's BatchNorms get the base model's statistics "
                    f"corrected by the shift its pruning causes on {DEFAULT_BN_SAMPLES} fit images of its cluster "
-                   "(no weight changes)", value=bool(cfg.get("bn", True)), key="bn")
+                   "(no weight changes)", value=bool(cfg.get("bn", True)), key=wk("bn"))
     with st.expander("Per-cluster overrides (tick a cluster to give it its own r_M / r_L)"):
         overrides = {}
         for m, name in enumerate(h.cluster_names):
             own = cfg["overrides"].get(name)
             a, b, c = st.columns([1.2, 1, 1])
-            on = a.checkbox(name, value=own is not None, key=f"ov_on_{m}")
-            rm = b.slider("r_M", 0.0, 0.95, float(own[0]) if own else float(cfg["r_M"]), 0.01, key=f"ov_rm_{m}",
-                          label_visibility="collapsed")
-            rl = c.slider("r_L", 0.0, 0.95, float(own[1]) if own else float(cfg["r_L"]), 0.01, key=f"ov_rl_{m}",
-                          label_visibility="collapsed")
+            on = a.checkbox(name, value=own is not None, key=wk(f"ov_on_{m}"))
+            # an unticked cluster's sliders show the current global pair, not a stale one
+            for k, v in ((f"ov_rm_{m}", own[0] if own else cfg["r_M"]), (f"ov_rl_{m}", own[1] if own else cfg["r_L"])):
+                if own is None or wk(k) not in st.session_state:
+                    st.session_state[wk(k)] = float(v)
+            rm = b.slider("r_M", *RATIO_RANGE, step=0.01, key=wk(f"ov_rm_{m}"), label_visibility="collapsed")
+            rl = c.slider("r_L", *RATIO_RANGE, step=0.01, key=wk(f"ov_rl_{m}"), label_visibility="collapsed")
             if on:
                 overrides[name] = [round(rm, 4), round(rl, 4)]
     submitted = st.form_submit_button("Apply", type="primary", key="apply")
 
 if submitted:
-    cfg = {**cfg, "method": method, "r_M": round(r_M, 4), "r_L": round(r_L, 4), "overrides": overrides,
+    cfg = {**cfg, "tap": tap, "method": method, "r_M": round(r_M, 4), "r_L": round(r_L, 4), "overrides": overrides,
            "fill": "mean" if fill else "zero", "bn": bool(bn)}
-    if rtr is None:
-        cfg["tap"] = tap
-    state.set_config(src, cfg)
-tap = rtr.tap_ if rtr is not None else (cfg.get("tap") or state.default_tap(src))
+    studio.set_config(src, cfg)
 if not ui.ensure_scores(src, cfg["method"], "Pruning"):
     st.stop()
+tap = cfg["tap"]
 
 with ui.guard("Cannot evaluate this configuration"):
-    ev = state.evaluate_config(src, cfg, tap)
+    ev = studio.evaluation(src, cfg)
     rows = ev["clusters"]
-    dist = state.route_distribution(src, tap, float(cfg["gamma"]), float(cfg["tau"]))
-    cost = state.expected_cost(ev, dist, state.head_flops(src, tap, with_exit=float(cfg["tau"]) < 1.0) if dist else 0)
     facts = state.model_facts(src)
+    ui.tap_summary(src, cfg, ev)
 
     mean_acc, base_acc = ev["mean"]["accuracy"], ev["mean"].get("base_accuracy")
-    k1, k2, k3, k4 = st.columns(4)
-    k1.metric("Mean per-cluster accuracy (calibration)", ui.percent(mean_acc),
+    k1, k2, k3 = st.columns(3)
+    k1.metric("Mean per-cluster accuracy (calibration, oracle routing)", ui.percent(mean_acc),
               delta=None if base_acc is None else f"{mean_acc - base_acc:+.2f} points vs unpruned", border=True)
     k2.metric("Parameters per subgraph (mean, with stem)", plots.fmt_count(ev["mean"]["params_with_stem"]),
               delta=f"{100 * (ev['mean']['params_with_stem'] / facts['params'] - 1):+.1f} % vs base",
@@ -86,21 +88,6 @@ with ui.guard("Cannot evaluate this configuration"):
     k3.metric("FLOPs per subgraph (mean, with stem)", plots.fmt_count(ev["mean"]["flops_with_stem"]),
               delta=f"{100 * (ev['mean']['flops_with_stem'] / facts['flops'] - 1):+.1f} % vs base",
               delta_color="inverse", border=True, help=plots.FLOPS_NOTE)
-    k4.metric("Expected FLOPs per input", plots.fmt_count(cost["flops"]),
-              delta=f"{100 * (cost['ratio'] - 1):+.1f} % vs base", delta_color="inverse", border=True,
-              help=("stem + router" + (" + exit head" if float(cfg["tau"]) < 1 else "")
-                    + " + sum over clusters of P(route) x subgraph + P(fallback) x unpruned tail, with the router's "
-                    f"routes on the calibration split at gamma={cfg['gamma']}"
-                    if not cost["oracle"] else
-                    "stem + sum over clusters of (cluster frequency) x subgraph: oracle routing, since the bundle has no "
-                    "router yet (router cost not included)"))
-    if cost["oracle"]:
-        st.caption("Expected cost assumes oracle routing (no router in the bundle yet).")
-    else:
-        st.caption(f"With the router at gamma = {cfg['gamma']:.2f}"
-                   + (f" and the exit head at tau = {cfg['tau']:.2f}" if float(cfg["tau"]) < 1 else "")
-                   + f": {100 * cost['p_fallback']:.1f} % of calibration inputs fall back to the unpruned tail"
-                   + (f", {100 * cost['p_exit']:.1f} % exit early" if float(cfg["tau"]) < 1 else "") + ".")
 
     ratios = state.cluster_ratios(cfg, h)
     table = pd.DataFrame([{
@@ -121,30 +108,42 @@ with ui.guard("Cannot evaluate this configuration"):
     f1.plotly_chart(plots.per_cluster_accuracy_figure(
         [r["cluster"] for r in rows], [r["accuracy"] for r in rows], [r.get("base_accuracy") for r in rows],
         f"Per-cluster accuracy, {state.SCORE_LABELS.get(cfg['method'], cfg['method'])}"), key="acc_fig")
-    f2.plotly_chart(plots.cost_bars_figure([r["cluster"] for r in rows], [r["flops"] for r in rows], cost["tail"],
-                                           f"Subgraph cost after {tap}"), key="cost_fig")
+    f2.plotly_chart(plots.cost_bars_figure([r["cluster"] for r in rows], [r["flops"] for r in rows],
+                                           next(iter(ev["tail"].values()))["flops"], f"Subgraph cost after {tap}"),
+                    key="cost_fig")
+
+    # -------------------------------------------------------------------- thresholds
+    st.subheader("Thresholds: gamma and tau")
+    if tap not in hd["route"]:
+        ui.bundle_notice(src, f"A route head at {tap}")
+    else:
+        ui.threshold_section(src, cfg, "pruning")
+        cfg = studio.config(src)
 
     # -------------------------------------------------------------------- comparison with the baselines
     st.subheader("DCS against the other filter scores")
     g = state.grid(src)
-    if g:
-        calib = [r for r in g if r.get("split", "calib") == "calib"] or g
+    g_calib = [r for r in (g or []) if r.get("split", "calib") == "calib" and r.get("tap", tap) == tap]
+    if g_calib:
         st.plotly_chart(plots.tradeoff_figure(
-            calib, "Mean per-cluster accuracy vs FLOPs on the calibration split (oracle routing)",
+            g_calib, f"Mean per-cluster accuracy vs FLOPs on the calibration split (oracle routing, stem to {tap})",
             base_flops=None, base_acc=base_acc,
             highlight={"flops": ev["mean"]["flops_with_stem"], "mean_acc": mean_acc}), key="grid_fig")
-        grid_fill = next((r.get("fill") for r in calib if r.get("fill")), "zero")
+        grid_fill = next((r.get("fill") for r in g_calib if r.get("fill")), "mean")
         st.caption("Each line is one filter score over the (r_M, r_L) grid of `sinf build` (removed channels "
                    f"{'replaced by their mean' if grid_fill == 'mean' else 'set to zero'}); the star is the "
                    "configuration above.")
+    elif g:
+        st.caption(f"The build's comparison grid was computed at {', '.join(sorted({r.get('tap', '?') for r in g}))}, "
+                   f"not at {tap}.")
     else:
         ui.bundle_notice(src, "The comparison over the (r_M, r_L) grid for every score")
 
     # -------------------------------------------------------------------- save
     st.subheader("Save")
-    st.caption("Stores this configuration (score, r_M, r_L, overrides, gamma, tau) as config.json in the bundle; "
-               "Live inference uses it.")
+    st.caption("Stores this configuration (mode, tap, score, r_M, r_L, overrides, gamma, tau) as config.json in the "
+               "bundle; every page opens on it.")
     if st.button("Save configuration to the bundle", key="save"):
         with ui.guard("Cannot save"):
-            path = state.save_config(src, cfg)
+            path = studio.save_config(src, studio.config(src))
             st.success(f"Saved to {path}")

@@ -325,9 +325,9 @@ def build_command(src: Source) -> str:
 
 
 def _has_file(b: Bundle, name: str) -> bool:
-    """Whether the bundle folder holds ``name`` (files recorded in the manifest were checksummed on open;
-    the router / exit files also carry their own checksum)."""
-    return (b.root / name).is_file()
+    """Whether the bundle's manifest records ``name`` (such files were checksummed on open) and it is there;
+    a stray file in the folder is not part of the bundle."""
+    return any(name in step.get("files", {}) for step in b.manifest["steps"].values()) and (b.root / name).is_file()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -137,11 +137,15 @@ class Bundle:
         t0 = time.perf_counter()
         artefacts = self._checked(compute())  # before any file is written
         files = {fname: self._write_artefact(fname, obj) for fname, obj in artefacts.items()}
+        stale = set(self.manifest["steps"].get(name, {}).get("files", {})) - set(files)
         self.manifest["steps"][name] = {
             "key": key, "inputs": inputs, "files": files, "seconds": round(time.perf_counter() - t0, 2),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         self._write_manifest()
+        owned = {f for step in self.manifest["steps"].values() for f in step["files"]}
+        for fname in stale - owned:  # the step's earlier files it no longer writes: gone, not left to be read
+            (self.root / fname).unlink(missing_ok=True)
         return key, True
 
     def files_of(self, name: str) -> list[str]:

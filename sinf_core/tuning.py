@@ -365,8 +365,8 @@ def chosen_points(bench: Mapping) -> dict[str, dict]:
 
 def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
     """The ``studio`` step's files: the benchmark's route and exit heads at its taps (from the
-    benchmark's head cache, trained there when missing), the chosen operating points, and the
-    calibration outputs at the taps of those points."""
+    benchmark's head cache, trained there when missing), the chosen operating points, and at the tap
+    of the best mode's point the calibration outputs (and the BatchNorm samples' stem outputs)."""
     from .bench import BenchOptions, fit_bench_heads
     from .router import RoutePredictor
 
@@ -380,7 +380,10 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
     heads = {"route": route_heads, "exit": exit_heads}
     tensors, shapes = heads_to_tensors(heads)
     points = chosen_points(bench)
-    out_taps = sorted({p["tap"] for p in points.values()}, key=exp.model.unit_index)
+    # stored for the tap the app opens on (the best mode's point): about 4 kB per image there; the
+    # pages compute other taps' outputs once when asked
+    best = points.get(bench.get("best_mode")) or next(iter(points.values()), None)
+    out_taps = [best["tap"]] if best else []
     files: dict = {STUDIO_HEADS: tensors}
     n_bn = int(bench["options"].get("bn_samples") or 0)
     bn_samples = bn_sample_set(exp, n_bn, opts.seed, opts.batch_size) if n_bn else None
@@ -399,7 +402,7 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
         log(f"studio: calibration outputs at {tap} (base calibration top-1 {outs.base_top1:.2f} %)")
         if n_bn:
             files[studio_bn_file(tap)] = quantize_features(bn_samples.features(tap))
-    files[STUDIO_JSON] = {"taps": taps, "heads": shapes, "points": points, "output_taps": out_taps,
+    files[STUDIO_JSON] = {"format": 1, "taps": taps, "heads": shapes, "points": points, "output_taps": out_taps,
                           "score": bench.get("subgraph_score"), "bn_seed": opts.seed,
                           "options": {k: bench["options"].get(k) for k in ("fill", "bn_samples", "multiple_of")},
                           "head_summary": {k: v for k, v in summary.items() if k != "cache"}}

@@ -258,33 +258,54 @@ def test_overlap_q_and_layer(tiny_env):
     assert before is not None
 
 
-def _mean_flops_with_stem(env, r_M, r_L, overrides=None, fill="mean"):
-    """Independent check: the library's own evaluation of the same configuration."""
+def _reference_evaluation(env, cfg):
+    """Independent check: the library's slow evaluation (images through the unfolded stem, then each
+    cluster's subgraph) of the same configuration."""
     from sinf_core.bundle import Bundle
     from sinf_core.experiment import open_experiment
     from sinf_core.pipeline import load_scores
+    from sinf_core.stats import ActivationStats
     from sinf_core.subgraph import evaluate_cluster_subgraphs, make_cluster_specs
 
     exp = open_experiment(TINY, checkpoint=env["SINF_APP_CHECKPOINT"], device="cpu")
     b = Bundle.open(env["SINF_APP_BUNDLE"])
-    tap = b.json("router.json")["tap"]
-    from sinf_core.stats import ActivationStats
+    stats = ActivationStats.from_tensors(b.tensors("stats.safetensors")) if cfg["fill"] == "mean" else None
+    h = exp.hierarchy
+    overrides = {h.cluster_names.index(k): tuple(v) for k, v in cfg.get("overrides", {}).items()}
+    specs = make_cluster_specs(exp.model, TINY, cfg["tap"], load_scores(b, cfg["method"]), h, cfg["r_M"], cfg["r_L"],
+                               cfg.get("multiple_of"), overrides=overrides, fill_stats=stats)
+    return evaluate_cluster_subgraphs(exp.model, specs, exp.calib_data(), h, baseline=True)
 
-    stats = ActivationStats.from_tensors(b.tensors("stats.safetensors")) if fill == "mean" else None
-    specs = make_cluster_specs(exp.model, TINY, tap, load_scores(b, "dcs"), exp.hierarchy, r_M, r_L,
-                               overrides=overrides, fill_stats=stats)
-    return evaluate_cluster_subgraphs(exp.model, specs, exp.calib_data(), exp.hierarchy, baseline=True)
+
+def _bench_point(env, mode=None):
+    from sinf_core.bundle import Bundle
+
+    bench = Bundle.open(env["SINF_APP_BUNDLE"]).json("bench.json")
+    mode = mode or bench["best_mode"]
+    return mode, bench[mode]["operating_point"], bench
 
 
-def test_pruning_form_changes_numbers_and_saves(tiny_env):
+def _pct(text: str) -> float:
+    return float(str(text).split()[0])
+
+
+def test_pruning_opens_on_the_benchmarks_point_changes_numbers_and_saves(tiny_env):
     from sinf_core.plots import fmt_count
 
+    mode, p, bench = _bench_point(tiny_env)
     at = open_page("pruning")
     no_exception(at)
-    assert at.selectbox(key="method").value == "dcs"
-    flops0 = metric(at, "FLOPs per subgraph")
-    ev = _mean_flops_with_stem(tiny_env, 0.05, 0.5)
-    assert flops0 == fmt_count(ev["mean"]["flops_with_stem"])
+    assert at.selectbox(key="tap").value == p["tap"] and at.selectbox(key="method").value == bench["subgraph_score"]
+    if p["r_M"] is not None:
+        assert (at.slider(key="r_M").value, at.slider(key="r_L").value) == (p["r_M"], p["r_L"])
+    assert "Showing the benchmark's" in texts(at)
+    cfg = {"tap": p["tap"], "method": bench["subgraph_score"], "r_M": at.slider(key="r_M").value,
+           "r_L": at.slider(key="r_L").value, "fill": bench["options"]["fill"], "multiple_of": bench["options"]["multiple_of"]}
+    ev = _reference_evaluation(tiny_env, cfg)
+    assert metric(at, "FLOPs per subgraph") == fmt_count(ev["mean"]["flops_with_stem"]), (cfg, p, texts(at))
+    # the tuning path runs on stored (uint8) stem features with folded BatchNorm: a sample may flip
+    assert abs(_pct(metric(at, "Mean per-cluster accuracy")) - ev["mean"]["accuracy"]) <= 5.0
+    assert "of the base model's FLOPs" in texts(at)
     at.slider(key="r_M").set_value(0.3)
     at.slider(key="r_L").set_value(0.9)
     at.checkbox(key="ov_on_1").set_value(True)
@@ -292,25 +313,44 @@ def test_pruning_form_changes_numbers_and_saves(tiny_env):
     at.slider(key="ov_rl_1").set_value(0.1)
     at.button(key="apply").click().run()
     no_exception(at)
-    flops1 = metric(at, "FLOPs per subgraph")
-    ev1 = _mean_flops_with_stem(tiny_env, 0.3, 0.9, overrides={1: (0.0, 0.1)})
-    assert flops1 == fmt_count(ev1["mean"]["flops_with_stem"]) and flops1 != flops0
-    assert metric(at, "Mean per-cluster accuracy").startswith(f"{ev1['mean']['accuracy']:.2f}")
+    cfg1 = {**cfg, "r_M": 0.3, "r_L": 0.9, "overrides": {"k1": [0.0, 0.1]}}
+    ev1 = _reference_evaluation(tiny_env, cfg1)
+    assert metric(at, "FLOPs per subgraph") == fmt_count(ev1["mean"]["flops_with_stem"])
+    assert abs(_pct(metric(at, "Mean per-cluster accuracy")) - ev1["mean"]["accuracy"]) <= 5.0
     table = at.dataframe[0].value
     assert list(table["r_L"]) == [0.9, 0.1, 0.9] and list(table["r_M"]) == [0.3, 0.0, 0.3]
+    assert "Edited from the benchmark's" in texts(at)
     at.toggle(key="fill").set_value(False)  # removed channels set to zero instead of their mean
     at.button(key="apply").click().run()
     no_exception(at)
-    ev0 = _mean_flops_with_stem(tiny_env, 0.3, 0.9, overrides={1: (0.0, 0.1)}, fill="zero")
-    assert metric(at, "Mean per-cluster accuracy").startswith(f"{ev0['mean']['accuracy']:.2f}")
     at.button(key="save").click().run()
     no_exception(at)
     saved = json.loads((Path(tiny_env["SINF_APP_BUNDLE"]) / "config.json").read_text())
     assert saved["r_M"] == 0.3 and saved["r_L"] == 0.9 and saved["overrides"] == {"k1": [0.0, 0.1]}
-    assert saved["fill"] == "zero"
+    assert saved["fill"] == "zero" and saved["tap"] == p["tap"] and saved["mode"] == mode
     from sinf_core.bundle import Bundle
 
     Bundle.open(tiny_env["SINF_APP_BUNDLE"])  # still a valid bundle (checksums verified)
+    # the one-click way back to the benchmark's point
+    at.button(key="reset_point_pruning").click().run()
+    no_exception(at)
+    assert "Showing the benchmark's" in texts(at)
+    if p["r_M"] is not None:
+        shown = {w.label.split(":")[0]: w.value for w in at.slider if w.label.startswith(("r_M:", "r_L:"))}
+        assert shown == {"r_M": p["r_M"], "r_L": p["r_L"]}
+    # thresholds: in SINF mode, gamma = 1 (never route) is the base model on calibration, as the benchmark found
+    by_label(at.radio, "Mode").set_value("sinf").run()
+    by_label(at.slider, "gamma").set_value(1.0).run()
+    no_exception(at)
+    assert metric(at, "sinf top-1 (calibration)") == f"{bench['sweep']['base_calib_top1']:.2f} %"
+    assert metric(at, "Exit / routed / fall back") == "0 / 0 / 100 %"
+    assert len([c for c in at.get("plotly_chart")]) >= 3  # the gamma curves are drawn
+    (Path(tiny_env["SINF_APP_BUNDLE"]) / "config.json").unlink()  # later tests open on the benchmark's point
+    import sinf_core.bundle as bundle_mod
+
+    b = bundle_mod.Bundle.open(tiny_env["SINF_APP_BUNDLE"], verify=False)
+    b.manifest["steps"].pop("config", None)
+    b._write_manifest()
 
 
 def _png(img, fmt="PNG", **kw) -> bytes:
@@ -321,25 +361,40 @@ def _png(img, fmt="PNG", **kw) -> bytes:
     return buf.getvalue()
 
 
+def by_label(widgets, prefix: str):
+    """The widget whose label starts with ``prefix`` (keys change when the configuration is reset)."""
+    found = [w for w in widgets if w.label.startswith(prefix)]
+    assert found, (prefix, [w.label for w in widgets])
+    return found[0]
+
+
 def test_live_single_image_thresholds_and_batch(tiny_env):
     from sinf_core.data import normalise
     from sinf_core.experiment import open_experiment
 
+    mode, p, bench = _bench_point(tiny_env)
     at = open_page("live")
     no_exception(at)
-    assert {"mode", "gamma", "tau"} <= {w.key for w in list(at.radio) + list(at.slider) if w.key}
+    assert by_label(at.radio, "Mode").value == mode and by_label(at.selectbox, "The shared stem").value == p["tap"]
+    assert "Showing the benchmark's" in texts(at)
+    by_label(at.radio, "Mode").set_value("sinf").run()
+    no_exception(at)
     # gamma = 1: everything falls back, so SINF answers exactly as the base model
-    at.slider(key="gamma").set_value(1.0).run()
+    by_label(at.slider, "gamma").set_value(1.0).run()
     no_exception(at)
     sinf = [m for m in at.metric if m.label.startswith("SINF (")][0]
     assert sinf.label == "SINF (fallback)" and sinf.value == metric(at, "Base model")
-    at.slider(key="gamma").set_value(0.0).run()
+    assert "Speed vs base on this image" in texts(at) and "IQR" in texts(at)
+    by_label(at.slider, "gamma").set_value(0.0).run()
     assert [m.label for m in at.metric if m.label.startswith("SINF (")] == ["SINF (route)"]
     # the cascade with tau = 0 answers at the exit head
-    at.radio(key="mode").set_value("cascade").run()
-    at.slider(key="tau").set_value(0.0).run()
+    by_label(at.radio, "Mode").set_value("cascade").run()
+    by_label(at.slider, "tau").set_value(0.0).run()
     no_exception(at)
     assert [m.label for m in at.metric if m.label.startswith("SINF (")] == ["SINF (exit)"]
+    # the thresholds are one state: the Pruning page shows what was set here
+    pr = open_page("pruning")
+    assert by_label(pr.radio, "Mode").value in ("sinf", "cascade", "exit")
     # a batch run: the base accuracy shown equals the model's accuracy on the same images
     at.slider(key="batch_n").set_value(100)
     at.button(key="batch_run").click().run()
@@ -352,6 +407,7 @@ def test_live_single_image_thresholds_and_batch(tiny_env):
     acc = 100.0 * float((pred == rep.labels[idx]).float().mean())
     assert metric(at, "Base accuracy") == f"{acc:.2f} %"
     assert metric(at, "SINF accuracy").endswith("%")
+    assert metric(at, "SINF speed vs base (paired, median)").endswith("x")
 
 
 def test_live_uploads_good_and_bad(tiny_env):
@@ -525,18 +581,6 @@ def test_pareto_front_matches_brute_force():
     for i in range(60):
         dominated = any(x[j] >= x[i] and y[j] >= y[i] and (x[j] > x[i] or y[j] > y[i]) for j in range(60))
         assert (i in hi) == (not dominated)
-
-
-def test_expected_cost_formula():
-    from app.state import expected_cost
-
-    ev = {"clusters": [{"index": 0, "n": 30, "flops": 100.0}, {"index": 1, "n": 10, "flops": 300.0}],
-          "stem": {"t": {"flops": 50}}, "tail": {"t": {"flops": 400}}}
-    oracle = expected_cost(ev, None)
-    assert oracle["flops"] == pytest.approx(50 + 0.75 * 100 + 0.25 * 300) and oracle["oracle"]
-    routed = expected_cost(ev, {"route": [0.5, 0.2], "fallback": 0.2, "exit": 0.1}, extra_head_flops=7)
-    assert routed["flops"] == pytest.approx(50 + 7 + 0.5 * 100 + 0.2 * 300 + 0.2 * 400)
-    assert routed["ratio"] == pytest.approx(routed["flops"] / 450)
 
 
 # ====================================================================================== real data

@@ -9,6 +9,7 @@ import streamlit as st
 
 from app import state, studio, ui
 from sinf_core import plots
+from sinf_core.bench import expected_flops
 from sinf_core.config import RATIO_RANGE
 from sinf_core.subgraph import DEFAULT_BN_SAMPLES
 
@@ -56,7 +57,7 @@ with st.form("pruning_form"):
             on = a.checkbox(name, value=own is not None, key=wk(f"ov_on_{m}"))
             # an unticked cluster's sliders show the current global pair, not a stale one
             for k, v in ((f"ov_rm_{m}", own[0] if own else cfg["r_M"]), (f"ov_rl_{m}", own[1] if own else cfg["r_L"])):
-                if own is None or wk(k) not in st.session_state:
+                if not on or wk(k) not in st.session_state:
                     st.session_state[wk(k)] = float(v)
             rm = b.slider("r_M", *RATIO_RANGE, step=0.01, key=wk(f"ov_rm_{m}"), label_visibility="collapsed")
             rl = c.slider("r_L", *RATIO_RANGE, step=0.01, key=wk(f"ov_rl_{m}"), label_visibility="collapsed")
@@ -67,7 +68,9 @@ with st.form("pruning_form"):
 if submitted:
     cfg = {**cfg, "tap": tap, "method": method, "r_M": round(r_M, 4), "r_L": round(r_L, 4), "overrides": overrides,
            "fill": "mean" if fill else "zero", "bn": bool(bn)}
-    studio.set_config(src, cfg)
+    if cfg != studio.config(src):
+        studio.set_config(src, cfg)
+        st.rerun()  # the operating-point bar above is drawn again with the new configuration
 if not ui.ensure_scores(src, cfg["method"], "Pruning"):
     st.stop()
 tap = cfg["tap"]
@@ -79,7 +82,7 @@ with ui.guard("Cannot evaluate this configuration"):
     ui.tap_summary(src, cfg, ev)
 
     mean_acc, base_acc = ev["mean"]["accuracy"], ev["mean"].get("base_accuracy")
-    k1, k2, k3 = st.columns(3)
+    k1, k2, k3, k4 = st.columns(4)
     k1.metric("Mean per-cluster accuracy (calibration, oracle routing)", ui.percent(mean_acc),
               delta=None if base_acc is None else f"{mean_acc - base_acc:+.2f} points vs unpruned", border=True)
     k2.metric("Parameters per subgraph (mean, with stem)", plots.fmt_count(ev["mean"]["params_with_stem"]),
@@ -88,6 +91,13 @@ with ui.guard("Cannot evaluate this configuration"):
     k3.metric("FLOPs per subgraph (mean, with stem)", plots.fmt_count(ev["mean"]["flops_with_stem"]),
               delta=f"{100 * (ev['mean']['flops_with_stem'] / facts['flops'] - 1):+.1f} % vs base",
               delta_color="inverse", border=True, help=plots.FLOPS_NOTE)
+
+    oracle = expected_flops(ev["stem"][tap]["flops"], ev["tail"][tap]["flops"], [r["flops"] for r in rows],
+                            [r["n"] / max(1, ev["n"]) for r in rows], 0.0)
+    k4.metric("Expected FLOPs per input (oracle routing)", plots.fmt_count(oracle),
+              delta=f"{100 * (oracle / facts['flops'] - 1):+.1f} % vs base", delta_color="inverse", border=True,
+              help="stem + sum over clusters of (cluster frequency on calibration) x subgraph: every input routed to "
+                   "its own cluster, no heads. With the router, the threshold section below gives the real figure.")
 
     ratios = state.cluster_ratios(cfg, h)
     table = pd.DataFrame([{

@@ -109,6 +109,31 @@ def selectable_models() -> list[str]:
     return out
 
 
+@st.cache_data(show_spinner=False, ttl=60)
+def model_table() -> list[dict]:
+    """One row per selectable model: its published top-1 (the release's, else its model card's), the
+    measured base top-1 of its default bundle's benchmark (report split) and whether that bundle exists."""
+    from sinf_core.models.registry import describe_models
+
+    rows = []
+    for r in describe_models():
+        if r["name"] not in selectable_models():
+            continue
+        folder = default_bundle_dir(r["name"])
+        measured = None
+        try:
+            bench = json.loads((folder / "bench.json").read_text()) if (folder / "bench.json").is_file() else None
+            measured = (bench or {}).get("base", {}).get("top1")
+        except (OSError, ValueError, AttributeError):
+            measured = None
+        pub = r["published_top1"] if r["published_top1"] is not None else r["card_top1"]
+        rows.append({"model": r["name"], "published top-1 (%)": pub,
+                     "published by": "release" if r["published_top1"] is not None else "model card" if pub else None,
+                     "measured top-1 (%, report split)": measured, "bundle": (folder / MANIFEST).is_file(),
+                     "parameters": r["parameters"], "description": r["description"]})
+    return rows
+
+
 # ==================================================================================== memo + progress
 @st.cache_resource(show_spinner=False)
 def _memo_store() -> tuple[dict, threading.RLock]:
@@ -728,7 +753,7 @@ def page_timer() -> Callable[[], float]:
 
 
 __all__ = [
-    "Source", "source", "step_key", "set_source", "env_source", "default_bundle_dir", "selectable_models", "memo", "forget",
+    "Source", "source", "step_key", "set_source", "env_source", "default_bundle_dir", "selectable_models", "model_table", "memo", "forget",
     "Progress", "experiment", "bundle", "bundle_problem", "bundle_json", "bundle_tensors", "build_command",
     "build_bundle", "hierarchy", "data_info", "model_facts", "stats", "scores", "scores_ready", "score_methods", "SCORE_LABELS",
     "router", "exit_heads", "calib_stats", "CLUSTER_METHODS", "Clustering", "clustering", "maps",

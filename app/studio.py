@@ -270,7 +270,7 @@ def evaluation(src: Source, cfg: dict) -> dict:
 
 
 def curves(src: Source, cfg: dict) -> list[dict]:
-    """Every (gamma, tau) point on the threshold grid for ``cfg``'s subgraphs (``tuning.threshold_curves``)."""
+    """The points along gamma and along tau through ``cfg``'s thresholds (``tuning.threshold_curves``)."""
     from sinf_core.tuning import threshold_curves
 
     def compute() -> list[dict]:
@@ -278,9 +278,10 @@ def curves(src: Source, cfg: dict) -> list[dict]:
         tap = cfg["tap"]
         ev = evaluation(src, cfg) if tap in hd["route"] else None
         return threshold_curves(calibration_outputs(src, tap), costs(src), hd["route"].get(tap), hd["exit"].get(tap),
-                                None if ev is None else ev["schedule"])
+                                None if ev is None else ev["schedule"], float(cfg["gamma"]), float(cfg["tau"]))
 
-    return memo((src.key, "curves", _cfg_key(cfg, SPEC_KEYS), step_key(src, "router"), step_key(src, "studio")), compute)
+    return memo((src.key, "curves", _cfg_key(cfg, SPEC_KEYS + ("gamma", "tau")), step_key(src, "router"),
+                 step_key(src, "studio")), compute)
 
 
 def tap_profile(src: Source, tap: str) -> dict:

@@ -172,15 +172,20 @@ class CostCache:
                                stem_output(self.model, tap, self.input_shape))
         return self._taps[tap]
 
+    def head(self, head: RouteHead | None, tap: str) -> Cost:
+        """A route / exit head's cost at ``tap`` (counted once per head)."""
+        if head is None:
+            return Cost(0, 0)
+        key = ("head", id(head), tap)
+        if key not in self._costs:
+            self._costs[key] = module_cost(head, self.tap(tap)[2])
+        return self._costs[key]
+
     def subgraph(self, spec: SubgraphSpec, module: nn.Module) -> Cost:
         key = (spec.tap, tuple(sorted(spec.kept_counts().items())), None if spec.classes is None else len(spec.classes))
         if key not in self._costs:
             self._costs[key] = module_cost(module, self.tap(spec.tap)[2])
         return self._costs[key]
-
-
-def head_cost(head: RouteHead | None, costs: CostCache, tap: str) -> Cost:
-    return Cost(0, 0) if head is None else module_cost(head, costs.tap(tap)[2])
 
 
 @torch.inference_mode()
@@ -195,6 +200,7 @@ def evaluate_schedule(
     batch_size: int = 250,
     device: torch.device | str = "cpu",
     channels_last: bool = True,
+    fold_bn: bool = False,
 ) -> dict:
     """One configuration (a spec per cluster at ``outputs.tap``) on the calibration outputs.
 
@@ -203,7 +209,9 @@ def evaluate_schedule(
     routing: each image through its own cluster's subgraph), base_accuracy (the unpruned tail
     restricted to the same classes), params / flops of the subgraph, flops_with_stem,
     params_with_stem, flop_ratio, kept; ``schedule.pred``: each image's prediction by the subgraph
-    of the cluster the router picked (-1 without a router). Subgraphs run folded, as served."""
+    of the cluster the router picked (-1 without a router). ``fold_bn``: fold each subgraph's BatchNorms
+    first (as served; the same predictions up to float rounding; folding 20 subgraphs costs more than it
+    saves on 5,000 tails)."""
     tap = outputs.tap
     if any(s.tap != tap for s in specs.values()):
         raise SinfError(f"every spec must start after tap {tap!r}")
@@ -213,7 +221,7 @@ def evaluate_schedule(
     for m, s in specs.items():
         built = build_subgraph(model, s)
         sub_cost[m] = costs.subgraph(s, built)  # counted unfolded, as every cost in the project
-        subs[m] = prepare_for_inference(built, fold_bn=True, channels_last=channels_last, device=device)
+        subs[m] = prepare_for_inference(built, fold_bn=fold_bn, channels_last=channels_last, device=device)
     labels = outputs.labels
     true_cluster = torch.as_tensor(hierarchy.cluster_array())[labels]
     routed_to = outputs.route_pred if outputs.route_pred is not None else torch.full_like(labels, -1)
@@ -268,15 +276,17 @@ def threshold_curves(
     route_head: RouteHead | None,
     exit_head: RouteHead | None,
     schedule: ScheduleData | None,
-    gammas: Sequence[float] | None = None,
-    taus: Sequence[float] | None = None,
+    gamma: float = 1.0,
+    tau: float = 1.0,
+    steps: int = CURVE_STEPS,
 ) -> list[dict]:
-    """Every operating point of (gamma, tau) on a grid for the calibration outputs, by the
-    benchmark's rule (``bench.sweep_tap``): one dict per point with mode, gamma, tau, top1 (%), top1_se,
-    flops (expected per input, heads included), exit_rate, route_rate, fallback_rate. Modes without
-    their head are left out."""
-    grid = [round(i / (CURVE_STEPS - 1), 4) for i in range(CURVE_STEPS)]
-    gammas, taus = list(gammas or grid), list(taus or grid)
+    """The operating points along both threshold lines through (gamma, tau), by the benchmark's rule
+    (``bench.sweep_tap``): gamma on a grid of ``steps`` values in [0, 1] (plus gamma itself) at tau, and
+    tau on that grid at gamma; each point a dict with mode, gamma, tau, top1 (%), top1_se, flops
+    (expected per input, heads included), exit_rate, route_rate, fallback_rate. Modes without their
+    head are left out; the exit mode's points do not depend on gamma."""
+    grid = sorted({round(i / (steps - 1), 4) for i in range(steps)} | {round(float(gamma), 4)})
+    tgrid = sorted({round(i / (steps - 1), 4) for i in range(steps)} | {round(float(tau), 4)})
     tap = outputs.tap
     stem, tail, _ = costs.tap(tap)
     n = len(outputs)
@@ -286,10 +296,21 @@ def threshold_curves(
         tap,
         outputs.route_conf if has_route else torch.zeros(n), outputs.route_pred if has_route else torch.zeros(n, dtype=torch.long),
         outputs.exit_conf if has_exit else torch.zeros(n), outputs.exit_pred if has_exit else torch.full((n,), -1),
-        stem, tail, head_cost(route_head, costs, tap), head_cost(exit_head, costs, tap),
+        stem, tail, costs.head(route_head, tap), costs.head(exit_head, tap),
         [schedule] if has_route else [])
-    points = sweep_tap(outputs.labels, outputs.base_pred, td, gammas, taus if has_exit else [1.0])
-    return [p for p in points if (p["mode"] != "exit" or has_exit) and (p["mode"] != "cascade" or has_exit)]
+    seen, points = set(), []
+    lines = [(grid, [round(float(tau), 4)] if has_exit else [1.0])]
+    if has_exit:
+        lines.append(([round(float(gamma), 4)], tgrid))
+    for gammas, taus in lines:
+        for p in sweep_tap(outputs.labels, outputs.base_pred, td, gammas, taus):
+            if p["mode"] in ("exit", "cascade") and not has_exit:
+                continue
+            key = (p["mode"], p["gamma"], p["tau"])
+            if key not in seen:
+                seen.add(key)
+                points.append(p)
+    return points
 
 
 def point_at(points: Sequence[dict], mode: str, gamma: float | None, tau: float | None) -> dict | None:

@@ -91,9 +91,10 @@ def test_threshold_curves_follow_the_engine():
     specs = make_cluster_specs(model, "tiny", tap, _random_scores(model, seed=5), ds.hierarchy, 0.1, 0.5)
     costs = tuning.CostCache(model, (3, 32, 32))
     ev = tuning.evaluate_schedule(model, specs, out, ds.hierarchy, costs, 0.1, 0.5, channels_last=False)
-    pts = tuning.threshold_curves(out, costs, route, exit_head, ev["schedule"])
     subs = [build_subgraph(model, specs[m]) for m in range(3)]
-    for mode, gamma, tau in (("sinf", 0.5, None), ("cascade", 0.4, 0.3), ("exit", None, 0.2), ("sinf", 1.0, None)):
+    for mode, gamma, tau in (("sinf", 0.5, None), ("cascade", 0.4, 0.3), ("exit", None, 0.2), ("sinf", 1.0, None),
+                             ("cascade", 0.33, 0.57)):  # off the grid: the current setting is computed exactly
+        pts = tuning.threshold_curves(out, costs, route, exit_head, ev["schedule"], gamma or 1.0, tau or 1.0)
         p = tuning.point_at(pts, mode, gamma, tau)
         assert (p["gamma"], p["tau"]) == (gamma, tau)
         eng = SemanticInference(model, route if mode != "exit" else None, subs if mode != "exit" else None,
@@ -103,6 +104,7 @@ def test_threshold_curves_follow_the_engine():
         assert p["top1"] == pytest.approx(100.0 * float((res.pred == y).double().mean()), abs=1e-9), (mode, gamma, tau)
         c = res.counts()
         assert (p["exit_rate"], p["route_rate"]) == (pytest.approx(c["exit"] / len(y)), pytest.approx(c["route"] / len(y)))
+    pts = tuning.threshold_curves(out, costs, route, exit_head, ev["schedule"], 1.0, 1.0)
     p = tuning.point_at(pts, "sinf", 1.0, None)
     assert p["fallback_rate"] == 1.0 and p["top1"] == pytest.approx(out.base_top1)
     assert len({q["gamma"] for q in pts if q["mode"] == "sinf"}) == tuning.CURVE_STEPS

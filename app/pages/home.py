@@ -17,8 +17,21 @@ st.markdown(
 
 src = state.source()
 
-# ------------------------------------------------------------------------------------ source picker
-with st.expander("Model and bundle", expanded=False):
+# ------------------------------------------------------------------------------------ models + source picker
+table = pd.DataFrame(state.model_table())
+if len(table):
+    names = list(table["model"])
+    pick = st.segmented_control("Model", names, default=src.model if src.model in names else None, key="model_switch",
+                                help="switch the whole app to another model and its default bundle")
+    if pick and pick != src.model:
+        state.set_source(state.Source(pick, None, None, str(state.default_bundle_dir(pick))))
+        st.rerun()
+    st.dataframe(table, hide_index=True, key="models_table", column_config={
+        "published top-1 (%)": st.column_config.NumberColumn(format="%.2f"),
+        "measured top-1 (%, report split)": st.column_config.NumberColumn(format="%.2f"),
+        "parameters": st.column_config.NumberColumn(format="%d")})
+    st.caption("Measured top-1: the base model on the report split, from the benchmark in the model's bundle.")
+with st.expander("Another model, weights file or bundle folder", expanded=False):
     with st.form("source_form"):
         models = state.selectable_models()
         idx = models.index(src.model) if src.model in models else 0

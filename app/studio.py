@@ -210,20 +210,19 @@ def costs(src: Source):
     return memo((src.key, "cost_cache"), lambda: CostCache(exp.model, tuple(exp.train.images.shape[1:])))
 
 
-def bn_samples(src: Source, tap: str, per_cluster: int | None = None):
-    """The fit images on which subgraph BatchNorm statistics are re-estimated, with their stem
-    outputs at ``tap`` from the bundle when stored there (studio step)."""
+def bn_samples(src: Source, tap: str):
+    """The fit images on which subgraph BatchNorm statistics are re-estimated, as the benchmark picked
+    them (its count and seed); their stem outputs at ``tap`` are computed on first use."""
     from sinf_core.subgraph import DEFAULT_BN_SAMPLES
-    from sinf_core.tuning import bn_sample_set, dequantize_features, studio_bn_file
+    from sinf_core.tuning import bn_sample_set
 
     info = studio_info(src) or {}
-    n = int(per_cluster or (info.get("options") or {}).get("bn_samples") or DEFAULT_BN_SAMPLES)
+    n = int((info.get("options") or {}).get("bn_samples") or DEFAULT_BN_SAMPLES)
 
     def compute():
         samples = bn_sample_set(state.experiment(src), n, int(info.get("bn_seed", 0)))
-        t = state.bundle_tensors(src, studio_bn_file(tap))
-        if t is not None:
-            samples.set_features(tap, dequantize_features(t["codes"], t["low"], t["step"]))
+        with st.spinner(f"Stem outputs of {n} fit images per cluster at {tap} (for BatchNorm re-estimation, once) ..."):
+            samples.features(tap)
         return samples
 
     return memo((src.key, "bn_samples", tap, n, step_key(src, "studio")), compute)

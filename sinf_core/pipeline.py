@@ -283,7 +283,7 @@ def build_bundle(
         # 10. what SINF Studio reads at once: the benchmark's heads and calibration outputs at its points
         from .tuning import studio_artifacts
 
-        run("studio", {"bench": k_bench, "format": 2}, lambda: studio_artifacts(exp, bundle, prog, log))
+        run("studio", {"bench": k_bench, "format": 3}, lambda: studio_artifacts(exp, bundle, prog, log))
 
     bundle.manifest["last_build_seconds"] = timings
     bundle._write_manifest()

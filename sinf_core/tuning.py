@@ -337,10 +337,6 @@ def studio_outputs_file(tap: str) -> str:
     return f"studio_calib_{tap}.safetensors"
 
 
-def studio_bn_file(tap: str) -> str:
-    return f"studio_bn_{tap}.safetensors"
-
-
 def bn_sample_set(exp, per_cluster: int, seed: int = 0, batch_size: int = 256):
     """The fit images on which subgraph BatchNorm statistics are re-estimated, as the benchmark picks them."""
     from .subgraph import BatchNormSamples
@@ -387,7 +383,8 @@ def chosen_points(bench: Mapping) -> dict[str, dict]:
 def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
     """The ``studio`` step's files: the benchmark's route and exit heads at its taps (from the
     benchmark's head cache, trained there when missing), the chosen operating points, and at the tap
-    of the best mode's point the calibration outputs (and the BatchNorm samples' stem outputs)."""
+    of the best mode's point the calibration outputs. (The BatchNorm samples' stem outputs are not
+    stored: 5,120 images through the stem take seconds, as much disk as the calibration outputs.)"""
     from .bench import BenchOptions, fit_bench_heads
     from .router import RoutePredictor
 
@@ -406,8 +403,6 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
     best = points.get(bench.get("best_mode")) or next(iter(points.values()), None)
     out_taps = [best["tap"]] if best else []
     files: dict = {STUDIO_HEADS: tensors}
-    n_bn = int(bench["options"].get("bn_samples") or 0)
-    bn_samples = bn_sample_set(exp, n_bn, opts.seed, opts.batch_size) if n_bn else None
     calib = exp.calib_data()
     for i, tap in enumerate(out_taps):
         done = [0]
@@ -421,8 +416,6 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
                                            device=exp.device, on_batch=on_batch)
         files[studio_outputs_file(tap)] = outs.to_tensors()
         log(f"studio: calibration outputs at {tap} (base calibration top-1 {outs.base_top1:.2f} %)")
-        if n_bn:
-            files[studio_bn_file(tap)] = quantize_features(bn_samples.features(tap))
     files[STUDIO_JSON] = {"format": 1, "taps": taps, "heads": shapes, "points": points, "output_taps": out_taps,
                           "score": bench.get("subgraph_score"), "bn_seed": opts.seed,
                           "options": {k: bench["options"].get(k) for k in ("fill", "bn_samples", "multiple_of")},
@@ -432,4 +425,4 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
 
 __all__ = ["CalibrationOutputs", "CostCache", "compute_calibration_outputs", "evaluate_schedule", "threshold_curves",
            "point_at", "studio_artifacts", "heads_to_tensors", "heads_from_tensors", "chosen_points",
-           "studio_outputs_file", "studio_bn_file", "bn_sample_set", "STUDIO_JSON", "STUDIO_HEADS", "quantize_features", "dequantize_features", "CURVE_STEPS", "QUANT_LEVELS"]
+           "studio_outputs_file", "bn_sample_set", "STUDIO_JSON", "STUDIO_HEADS", "quantize_features", "dequantize_features", "CURVE_STEPS", "QUANT_LEVELS"]

@@ -178,6 +178,11 @@ def _cfg_key(cfg: dict, keys: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def config_key(cfg: dict) -> str:
+    """A short hash of everything in ``cfg`` (what a result computed for it depends on)."""
+    return _cfg_key(cfg, tuple(sorted(cfg)))
+
+
 SPEC_KEYS = ("tap", "method", "r_M", "r_L", "overrides", "fill", "bn", "multiple_of")  # what a subgraph depends on
 
 
@@ -385,6 +390,6 @@ def time_one_image(src: Source, eng, x_u8: torch.Tensor, calls: int = 30) -> dic
 
 
 __all__ = ["MODE_LABELS", "studio_info", "heads", "head_taps", "operating_points", "best_mode",
-           "point_config", "at_point", "config", "set_config", "widget_key", "save_config", "SPEC_KEYS",
+           "point_config", "at_point", "config", "config_key", "set_config", "widget_key", "save_config", "SPEC_KEYS",
            "calibration_outputs", "costs", "bn_samples", "specs", "evaluation", "curves", "tap_profile",
            "inference_base", "base_predict", "subgraph_modules", "engine", "time_one_image"]

@@ -163,14 +163,16 @@ def tap_summary(src: state.Source, cfg: dict, ev: dict) -> None:
                "block shares, so they are kept." if len(after) < 4 else ""))
 
 
-def threshold_section(src: state.Source, cfg: dict, page: str) -> None:
+def threshold_section(src: state.Source, page: str) -> None:
     """gamma / tau sliders (one state across pages) with the calibration figures at the current setting
-    and the curves against each threshold (from the cached calibration outputs: instant)."""
+    and the curves against each threshold (from the cached calibration outputs: instant). As
+    ``threshold_fragment``, moving a slider reruns only this section."""
     from sinf_core import tuning_plots
     from sinf_core.tuning import point_at
 
     from . import studio
 
+    cfg = studio.config(src)
     mode = cfg.get("mode") or "sinf"
     hd = studio.heads(src)
     has_exit = cfg["tap"] in hd["exit"]
@@ -209,3 +211,6 @@ def threshold_section(src: state.Source, cfg: dict, page: str) -> None:
             title=f"{mode} against {vary}" + (f" (tau = {cfg['tau']:.2f})" if vary == "gamma" and mode == "cascade"
                                               else f" (gamma = {cfg['gamma']:.2f})" if vary == "tau" and mode == "cascade"
                                               else "")), key=f"curve_{vary}_{page}")
+
+
+threshold_fragment = st.fragment(threshold_section)  # Pruning: a slider move redraws only the thresholds

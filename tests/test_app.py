@@ -308,7 +308,10 @@ def test_pruning_opens_on_the_benchmarks_point_changes_numbers_and_saves(tiny_en
     assert "of the base model's FLOPs" in texts(at)
     at.slider(key="r_M").set_value(0.3)
     at.slider(key="r_L").set_value(0.9)
-    at.checkbox(key="ov_on_1").set_value(True)
+    at.multiselect(key="ov_clusters").set_value(["k1"]).run()  # the cluster's sliders appear at the global pair
+    assert (at.slider(key="ov_rm_1").value, at.slider(key="ov_rl_1").value) == (cfg["r_M"], cfg["r_L"])
+    at.slider(key="r_M").set_value(0.3)
+    at.slider(key="r_L").set_value(0.9)
     at.slider(key="ov_rm_1").set_value(0.0)
     at.slider(key="ov_rl_1").set_value(0.1)
     at.button(key="apply").click().run()

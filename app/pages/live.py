@@ -45,8 +45,11 @@ else:
     with st.expander("Thresholds: gamma and tau, with their calibration curves", expanded=False):
         if ui.ensure_scores(src, cfg["method"], "The curves"):
             with ui.guard("Cannot compute the curves"):
-                ui.threshold_section(src, cfg, "live")
+                ui.threshold_section(src, "live")
                 cfg = studio.config(src)
+    prof = studio.tap_profile(src, cfg["tap"])
+    st.caption(f"After {cfg['tap']} lie {100 * prof['flops_after']:.1f} % of the base model's FLOPs and "
+               f"{100 * prof['time_after']:.1f} % of its measured time: all that exiting or routing there can save.")
     st.caption(f"Mode **{cfg['mode']}**, gamma {cfg['gamma']:.2f}, tau {cfg['tau']:.2f}; subgraphs: "
                f"{state.SCORE_LABELS.get(cfg['method'], cfg['method'])}, r_M {cfg['r_M']:g} -> r_L {cfg['r_L']:g}, "
                f"{len(cfg['overrides'])} per-cluster overrides (the Pruning page changes them).")
@@ -104,7 +107,12 @@ if image is not None:
         with torch.inference_mode():
             base_logits = studio.base_predict(src)(x).float()
         base_pred = int(base_logits.argmax(1))
-        lat = studio.time_one_image(src, eng, x)
+        # timed once per image and configuration (a rerun that changes neither shows the same figures)
+        tkey = ("one_image_timing", src.key, hash(x.numpy().tobytes()), studio.config_key(cfg), eng is None)
+        again = st.button("Time again", key="time_again", help="30 interleaved calls of each, batch of 1")
+        if again or st.session_state.get("one_image_timing", (None,))[0] != tkey:
+            st.session_state["one_image_timing"] = (tkey, studio.time_one_image(src, eng, x))
+        lat = st.session_state["one_image_timing"][1]
         cols = st.columns(2)
         verdict = "" if true_label is None else (" (correct)" if base_pred == true_label else " (wrong)")
         cols[1].metric("Base model", h.class_names[base_pred] + verdict, delta=f"{ms(lat['base'])}, batch of 1",

@@ -35,6 +35,9 @@ wk = lambda name: studio.widget_key(src, name)  # noqa: E731  (keys that follow 
 ui.operating_point_bar(src, cfg, "pruning")
 cfg = studio.config(src)
 
+chosen = st.multiselect("Clusters with their own r_M / r_L (their sliders appear in the overrides below)",
+                        list(h.cluster_names), default=list(cfg["overrides"]), key=wk("ov_clusters"),
+                        help="the other clusters follow the global r_M / r_L")
 with st.form("pruning_form"):
     c0, c1, c2, c3 = st.columns([1, 1.2, 1, 1])
     tap = c0.selectbox("The shared stem ends after", taps, index=taps.index(cfg["tap"]) if cfg["tap"] in taps else len(taps) - 1,
@@ -49,20 +52,17 @@ with st.form("pruning_form"):
     bn = st.toggle("Re-estimate BatchNorm statistics: each subgraph's BatchNorms get the base model's statistics "
                    f"corrected by the shift its pruning causes on {DEFAULT_BN_SAMPLES} fit images of its cluster "
                    "(no weight changes)", value=bool(cfg.get("bn", True)), key=wk("bn"))
-    with st.expander("Per-cluster overrides (tick a cluster to give it its own r_M / r_L)"):
+    with st.expander("Per-cluster overrides: give chosen clusters their own r_M / r_L",
+                     expanded=bool(chosen)):
         overrides = {}
-        for m, name in enumerate(h.cluster_names):
-            own = cfg["overrides"].get(name)
+        for name in chosen:
+            m = h.cluster_names.index(name)
+            own = cfg["overrides"].get(name) or [cfg["r_M"], cfg["r_L"]]  # a newly chosen cluster starts at the global pair
             a, b, c = st.columns([1.2, 1, 1])
-            on = a.checkbox(name, value=own is not None, key=wk(f"ov_on_{m}"))
-            # an unticked cluster's sliders show the current global pair, not a stale one
-            for k, v in ((f"ov_rm_{m}", own[0] if own else cfg["r_M"]), (f"ov_rl_{m}", own[1] if own else cfg["r_L"])):
-                if not on or wk(k) not in st.session_state:
-                    st.session_state[wk(k)] = float(v)
-            rm = b.slider("r_M", *RATIO_RANGE, step=0.01, key=wk(f"ov_rm_{m}"), label_visibility="collapsed")
-            rl = c.slider("r_L", *RATIO_RANGE, step=0.01, key=wk(f"ov_rl_{m}"), label_visibility="collapsed")
-            if on:
-                overrides[name] = [round(rm, 4), round(rl, 4)]
+            a.markdown(ui.cluster_chip(name, m), unsafe_allow_html=True)
+            rm = b.slider(f"r_M of {name}", *RATIO_RANGE, float(own[0]), 0.01, key=wk(f"ov_rm_{m}"))
+            rl = c.slider(f"r_L of {name}", *RATIO_RANGE, float(own[1]), 0.01, key=wk(f"ov_rl_{m}"))
+            overrides[name] = [round(rm, 4), round(rl, 4)]
     submitted = st.form_submit_button("Apply", type="primary", key="apply")
 
 if submitted:
@@ -127,7 +127,7 @@ with ui.guard("Cannot evaluate this configuration"):
     if tap not in hd["route"]:
         ui.bundle_notice(src, f"A route head at {tap}")
     else:
-        ui.threshold_section(src, cfg, "pruning")
+        ui.threshold_fragment(src, "pruning")
         cfg = studio.config(src)
 
     # -------------------------------------------------------------------- comparison with the baselines

@@ -20,11 +20,9 @@ library's ``SINF_DATA_DIR`` / ``SINF_WEIGHTS_DIR`` / ``SINF_CACHE_DIR``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,8 +33,8 @@ import numpy as np
 import streamlit as st
 import torch
 
-from sinf_core.bundle import MANIFEST, Bundle, state_dict_sha256
-from sinf_core.data import Hierarchy, ImageDataset
+from sinf_core.bundle import MANIFEST, Bundle
+from sinf_core.data import Hierarchy
 from sinf_core.errors import SinfError
 from sinf_core.models import MODELS
 

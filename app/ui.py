@@ -192,12 +192,13 @@ def threshold_section(src: state.Source, page: str) -> None:
     here = point_at(pts, mode, cfg["gamma"] if mode != "exit" else None, cfg["tau"] if mode != "sinf" else None)
     chosen = studio.operating_points(src).get(mode)
     if here is not None:
+        st.caption(f"On calibration at gamma {float(cfg['gamma']):.2f} and tau {float(cfg['tau']):.2f} ({mode}):")
         m1, m2, m3, m4 = st.columns(4)
         m1.metric(f"{mode} top-1 (calibration)", percent(here["top1"]),
                   delta=f"{here['top1'] - out.base_top1:+.2f} points vs base", border=True)
         m2.metric("Exit / routed / fall back", f"{100 * here['exit_rate']:.0f} / {100 * here['route_rate']:.0f} / "
                   f"{100 * here['fallback_rate']:.0f} %", border=True)
-        m3.metric("Expected FLOPs per input", fmt_count(here["flops"]),
+        m3.metric("Expected FLOPs per input (router and heads included)", fmt_count(here["flops"]),
                   delta=f"{100 * (here['flops'] / base_flops - 1):+.1f} % vs base", delta_color="inverse", border=True,
                   help="stem + heads + each path's cost weighted by how often calibration inputs take it")
         m4.metric("Standard error of the difference", f"{here['top1_se']:.2f} points", border=True,

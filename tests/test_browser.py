@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -60,6 +61,12 @@ def wait_idle(page, timeout: float = 120.0) -> float:
             return idle_since
         page.wait_for_timeout(300)
     raise AssertionError(f"the app was still running after {timeout} s")
+
+
+def slider_value(page, label: str) -> float:
+    """The value a slider shows on its thumb."""
+    box = page.locator('[data-testid="stSlider"]', has_text=label).first
+    return float(box.get_by_test_id("stSliderThumbValue").first.inner_text())
 
 
 def assert_no_exception(page, where: str) -> None:
@@ -119,16 +126,17 @@ def drive_app(url: str, out_dir: Path, upload: Path | None = None, bad_upload: P
             nav.get_by_text("Pruning", exact=True).click()
             expect(page.get_by_text("Mean per-cluster accuracy").first).to_be_visible()
             wait_idle(page, timeout)
-            before = page.get_by_test_id("stMetricValue").all_inner_texts()
             thumb = page.locator('[data-testid="stSlider"]', has_text="r_L: removed fraction").get_by_role("slider")
             thumb.focus()
             for _ in range(30):
                 thumb.press("ArrowRight")
+            r_l = slider_value(page, "r_L: removed fraction")
             t0 = time.perf_counter()
             page.get_by_role("button", name="Apply").click()
-            page.wait_for_function("(b) => JSON.stringify([...document.querySelectorAll('[data-testid=stMetricValue]')]"
-                                   ".map(e => e.innerText)) !== b", arg=json.dumps(before), timeout=timeout * 1000)
-            times["Pruning"]["apply"] = wait_idle(page, timeout) - t0
+            expect(page.get_by_text(re.compile(rf"Subgraphs evaluated.*r_L {r_l:.2f}")).first).to_be_visible(
+                timeout=timeout * 1000)
+            times["Pruning"]["apply"] = time.perf_counter() - t0  # until the new figures are on screen
+            times["Pruning"]["apply_idle"] = wait_idle(page, timeout) - t0
             assert_no_exception(page, "Pruning after Apply")
             page.screenshot(path=str(out_dir / "pruning_applied.png"), full_page=True)
 
@@ -136,15 +144,21 @@ def drive_app(url: str, out_dir: Path, upload: Path | None = None, bad_upload: P
             for name in ("gamma: router confidence", "tau: exit confidence"):
                 thumb = page.locator('[data-testid="stSlider"]', has_text=name).first.get_by_role("slider")
                 if thumb.count() and thumb.get_attribute("aria-disabled") != "true":
-                    before = page.get_by_test_id("stMetricValue").all_inner_texts()
                     thumb.focus()
                     t0 = time.perf_counter()
-                    for _ in range(5):
-                        thumb.press("ArrowLeft")
-                    page.wait_for_function(
-                        "(b) => JSON.stringify([...document.querySelectorAll('[data-testid=stMetricValue]')]"
-                        ".map(e => e.innerText)) !== b", arg=json.dumps(before), timeout=timeout * 1000)
-                    times["Pruning"]["threshold"] = wait_idle(page, timeout) - t0
+                    thumb.press("ArrowLeft")  # one step: one rerun
+                    page.wait_for_timeout(100)
+                    v = slider_value(page, name)
+                    which = "gamma" if name.startswith("gamma") else "tau"
+                    other = page.get_by_text("On calibration at gamma").first.inner_text()
+                    want = f"{which} {v:.2f}"
+                    page.wait_for_function("([w]) => [...document.querySelectorAll('[data-testid=stCaptionContainer]')]"
+                                           ".some(e => e.innerText.startsWith('On calibration at') && e.innerText.includes(w))",
+                                           arg=[want], timeout=timeout * 1000)
+                    expect(page.get_by_text("Standard error of the difference").first).to_be_visible()
+                    assert other
+                    times["Pruning"]["threshold"] = time.perf_counter() - t0
+                    times["Pruning"]["threshold_idle"] = wait_idle(page, timeout) - t0
                     assert_no_exception(page, f"Pruning after moving {name}")
                     page.screenshot(path=str(out_dir / "pruning_threshold.png"), full_page=True)
                     break

@@ -82,6 +82,9 @@ with ui.guard("Cannot evaluate this configuration"):
     ui.tap_summary(src, cfg, ev)
 
     mean_acc, base_acc = ev["mean"]["accuracy"], ev["mean"].get("base_accuracy")
+    st.caption(f"Subgraphs evaluated: {state.SCORE_LABELS.get(cfg['method'], cfg['method'])} at {tap}, "
+               f"r_M {float(cfg['r_M']):.2f} -> r_L {float(cfg['r_L']):.2f}, {len(cfg['overrides'])} overrides, "
+               f"on {ev['n']:,} calibration images.")
     k1, k2, k3, k4 = st.columns(4)
     k1.metric("Mean per-cluster accuracy (calibration, oracle routing)", ui.percent(mean_acc),
               delta=None if base_acc is None else f"{mean_acc - base_acc:+.2f} points vs unpruned", border=True)

@@ -129,15 +129,10 @@ def operating_point_bar(src: state.Source, cfg: dict, page: str) -> None:
                     help="the operating point `sinf bench` chose on calibration for this mode"):
             studio.set_config(src, studio.point_config(src, mode, cfg), external=True)
             st.rerun()
-        parts = [f"tap **{p['tap']}**"]
-        if p.get("r_M") is not None:
-            parts.append(f"r_M {p['r_M']:g} -> r_L {p['r_L']:g}")
-        if p.get("gamma") is not None:
-            parts.append(f"gamma {p['gamma']:g}")
-        if p.get("tau") is not None:
-            parts.append(f"tau {p['tau']:g}")
+        from sinf_core.report import point_text
+
         st.caption(("Showing" if at else "Edited from") + f" the benchmark's {mode} point, chosen on calibration: "
-                   + ", ".join(parts) + f" (calibration top-1 {p['top1']:.2f} %; see the Speed-up report).")
+                   + point_text(p) + f" (calibration top-1 {p['top1']:.2f} %; see the Speed-up report).")
     else:
         st.caption(f"The bundle has no benchmark point for {mode}: `{state.build_command(src)}` makes one.")
 

@@ -457,7 +457,7 @@ the router's and the exit head's cost are included. {html.escape(str(notes))}</p
 """
 
 
-def _point_text(p: Mapping[str, Any]) -> str:
+def point_text(p: Mapping[str, Any]) -> str:
     s = str(p.get("tap", ""))
     if p.get("r_M") is not None and p.get("r_L") is not None:
         s += f", r {float(p['r_M']):.2f}->{float(p['r_L']):.2f}"
@@ -492,7 +492,7 @@ def to_markdown(bench: Mapping[str, Any], title: str | None = None, front_rows: 
             rates = ", ".join(f"{k.replace('_', ' ')} {100 * float(op[k]):.1f} %" for k in ("exit_rate", "route_rate", "fallback_rate")
                               if op.get(k) is not None)
             cal = "" if op.get("calib_top1") is None else f"; calibration top-1 {float(op['calib_top1']):.2f} %"
-            lines.append(f"- **{op['mode']}**: {_point_text(op)}{cal}" + (f"; on the report split {rates}" if rates else ""))
+            lines.append(f"- **{op['mode']}**: {point_text(op)}{cal}" + (f"; on the report split {rates}" if rates else ""))
         lines.append("")
     points = bench_points(bench)
     for mode in sorted({p["mode"] for p in points}, key=lambda m: MODES.index(m) if m in MODES else len(MODES)):
@@ -502,7 +502,7 @@ def to_markdown(bench: Mapping[str, Any], title: str | None = None, front_rows: 
             front = [front[round(i * step)] for i in range(front_rows)]
         lines += [f"Pareto front of **{mode}** (calibration split; {len(front)} of its points shown):", "",
                   "| expected FLOPs | calibration top-1 (%) | point |", "|---|---|---|"]
-        lines += [f"| {fmt('flops', p['flops'])} | {fmt('top1', p.get('top1'))} | {_point_text(p)} |" for p in front]
+        lines += [f"| {fmt('flops', p['flops'])} | {fmt('top1', p.get('top1'))} | {point_text(p)} |" for p in front]
         lines.append("")
     lines += [f"{info_text(bench)}.", "", f"Hardware: {hardware_text(bench)}", ""]
     return "\n".join(lines)

@@ -204,6 +204,14 @@ def start_app(script: Path, env: dict[str, str], port: int, log: Path) -> subpro
     raise RuntimeError(f"streamlit did not listen on port {port} within 120 s: {log.read_text()[-3000:]}")
 
 
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def write_tiny_wrapper(path: Path, env: dict[str, str]) -> Path:
     """A main script that registers the tiny test model in the server process, then runs the app."""
     path.write_text(
@@ -231,11 +239,7 @@ def tiny_app(tmp_path_factory):
     try:
         yield f"http://127.0.0.1:{port}", work, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc)
 
 
 def test_every_page_in_chromium(tiny_app):
@@ -274,11 +278,7 @@ def test_shipped_bundles_in_chromium(model, real_env, tmp_path):
         Image.new("RGB", (200, 120), (30, 160, 60)).save(good)
         times = drive_app(f"http://127.0.0.1:{port}", ARTIFACTS / model, upload=good)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc)
     print(model, json.dumps(times))
     assert set(times) == {label for label, _, _ in PAGES}
     assert "Traceback" not in log.read_text()

@@ -245,15 +245,13 @@ def specs(src: Source, cfg: dict) -> dict:
         sc = state.scores(src, cfg["method"])
         ratios = state.cluster_ratios(cfg, h)
         bn = bn_samples(src, tap) if cfg.get("bn") else None
-        progress = Progress("Re-estimating the subgraphs' BatchNorm statistics on their clusters' fit images") if bn else None
-        try:
+        # about a second: one spinner message, not a bar redrawn per cluster (each redraw costs the browser)
+        with st.spinner("Re-estimating the subgraphs' BatchNorm statistics on their clusters' fit images ..."
+                        if bn else "Choosing the channels each cluster keeps ..."):
             return make_cluster_specs(exp.model, src.model, tap, sc, h, float(cfg["r_M"]), float(cfg["r_L"]),
                                       cfg.get("multiple_of"), overrides=ratios,
                                       fill_stats=state.stats(src) if cfg.get("fill", "mean") == "mean" else None,
-                                      bn_samples=bn, on_progress=progress)
-        finally:
-            if progress is not None:
-                progress.close()
+                                      bn_samples=bn)
 
     return memo((src.key, "specs", _cfg_key(cfg, SPEC_KEYS), step_key(src, "scores"), step_key(src, "stats")), compute)
 

@@ -110,3 +110,15 @@ def test_default_bundle_is_seeded_from_assets_once(tmp_path, monkeypatch):
     b.step("more", {}, lambda: {"more.json": {"y": 2}})  # writes go to the cache copy, never to assets/
     assert not (tmp_path / "assets" / "bundles" / "tiny" / "more.json").exists()
     assert default_bundle_dir("tiny") == target and (target / "more.json").is_file()  # not re-seeded
+
+
+def test_a_recomputed_step_removes_the_files_it_no_longer_writes(tmp_path):
+    b = _bundle(tmp_path)
+    b.step("studio", {"v": 1}, lambda: {"s_tapA.json": {"a": 1}, "s_tapB.json": {"b": 1}, "shared.json": {"c": 1}})
+    b.step("other", {}, lambda: {"shared.json": {"c": 1}})
+    b.step("studio", {"v": 2}, lambda: {"s_tapA.json": {"a": 2}})
+    root = tmp_path / "b"
+    assert not (root / "s_tapB.json").exists()  # left behind, an app could have read a stale file
+    assert (root / "shared.json").is_file()  # still recorded by another step
+    assert b.files_of("studio") == ["s_tapA.json"] and b.json("s_tapA.json") == {"a": 2}
+    Bundle.open(root)  # checksums still verify

@@ -258,17 +258,20 @@ def specs(src: Source, cfg: dict) -> dict:
 
 def evaluation(src: Source, cfg: dict) -> dict:
     """``tuning.evaluate_schedule`` of ``cfg`` on the calibration outputs at its tap (oracle accuracy
-    per cluster, costs, each image's routed prediction), once per configuration."""
+    per cluster, costs, and, unless the mode is the early exit alone, each image's routed prediction),
+    once per configuration."""
     from sinf_core.tuning import evaluate_schedule
+
+    routed = cfg.get("mode") != "exit"
 
     def compute() -> dict:
         exp = state.experiment(src)
         with st.spinner("Building the subgraphs and running their tails over the calibration split ..."):
             return evaluate_schedule(exp.model, specs(src, cfg), calibration_outputs(src, cfg["tap"]), exp.hierarchy,
-                                     costs(src), float(cfg["r_M"]), float(cfg["r_L"]))
+                                     costs(src), float(cfg["r_M"]), float(cfg["r_L"]), routed=routed)
 
-    return memo((src.key, "evaluation", _cfg_key(cfg, SPEC_KEYS), step_key(src, "scores"), step_key(src, "router"),
-                 step_key(src, "studio")), compute)
+    return memo((src.key, "evaluation", _cfg_key(cfg, SPEC_KEYS), routed, step_key(src, "scores"),
+                 step_key(src, "router"), step_key(src, "studio")), compute)
 
 
 def curves(src: Source, cfg: dict) -> list[dict]:
@@ -278,11 +281,11 @@ def curves(src: Source, cfg: dict) -> list[dict]:
     def compute() -> list[dict]:
         hd = heads(src)
         tap = cfg["tap"]
-        ev = evaluation(src, cfg) if tap in hd["route"] else None
+        ev = evaluation(src, cfg) if tap in hd["route"] and cfg.get("mode") != "exit" else None
         return threshold_curves(calibration_outputs(src, tap), costs(src), hd["route"].get(tap), hd["exit"].get(tap),
                                 None if ev is None else ev["schedule"], float(cfg["gamma"]), float(cfg["tau"]))
 
-    return memo((src.key, "curves", _cfg_key(cfg, SPEC_KEYS + ("gamma", "tau")), step_key(src, "router"),
+    return memo((src.key, "curves", _cfg_key(cfg, SPEC_KEYS + ("gamma", "tau", "mode")), step_key(src, "router"),
                  step_key(src, "studio")), compute)
 
 

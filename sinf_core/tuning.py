@@ -201,6 +201,7 @@ def evaluate_schedule(
     device: torch.device | str = "cpu",
     channels_last: bool = True,
     fold_bn: bool = False,
+    routed: bool = True,
 ) -> dict:
     """One configuration (a spec per cluster at ``outputs.tap``) on the calibration outputs.
 
@@ -211,7 +212,8 @@ def evaluate_schedule(
     params_with_stem, flop_ratio, kept; ``schedule.pred``: each image's prediction by the subgraph
     of the cluster the router picked (-1 without a router). ``fold_bn``: fold each subgraph's BatchNorms
     first (as served; the same predictions up to float rounding; folding 20 subgraphs costs more than it
-    saves on 5,000 tails)."""
+    saves on 5,000 tails). ``routed=False``: skip the routed predictions (``schedule.pred`` all -1), for
+    a mode that never routes."""
     tap = outputs.tap
     if any(s.tap != tap for s in specs.values()):
         raise SinfError(f"every spec must start after tap {tap!r}")
@@ -224,9 +226,9 @@ def evaluate_schedule(
         subs[m] = prepare_for_inference(built, fold_bn=fold_bn, channels_last=channels_last, device=device)
     labels = outputs.labels
     true_cluster = torch.as_tensor(hierarchy.cluster_array())[labels]
-    routed_to = outputs.route_pred if outputs.route_pred is not None else torch.full_like(labels, -1)
+    routed_to = outputs.route_pred if outputs.route_pred is not None and routed else torch.full_like(labels, -1)
     oracle = torch.full_like(labels, -1)
-    routed = torch.full_like(labels, -1)
+    routed_pred = torch.full_like(labels, -1)
     h_all = outputs.features
     for m, sub in subs.items():
         own = true_cluster == m
@@ -241,7 +243,7 @@ def evaluate_schedule(
             with autocast(device, False):
                 preds[s : s + piece.shape[0]] = sub(h).float().argmax(1).cpu()
         oracle[idx[own[idx]]] = preds[own[idx]]
-        routed[idx[(routed_to == m)[idx]]] = preds[(routed_to == m)[idx]]
+        routed_pred[idx[(routed_to == m)[idx]]] = preds[(routed_to == m)[idx]]
     rows = []
     for m in sorted(specs):
         sel = true_cluster == m
@@ -262,7 +264,7 @@ def evaluate_schedule(
         return float(np.mean(vals)) if vals else None
 
     schedule = ScheduleData(float(r_M), float(r_L), dict(specs),
-                            tuple(sub_cost.get(m, tail) for m in range(hierarchy.num_clusters)), routed)
+                            tuple(sub_cost.get(m, tail) for m in range(hierarchy.num_clusters)), routed_pred)
     return {"clusters": rows,
             "mean": {k: mean(k) for k in ("accuracy", "base_accuracy", "params", "flops", "params_with_stem",
                                           "flops_with_stem", "flop_ratio")},

@@ -67,8 +67,8 @@ def threshold_figure(points: Sequence[Mapping], mode: str, vary: str, current: M
                                  name="benchmark's point", hovertemplate="chosen on calibration: %{x:.2f}<extra></extra>"),
                       1, 1)
     fig.update_xaxes(title_text=vary, range=[0, 1], row=3, col=1)
-    fig.update_layout(title=title or f"{mode}: calibration accuracy, routes and cost against {vary}", height=560,
-                      margin=dict(l=50, r=20, t=80, b=40), legend=dict(orientation="h", y=1.12, x=0),
+    fig.update_layout(title=title or f"{mode}: calibration accuracy, routes and cost against {vary}", height=620,
+                      margin=dict(l=50, r=20, t=70, b=110), legend=dict(orientation="h", y=-0.12, x=0, yanchor="top"),
                       hovermode="x unified", template="plotly_white")
     return fig
 

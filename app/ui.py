@@ -158,7 +158,7 @@ def tap_summary(src: state.Source, cfg: dict, ev: dict) -> None:
                "block shares, so they are kept." if len(after) < 4 else ""))
 
 
-def threshold_section(src: state.Source, page: str) -> None:
+def threshold_section(src: state.Source, page: str, curves: bool = True) -> None:
     """gamma / tau sliders (one state across pages) with the calibration figures at the current setting
     and the curves against each threshold (from the cached calibration outputs: instant). As
     ``threshold_fragment``, moving a slider reruns only this section."""
@@ -199,6 +199,9 @@ def threshold_section(src: state.Source, page: str) -> None:
         m4.metric("Standard error of the difference", f"{here['top1_se']:.2f} points", border=True,
                   help="paired over the calibration images; the benchmark keeps a point only if top-1 minus "
                        "1.645 of these stays within its budget")
+    if not curves:
+        st.caption("The curves against gamma and tau are on the Pruning page (same thresholds: one state).")
+        return
     show = [v for v in ("gamma", "tau") if (v == "gamma" and mode != "exit") or (v == "tau" and mode != "sinf" and has_exit)]
     cols = st.columns(len(show)) if show else []
     for col, vary in zip(cols, show):

@@ -42,10 +42,10 @@ else:
     if tap != cfg["tap"]:
         studio.set_config(src, {**cfg, "tap": tap})
         cfg = studio.config(src)
-    with st.expander("Thresholds: gamma and tau, with their calibration curves", expanded=False):
-        if ui.ensure_scores(src, cfg["method"], "The curves"):
-            with ui.guard("Cannot compute the curves"):
-                ui.threshold_section(src, "live")
+    with st.expander("Thresholds: gamma and tau, and what they give on calibration", expanded=False):
+        if ui.ensure_scores(src, cfg["method"], "The calibration figures"):
+            with ui.guard("Cannot compute the calibration figures"):
+                ui.threshold_section(src, "live", curves=False)
                 cfg = studio.config(src)
     prof = studio.tap_profile(src, cfg["tap"])
     st.caption(f"After {cfg['tap']} lie {100 * prof['flops_after']:.1f} % of the base model's FLOPs and "

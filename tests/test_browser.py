@@ -103,8 +103,9 @@ def drive_app(url: str, out_dir: Path, upload: Path | None = None, bad_upload: P
                     expect(page.get_by_text(marker).first).to_be_visible(timeout=timeout * 1000)
                     times.setdefault(label, {})[visit] = wait_idle(page, timeout) - t0
                     assert_no_exception(page, label)
-                    if visit == "first":
-                        page.screenshot(path=str(out_dir / f"{label.lower().replace(' ', '_')}.png"), full_page=True)
+                    if visit == "first" or label == "Live inference":
+                        page.screenshot(path=str(out_dir / f"{label.lower().replace(' ', '_')}"
+                                                           f"{'' if visit == 'first' else '_warm'}.png"), full_page=True)
                     if visit == "first" and label != "Home":
                         nav.get_by_text("Home", exact=True).click()
                         expect(page.get_by_text(PAGES[0][2]).first).to_be_visible(timeout=timeout * 1000)

@@ -372,8 +372,10 @@ def engine(src: Source, cfg: dict):
             tap=tap, mode=mode, gamma=float(cfg["gamma"]), tau=float(cfg["tau"]), device="cpu", channels_last=True,
             input_shape=tuple(exp.train.images.shape[1:]), mean=exp.train.mean, std=exp.train.std, keep_logits=True)
 
-    eng = memo((src.key, "engine", mode, _cfg_key(cfg, SPEC_KEYS), step_key(src, "studio")), compute)
-    return eng.set_thresholds(float(cfg["gamma"]), float(cfg["tau"]))
+    # one engine per thresholds too (its modules are shared): a process serves every browser session, and
+    # an engine whose thresholds were changed in place by one session would answer another's with them
+    return memo((src.key, "engine", mode, _cfg_key(cfg, SPEC_KEYS + ("gamma", "tau")), step_key(src, "studio")),
+                compute)
 
 
 def time_one_image(src: Source, eng, x_u8: torch.Tensor, calls: int = 30) -> dict:

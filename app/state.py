@@ -117,7 +117,11 @@ def model_table() -> list[dict]:
     for r in describe_models():
         if r["name"] not in selectable_models():
             continue
-        folder = default_bundle_dir(r["name"])
+        from sinf_core.pipeline import default_bundle_dir as cache_bundle_dir, shipped_bundle_dir
+
+        folder = cache_bundle_dir(r["name"], seed_from_assets=False)  # read, do not copy, a model not shown
+        if not (folder / MANIFEST).is_file():
+            folder = shipped_bundle_dir(r["name"])
         measured = None
         try:
             bench = json.loads((folder / "bench.json").read_text()) if (folder / "bench.json").is_file() else None

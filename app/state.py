@@ -187,7 +187,7 @@ class Progress:
         return time.perf_counter() - self._t0
 
 
-def _counter(progress: Progress, total: int, stage: str | None = None) -> Callable[[int], None]:
+def counter(progress: Progress, total: int, stage: str | None = None) -> Callable[[int], None]:
     seen = [0]
 
     def on_batch(n: int) -> None:
@@ -463,7 +463,7 @@ def stats(src: Source):
         progress = Progress("Activation statistics over the fit split (once; cached on disk)")
         try:
             s, _, _ = cached_stats(src.model, exp.model, exp.train, "fit", indices=fit, batch_size=250,
-                                   feature_sample=2000, on_batch=_counter(progress, len(fit)))
+                                   feature_sample=2000, on_batch=counter(progress, len(fit)))
         finally:
             progress.close()
         return s
@@ -484,7 +484,7 @@ def calib_stats(src: Source):
         progress = Progress("Statistics over the calibration split (once; cached on disk)")
         try:
             s, _, _ = cached_stats(src.model, exp.model, calib, "calib", batch_size=250, feature_sample=0,
-                                   on_batch=_counter(progress, len(calib)))
+                                   on_batch=counter(progress, len(calib)))
         finally:
             progress.close()
         return s

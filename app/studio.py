@@ -201,7 +201,7 @@ def calibration_outputs(src: Source, tap: str):
         progress = Progress(f"Stem, base model and heads over the calibration split at {tap} (once)")
         try:
             return compute_calibration_outputs(exp.model, calib, tap, exp.hierarchy, hd["route"].get(tap),
-                                               hd["exit"].get(tap), on_batch=state._counter(progress, len(calib)))
+                                               hd["exit"].get(tap), on_batch=state.counter(progress, len(calib)))
         finally:
             progress.close()
 
@@ -299,7 +299,7 @@ def tap_profile(src: Source, tap: str) -> dict:
         stem, tail, _ = costs(src).tap(tap)
         net = inference_base(src)
         t = exp.model.unit_index(tap)
-        x = _prep(state.experiment(src).calib_data().images[:256], src)
+        x = prepare_images(state.experiment(src).calib_data().images[:256], src)
         tp = interleaved_throughput({"full": lambda z: net(z), "stem": lambda z: net.forward_stem(z, t)}, x, reps=5)
         full, front = tp["full"]["median_s"], tp["stem"]["median_s"]
         return {"flops_after": tail.flops / (stem.flops + tail.flops), "time_after": max(0.0, 1.0 - front / full),
@@ -309,7 +309,7 @@ def tap_profile(src: Source, tap: str) -> dict:
 
 
 # ==================================================================================== inference
-def _prep(images_u8: torch.Tensor, src: Source) -> torch.Tensor:
+def prepare_images(images_u8: torch.Tensor, src: Source) -> torch.Tensor:
     """uint8 images -> what the base model takes (normalised, channels_last): the same pre-processing
     the engine does inside ``run``."""
     from sinf_core.data import normalise
@@ -333,7 +333,7 @@ def inference_base(src: Source) -> torch.nn.Module:
 def base_predict(src: Source):
     """uint8 images -> (logits) of the base model, pre-processing included (as the engine's ``run``)."""
     net = inference_base(src)
-    return lambda x: net(_prep(x, src))
+    return lambda x: net(prepare_images(x, src))
 
 
 def subgraph_modules(src: Source, cfg: dict) -> dict:
@@ -395,4 +395,4 @@ def time_one_image(src: Source, eng, x_u8: torch.Tensor, calls: int = 30) -> dic
 __all__ = ["MODE_LABELS", "studio_info", "heads", "head_taps", "operating_points", "best_mode",
            "point_config", "at_point", "config", "config_key", "set_config", "widget_key", "save_config", "SPEC_KEYS",
            "calibration_outputs", "costs", "bn_samples", "specs", "evaluation", "curves", "tap_profile",
-           "inference_base", "base_predict", "subgraph_modules", "engine", "time_one_image"]
+           "prepare_images", "inference_base", "base_predict", "subgraph_modules", "engine", "time_one_image"]

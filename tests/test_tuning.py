@@ -54,16 +54,23 @@ def test_calibration_outputs_equal_the_model_and_heads(make, tap):
     assert (back.features - out.features).abs().max() <= tuning.quantize_features(out.features)["step"].max()
 
 
-def test_evaluate_schedule_equals_the_oracle_evaluation_and_the_routed_predictions():
+def _tiny_outputs(ds_seed: int, head_seed: int, batch_size: int = 250):
+    """A tiny ResNet, its data, random heads and the calibration outputs at layer2.0, with the features of
+    the unfolded stem (what the slow references run on too)."""
     model = make_tiny_resnet().eval()
     tap = "layer2.0"
-    ds = make_tiny_dataset(n_per_class=10, seed=5)
-    x, _ = next(iterate_batches(ds, len(ds)))
-    route, exit_head = _random_heads(model, tap, x, seed=2)
-    scores = _random_scores(model, seed=3)
-    out = tuning.compute_calibration_outputs(model, ds, tap, ds.hierarchy, route, exit_head, batch_size=16)
+    ds = make_tiny_dataset(n_per_class=10, seed=ds_seed)
+    x, y = next(iterate_batches(ds, len(ds)))
+    route, exit_head = _random_heads(model, tap, x, seed=head_seed)
+    out = tuning.compute_calibration_outputs(model, ds, tap, ds.hierarchy, route, exit_head, batch_size=batch_size)
     with torch.no_grad():
-        out.features = model.forward_stem(x, tap)  # the unfolded stem: the reference runs on it too
+        out.features = model.forward_stem(x, tap)
+    return model, tap, ds, x, y, route, exit_head, out
+
+
+def test_evaluate_schedule_equals_the_oracle_evaluation_and_the_routed_predictions():
+    model, tap, ds, x, _, route, exit_head, out = _tiny_outputs(5, 2, batch_size=16)
+    scores = _random_scores(model, seed=3)
     specs = make_cluster_specs(model, "tiny", tap, scores, ds.hierarchy, 0.2, 0.7, overrides={1: (0.0, 0.3)})
     costs = tuning.CostCache(model, (3, 32, 32))
     ev = tuning.evaluate_schedule(model, specs, out, ds.hierarchy, costs, 0.2, 0.7, batch_size=9, channels_last=False)
@@ -80,14 +87,7 @@ def test_evaluate_schedule_equals_the_oracle_evaluation_and_the_routed_predictio
 
 
 def test_threshold_curves_follow_the_engine():
-    model = make_tiny_resnet().eval()
-    tap = "layer2.0"
-    ds = make_tiny_dataset(n_per_class=10, seed=6)
-    x, y = next(iterate_batches(ds, len(ds)))
-    route, exit_head = _random_heads(model, tap, x, seed=4)
-    out = tuning.compute_calibration_outputs(model, ds, tap, ds.hierarchy, route, exit_head)
-    with torch.no_grad():
-        out.features = model.forward_stem(x, tap)
+    model, tap, ds, x, y, route, exit_head, out = _tiny_outputs(6, 4)
     specs = make_cluster_specs(model, "tiny", tap, _random_scores(model, seed=5), ds.hierarchy, 0.1, 0.5)
     costs = tuning.CostCache(model, (3, 32, 32))
     ev = tuning.evaluate_schedule(model, specs, out, ds.hierarchy, costs, 0.1, 0.5, channels_last=False)

@@ -148,7 +148,7 @@ if image is not None:
                             "(stem + heads + the same tail).", unsafe_allow_html=True)
             with torch.inference_mode():
                 hs = studio.inference_base(src).forward_stem(
-                    studio._prep(x, src), exp.model.unit_index(cfg["tap"]))
+                    studio.prepare_images(x, src), exp.model.unit_index(cfg["tap"]))
                 rh, eh = hd["route"].get(cfg["tap"]), hd["exit"].get(cfg["tap"])
                 rp = rh.eval().proba(hs.contiguous())[0].numpy() if rh is not None else None
                 ep = eh.eval().proba(hs.contiguous())[0].numpy() if eh is not None else None

@@ -248,12 +248,28 @@ def specs(src: Source, cfg: dict) -> dict:
         # about a second: one spinner message, not a bar redrawn per cluster (each redraw costs the browser)
         with st.spinner("Re-estimating the subgraphs' BatchNorm statistics on their clusters' fit images ..."
                         if bn else "Choosing the channels each cluster keeps ..."):
-            return make_cluster_specs(exp.model, src.model, tap, sc, h, float(cfg["r_M"]), float(cfg["r_L"]),
-                                      cfg.get("multiple_of"), overrides=ratios,
-                                      fill_stats=state.stats(src) if cfg.get("fill", "mean") == "mean" else None,
-                                      bn_samples=bn)
+            built: dict = {}
+            out = make_cluster_specs(exp.model, src.model, tap, sc, h, float(cfg["r_M"]), float(cfg["r_L"]),
+                                     cfg.get("multiple_of"), overrides=ratios,
+                                     fill_stats=state.stats(src) if cfg.get("fill", "mean") == "mean" else None,
+                                     bn_samples=bn, built=built)
+        _BUILT.clear()  # only the latest: evaluation takes them in the same run
+        _BUILT[key] = (out, built)
+        return out
 
-    return memo((src.key, "specs", _cfg_key(cfg, SPEC_KEYS), step_key(src, "scores"), step_key(src, "stats")), compute)
+    key = (src.key, "specs", _cfg_key(cfg, SPEC_KEYS), step_key(src, "scores"), step_key(src, "stats"))
+    return memo(key, compute)
+
+
+# The subgraphs ``specs`` built on its way (its BatchNorm pass runs each one), handed to ``evaluation``
+# so it does not build them again; taken once, and only for the very specs returned.
+_BUILT: dict[tuple, tuple[dict, dict]] = {}
+
+
+def _take_built(src: Source, cfg: dict, specs_now: dict) -> dict | None:
+    key = (src.key, "specs", _cfg_key(cfg, SPEC_KEYS), step_key(src, "scores"), step_key(src, "stats"))
+    got = _BUILT.pop(key, None)
+    return got[1] if got is not None and got[0] is specs_now else None
 
 
 def evaluation(src: Source, cfg: dict) -> dict:
@@ -266,9 +282,11 @@ def evaluation(src: Source, cfg: dict) -> dict:
 
     def compute() -> dict:
         exp = state.experiment(src)
-        with st.spinner("Building the subgraphs and running their tails over the calibration split ..."):
-            return evaluate_schedule(exp.model, specs(src, cfg), calibration_outputs(src, cfg["tap"]), exp.hierarchy,
-                                     costs(src), float(cfg["r_M"]), float(cfg["r_L"]), routed=routed)
+        sp = specs(src, cfg)
+        with st.spinner("Running the subgraphs' tails over the calibration split ..."):
+            return evaluate_schedule(exp.model, sp, calibration_outputs(src, cfg["tap"]), exp.hierarchy,
+                                     costs(src), float(cfg["r_M"]), float(cfg["r_L"]), routed=routed,
+                                     built=_take_built(src, cfg, sp))
 
     return memo((src.key, "evaluation", _cfg_key(cfg, SPEC_KEYS), routed, step_key(src, "scores"),
                  step_key(src, "router"), step_key(src, "studio")), compute)

@@ -157,8 +157,12 @@ def keep_indices(scores: Mapping[str, torch.Tensor], kept: Mapping[str, int]) ->
 def _int_list(what: str, values) -> list[int]:
     if not isinstance(values, (list, tuple)) and not (isinstance(values, (np.ndarray, torch.Tensor)) and values.ndim == 1):
         raise SinfError(f"{what} must be a list of integers")
+    if isinstance(values, (np.ndarray, torch.Tensor)):
+        values = values.tolist()
+    if set(map(type, values)) <= {int}:  # the common case, checked at C speed
+        return list(values)
     out = []
-    for v in values.tolist() if isinstance(values, (np.ndarray, torch.Tensor)) else values:
+    for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise SinfError(f"{what} must be a list of integers, found {v!r}")
         out.append(int(v))
@@ -189,6 +193,8 @@ def _float_list(what: str, values) -> list[float]:
         values = values.tolist()
     if not isinstance(values, (list, tuple)):
         raise SinfError(f"{what} must be a list of numbers")
+    if set(map(type, values)) <= {float, int} and np.isfinite(np.asarray(values, dtype=np.float64)).all():
+        return [float(v) for v in values]  # the common case, checked at C speed
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
@@ -348,6 +354,7 @@ def make_cluster_specs(
     fill_stats: "ActivationStats | None" = None,
     bn_samples: "BatchNormSamples | None" = None,
     on_progress: Callable[[int, int], None] | None = None,
+    built: dict[int, "Subgraph"] | None = None,
 ) -> dict[int, SubgraphSpec]:
     """One spec per cluster index in ``scores_by_cluster``: the schedule (r_M, r_L), or the cluster's
     ``overrides[m]``, applied to the cluster's scores; head restricted to the cluster's classes
@@ -356,7 +363,9 @@ def make_cluster_specs(
     replacement) instead of by zero. With ``bn_samples``, each subgraph's BatchNorm statistics are
     re-estimated on its cluster's fit samples (``estimate_bn_stats``; a cluster with fewer than 2
     keeps the base model's); ``on_progress(done, total)``
-    is called after each cluster."""
+    is called after each cluster. ``built``: a dict that receives each cluster's subgraph, built once
+    (the BatchNorm pass's own build, with the new statistics set; else built here), for a caller that
+    evaluates the specs next."""
     specs = {}
     for m, scores in scores_by_cluster.items():
         if not 0 <= int(m) < hierarchy.num_clusters:
@@ -369,7 +378,11 @@ def make_cluster_specs(
             name: fill_stats.group_mean(name, members).tolist() for name, idx in keep.items()}
         spec = SubgraphSpec(base_model, tap, keep, members if restricted else None, fill)
         if bn_samples is not None and len(bn_samples.indices[int(m)]) >= 2:  # else: the base statistics
-            spec = bn_samples.estimate(spec, int(m))
+            spec, sub = bn_samples.estimate_built(spec, int(m))
+        else:
+            sub = build_subgraph(model, spec) if built is not None else None
+        if built is not None:
+            built[int(m)] = sub
         specs[int(m)] = spec
         if on_progress:
             on_progress(len(specs), len(scores_by_cluster))
@@ -634,20 +647,35 @@ def estimate_bn_stats(model: SinfModel, spec: SubgraphSpec, h: torch.Tensor, bat
     14 points of oracle accuracy with no channel removed at all. ``unpruned``: the unpruned tail's
     statistics over the same ``h`` (``unpruned_batch_statistics``), computed here when None. No
     weight changes; ``model`` and ``spec`` are not modified."""
+    return estimate_bn_stats_built(model, spec, h, batch_size, unpruned)[0]
+
+
+def estimate_bn_stats_built(model: SinfModel, spec: SubgraphSpec, h: torch.Tensor, batch_size: int = 256,
+                            unpruned: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[SubgraphSpec, "Subgraph"]:
+    """``estimate_bn_stats`` and the subgraph of the returned spec, built once: the module the
+    statistics pass ran, with the new statistics set (equal to ``build_subgraph`` of the spec)."""
     if h.shape[0] < 2:
         raise SinfError("re-estimating BatchNorm statistics needs at least 2 samples")
     h = h.float()
-    pruned = _batch_statistics(build_subgraph(model, dataclasses.replace(spec, bn={})), h, batch_size)
+    sub = build_subgraph(model, dataclasses.replace(spec, bn={}))
+    bns = [m for m in sub.units.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [(bn.momentum, bn.num_batches_tracked.clone() if bn.num_batches_tracked is not None else None) for bn in bns]
+    pruned = _batch_statistics(sub, h, batch_size)
     full = unpruned if unpruned is not None else unpruned_batch_statistics(model, spec.tap, h, batch_size)
     out = {}
-    for (name, base_bn, kept), (mp, vp), (mu, vu) in zip(_tail_batchnorm_kept(model, spec), pruned, full):
+    for (name, base_bn, kept), (mp, vp), (mu, vu), bn, (momentum, tracked) in zip(
+            _tail_batchnorm_kept(model, spec), pruned, full, bns, saved):
         mb, vb = base_bn.running_mean, base_bn.running_var
         if kept is not None:
             idx = torch.as_tensor(kept, dtype=torch.long, device=mb.device)
             mu, vu, mb, vb = (t.index_select(0, idx) for t in (mu, vu, mb, vb))
-        var = vb * vp / vu.clamp_min(1e-12)
-        out[name] = {"mean": (mb + mp - mu).tolist(), "var": var.clamp_min(0.0).tolist()}
-    return dataclasses.replace(spec, bn=out)
+        mean, var = mb + mp - mu, (vb * vp / vu.clamp_min(1e-12)).clamp_min(0.0)
+        out[name] = {"mean": mean.tolist(), "var": var.tolist()}
+        bn.running_mean, bn.running_var = mean.to(bn.running_mean.dtype), var.to(bn.running_var.dtype)
+        bn.momentum = momentum
+        if tracked is not None:
+            bn.num_batches_tracked = tracked
+    return dataclasses.replace(spec, bn=out), sub.train(model.training)
 
 
 class BatchNormSamples:
@@ -708,11 +736,15 @@ class BatchNormSamples:
     def estimate(self, spec: SubgraphSpec, cluster: int | None = None) -> SubgraphSpec:
         """``estimate_bn_stats`` of ``spec`` on cluster ``cluster``'s samples (None: all samples); the
         unpruned tail's statistics over them are computed once per (tap, cluster) and kept."""
+        return self.estimate_built(spec, cluster)[0]
+
+    def estimate_built(self, spec: SubgraphSpec, cluster: int | None = None) -> tuple[SubgraphSpec, "Subgraph"]:
+        """``estimate`` and the subgraph of the returned spec (``estimate_bn_stats_built``)."""
         h = self.features(spec.tap, cluster)
         key = (spec.tap, None if cluster is None else int(cluster))
         if key not in self._unpruned:
             self._unpruned[key] = unpruned_batch_statistics(self.model, spec.tap, h, self.batch_size)
-        return estimate_bn_stats(self.model, spec, h, self.batch_size, self._unpruned[key])
+        return estimate_bn_stats_built(self.model, spec, h, self.batch_size, self._unpruned[key])
 
 
 def save_subgraph_weights(path: str | Path, subgraph: Subgraph, spec: SubgraphSpec) -> Path:

@@ -202,6 +202,7 @@ def evaluate_schedule(
     channels_last: bool = True,
     fold_bn: bool = False,
     routed: bool = True,
+    built: Mapping[int, nn.Module] | None = None,
 ) -> dict:
     """One configuration (a spec per cluster at ``outputs.tap``) on the calibration outputs.
 
@@ -213,7 +214,8 @@ def evaluate_schedule(
     of the cluster the router picked (-1 without a router). ``fold_bn``: fold each subgraph's BatchNorms
     first (as served; the same predictions up to float rounding; folding 20 subgraphs costs more than it
     saves on 5,000 tails). ``routed=False``: skip the routed predictions (``schedule.pred`` all -1), for
-    a mode that never routes."""
+    a mode that never routes. ``built``: each cluster's subgraph already built from its spec (as
+    ``make_cluster_specs(..., built=...)`` fills it), so it is not built again."""
     tap = outputs.tap
     if any(s.tap != tap for s in specs.values()):
         raise SinfError(f"every spec must start after tap {tap!r}")
@@ -221,9 +223,9 @@ def evaluate_schedule(
     stem, tail, _ = costs.tap(tap)
     subs, sub_cost = {}, {}
     for m, s in specs.items():
-        built = build_subgraph(model, s)
-        sub_cost[m] = costs.subgraph(s, built)  # counted unfolded, as every cost in the project
-        subs[m] = prepare_for_inference(built, fold_bn=fold_bn, channels_last=channels_last, device=device)
+        sub = built[m] if built is not None and built.get(m) is not None else build_subgraph(model, s)
+        sub_cost[m] = costs.subgraph(s, sub)  # counted unfolded, as every cost in the project
+        subs[m] = prepare_for_inference(sub, fold_bn=fold_bn, channels_last=channels_last, device=device)
     labels = outputs.labels
     true_cluster = torch.as_tensor(hierarchy.cluster_array())[labels]
     routed_to = outputs.route_pred if outputs.route_pred is not None and routed else torch.full_like(labels, -1)

@@ -652,6 +652,21 @@ def test_bn_stats_errors_and_samples():
     assert all((cl[samples.indices[k]] == k).all() for k in range(hier.num_clusters))
     specs = make_cluster_specs(m, "tiny", tap, {k: l1_scores(m) for k in range(3)}, hier, 0.3, 0.6, bn_samples=samples)
     assert all(s.bn for s in specs.values()) and specs[0].bn != specs[1].bn
+    # built once on the way (the statistics pass's own module): the same subgraph as building the spec
+    built: dict = {}
+    again = make_cluster_specs(m, "tiny", tap, {k: l1_scores(m) for k in range(3)}, hier, 0.3, 0.6, bn_samples=samples,
+                               built=built)
+    assert again == specs and set(built) == set(specs)
+    x = samples.features(tap)
+    with torch.no_grad():
+        for k, sub in built.items():
+            assert not sub.training
+            ref = build_subgraph(m, specs[k])
+            assert torch.equal(sub(x), ref(x)), k
+            assert {n: v for n, v in sub.state_dict().items()}.keys() == ref.state_dict().keys()
+            assert all(torch.equal(v, ref.state_dict()[n]) for n, v in sub.state_dict().items()), k
+            assert [b.momentum for b in sub.modules() if isinstance(b, nn.BatchNorm2d)] == \
+                   [b.momentum for b in ref.modules() if isinstance(b, nn.BatchNorm2d)]
     with pytest.raises(SinfError, match="out of range"):
         samples.features(tap, 7)
 

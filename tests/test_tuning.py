@@ -84,6 +84,13 @@ def test_evaluate_schedule_equals_the_oracle_evaluation_and_the_routed_predictio
     expected = routed_predictions(subs, out.features, out.route_pred, 5, torch.device("cpu"))
     assert torch.equal(ev["schedule"].pred, expected)
     assert ev["mean"]["accuracy"] == pytest.approx(ref["mean"]["accuracy"])
+    # subgraphs handed in (as make_cluster_specs(..., built=) fills them) give the same evaluation
+    built: dict = {}
+    again = make_cluster_specs(model, "tiny", tap, scores, ds.hierarchy, 0.2, 0.7, overrides={1: (0.0, 0.3)}, built=built)
+    assert again == specs
+    ev2 = tuning.evaluate_schedule(model, specs, out, ds.hierarchy, costs, 0.2, 0.7, batch_size=9, channels_last=False,
+                                   built=built)
+    assert ev2["clusters"] == ev["clusters"] and torch.equal(ev2["schedule"].pred, ev["schedule"].pred)
 
 
 def test_threshold_curves_follow_the_engine():

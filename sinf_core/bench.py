@@ -590,7 +590,7 @@ def default_bench_taps(model: SinfModel, candidates: Sequence[str] | None = None
 
 
 def _cache_root(options: BenchOptions) -> Path:
-    from .scores.cache import cache_dir
+    from .io import cache_dir
 
     return cache_dir(options.cache_dir) / "bench"
 
@@ -983,7 +983,7 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     t0 = lap("scores", t0)
 
     # ---- precompute on calibration
-    work = prepare_for_inference(copy.deepcopy(model), channels_last=True) if cl else model
+    work = prepare_for_inference(model, channels_last=True) if cl else model  # a copy unless already so
     labels = calib.labels.clone()
     feats, base_pred = stem_features(work, calib, taps, bs, dev, bf16, cl, prog)
     base_top1_calib = 100.0 * float((base_pred == labels).double().mean())
@@ -1232,9 +1232,8 @@ def resolve_score(bundle, score: str) -> str:
         return score
     if bundle is None or not bundle.has("grid"):
         return "dcs"
+    from .bundle import score_methods
     from .comparison import choose_dcs_variant, grid_table
-
-    from .pipeline import score_methods
 
     grid = bundle.json("grid.json")
     held = score_methods(bundle)
@@ -1264,7 +1263,7 @@ def _fit_stats(exp, bundle, opts: BenchOptions, prog: ProgressFn):
 def _cluster_scores(exp, bundle, score: str, opts: BenchOptions, prog: ProgressFn) -> dict[int, dict[str, torch.Tensor]]:
     """{cluster: {layer: Tensor[C]}} of ``score``: the bundle's when it has them, else the score
     cache (computed on the fit split when missing)."""
-    from .pipeline import load_scores, score_methods
+    from .bundle import load_scores, score_methods
 
     if bundle is not None and score in score_methods(bundle):
         return load_scores(bundle, score)

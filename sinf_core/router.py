@@ -205,7 +205,8 @@ class TapHeads:
     Learned: ``taps_`` (forward order), ``heads_`` {tap: RouteHead}, ``temperature_``,
     ``calib_accuracy_`` (fraction in [0, 1]), ``calib_nll_`` {tap: {"before", "after"}}, ``tap_``
     (the attachment point), ``target_reached_``, ``num_outputs_``, ``output_names_``,
-    ``in_channels_``, ``fit_samples_``, ``fit_seconds_``, ``history_`` (per epoch).
+    ``in_channels_``, ``fit_samples_``, ``fit_seconds_``, ``history_`` (per epoch), ``bf16_`` (whether the
+    heads were trained and calibrated under bf16: ``bf16`` resolved on the fit device).
     """
 
     kind = "heads"
@@ -338,8 +339,9 @@ class TapHeads:
         for t in taps:
             self.head(t)
         dev = module_device(model) if device is None else torch.device(device)
+        bf16 = self.bf16_ if getattr(self, "bf16_", None) is not None else resolve_bf16(self.bf16, dev)
         logits = _collect_head_logits(model, [(self.heads_[t], model.unit_index(t)) for t in taps], data,
-                                      self.eval_batch_size, dev, resolve_bf16(self.bf16, dev), self.channels_last)
+                                      self.eval_batch_size, dev, bf16, self.channels_last)
         y = _targets(data, self.target)
         out: dict[str, dict[str, float]] = {"accuracy": {}, "nll": {}}
         for t, z in zip(taps, logits):
@@ -401,6 +403,7 @@ class TapHeads:
             "calib_nll": {t: self.calib_nll_[t] for t in keep},
             "fit_samples": self.fit_samples_,
             "fit_seconds": self.fit_seconds_,
+            "bf16": getattr(self, "bf16_", None),
             "history": self.history_,
             "tensors": tensor_path.name,
             "tensors_sha256": sha256_file(tensor_path),
@@ -454,6 +457,10 @@ class TapHeads:
             obj.fit_samples_ = int(cfg["fit_samples"])
             obj.fit_seconds_ = float(cfg["fit_seconds"])
             obj.history_ = list(cfg.get("history", []))
+            # bf16 as trained (files from before ``bf16_`` kept it in the parameters)
+            used = cfg.get("bf16", params.get("bf16"))
+            if used is not None:
+                obj.bf16_ = bool(used)
         except SinfError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -588,7 +595,7 @@ class _HeadTrainer:
             raise SinfError("no fit samples to train the heads on")
         self.model, self.data, self.lead = model.eval(), fit_data, lead
         self.dev = module_device(model) if device is None else torch.device(device)
-        lead.bf16 = resolve_bf16(lead.bf16, self.dev)  # recorded as used
+        self.bf16 = resolve_bf16(lead.bf16, self.dev)  # what runs; each trained predictor records it as ``bf16_``
         self.progress = on_progress or (lambda stage, done, total: None)
         self.t0 = time.perf_counter()
         self.units = sorted({u for _, u in taps})
@@ -597,8 +604,8 @@ class _HeadTrainer:
         with torch.no_grad():
             probe = normalise(fit_data.images[:1].to(self.dev), fit_data.mean, fit_data.std)
             self.shapes = {u: tuple(h.shape[1:]) for u, h in zip(self.units, forward_taps(model, probe, self.units))}
-        cache_dtype = torch.bfloat16 if lead.bf16 else torch.float32
-        bytes_per = sum(math.prod(self.shapes[u]) for u in self.units) * (2 if lead.bf16 else 4)
+        cache_dtype = torch.bfloat16 if self.bf16 else torch.float32
+        bytes_per = sum(math.prod(self.shapes[u]) for u in self.units) * (2 if self.bf16 else 4)
         n_fit = len(fit_data)
         if lead.max_fit_samples is not None:
             n_fit = min(n_fit, int(lead.max_fit_samples))
@@ -637,7 +644,7 @@ class _HeadTrainer:
         if self.lead.augment:
             imgs = augment_crop_flip(imgs, self.gen)
         x = _prep(normalise(imgs.to(self.dev), self.data.mean, self.data.std), self.lead.channels_last)
-        with torch.no_grad(), autocast(self.dev, self.lead.bf16):
+        with torch.no_grad(), autocast(self.dev, self.bf16):
             feats = forward_taps(self.model, x, self.units)
             if not self.soft_targets:
                 return feats, None
@@ -663,6 +670,7 @@ class _HeadTrainer:
                         for j in jobs if j.owner is p}
             p.history_ = []
             p.fit_samples_ = self.n
+            p.bf16_ = self.bf16
         heads = [j.owner.heads_[j.tap] for j in jobs]
         for h in heads:
             h.train()
@@ -697,7 +705,7 @@ class _HeadTrainer:
                 for i, job in enumerate(jobs):
                     y = self.labels[job.owner.target][sel].to(dev)
                     h = _prep(feats[job.unit], lead.channels_last)
-                    with autocast(dev, lead.bf16):
+                    with autocast(dev, self.bf16):
                         logits = heads[i](h)
                     loss = _head_loss(logits.float(), y, soft, float(job.owner.distill),
                                       self.cluster_of if job.owner.target == "cluster" else None)
@@ -729,7 +737,7 @@ class _HeadTrainer:
         pairs = [(p, t) for p in predictors for t in p.taps_]
         self.progress("calibrate", 0, len(calib_data))
         logits = _collect_head_logits(self.model, [(p.heads_[t], self.model.unit_index(t)) for p, t in pairs],
-                                      calib_data, self.lead.eval_batch_size, self.dev, self.lead.bf16,
+                                      calib_data, self.lead.eval_batch_size, self.dev, self.bf16,
                                       self.lead.channels_last)
         self.progress("calibrate", len(calib_data), len(calib_data))
         now = time.perf_counter()

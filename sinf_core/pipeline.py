@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from .bundle import Bundle, load_scores, score_methods, state_dict_sha256  # noqa: F401  (re-exported)
 from .experiment import Experiment
 from .subgraph import DEFAULT_BN_SAMPLES
-from .errors import SinfError
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 

@@ -24,8 +24,8 @@ def ensure_cifar100(data_dir: str | None) -> None:
     with st.status("Downloading CIFAR-100 (about 170 MB, once) ...", expanded=True) as status:
         try:
             wait_with_bar(lambda: download_cifar100(root),
-                           lambda: archive.stat().st_size if archive.exists() else 0, CIFAR100_BYTES,
-                           "CIFAR-100 archive")
+                          lambda: archive.stat().st_size if archive.exists() else 0, CIFAR100_BYTES,
+                          "CIFAR-100 archive")
         except SinfError:
             raise
         except Exception as exc:

@@ -1,7 +1,7 @@
 """SINF Studio: explore filter overlap, tune pruning per cluster, run routed inference live, show the speed-up.
 
 Run with ``streamlit run app/streamlit_app.py`` (``make run``). Pages live in ``app/pages/``; everything they
-load comes through ``app/state.py``; all computation is in ``sinf_core``.
+load comes through ``app/loaders.py`` (this session's source: ``app/session.py``); all computation is in ``sinf_core``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app import state, ui  # noqa: E402
+from app import session, ui  # noqa: E402
 
 PAGES = Path(__file__).resolve().parent / "pages"
 
@@ -33,7 +33,7 @@ nav = st.navigation([
 
 with st.sidebar:
     st.markdown("**SINF Studio**: semantic inference, one routed subgraph per cluster.")
-    ui.source_caption(state.source())
+    ui.source_caption(session.source())
     timing = st.empty()
 
 ui.style()

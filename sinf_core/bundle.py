@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from . import __version__
+from .config import CONFIG_FILE, config_from_json, default_config, validate_config
 from .errors import SinfError
 from .io import atomic_write, sha256_file, write_json
 
@@ -176,15 +177,11 @@ class Bundle:
 
     def config(self) -> dict:
         """The saved pruning configuration, validated (the defaults when none is saved)."""
-        from .config import read_config
-
         return read_config(self)
 
     # ---------------------------------------------------------------- internals
     def _checked(self, artefacts: Artefacts) -> Artefacts:
         """Artefacts with a ``config.json`` (object or JSON bytes) replaced by its validated form."""
-        from .config import CONFIG_FILE, config_from_json, validate_config
-
         if CONFIG_FILE not in artefacts:
             return artefacts
         obj, where = artefacts[CONFIG_FILE], str(self.root / CONFIG_FILE)
@@ -209,3 +206,39 @@ class Bundle:
     def _write_manifest(self) -> None:
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json(self.root / MANIFEST, self.manifest)
+
+
+# ---------------------------------------------------------------- artefacts with a format of their own
+def read_config(bundle: "Bundle | str | Path") -> dict[str, Any]:
+    """The configuration saved in ``bundle`` (a ``Bundle`` or its folder), validated; the defaults when
+    the bundle has none. A hand-edited file with a wrong value raises ``SinfError`` naming the file."""
+    if isinstance(bundle, (str, Path)):
+        bundle = Bundle.open(bundle)
+    path = Path(bundle.root) / CONFIG_FILE
+    recorded = any(CONFIG_FILE in step.get("files", {}) for step in bundle.manifest.get("steps", {}).values())
+    if not recorded or not path.is_file():
+        return default_config()
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise SinfError(f"cannot read {path}: {exc}") from exc
+    return config_from_json(text, str(path))
+
+
+def score_methods(bundle: Bundle) -> set[str]:
+    """The filter scores a bundle holds (its ``scores_<method>.safetensors`` files)."""
+    if not bundle.has("scores"):
+        return set()
+    return {f[len("scores_"):-len(".safetensors")] for f in bundle.files_of("scores")}
+
+
+def load_scores(bundle: Bundle, method: str) -> dict[int, dict[str, torch.Tensor]]:
+    """{cluster: {layer: Tensor[C]}} of one score method from a bundle."""
+    fname = f"scores_{method}.safetensors"
+    if fname not in bundle.files_of("scores"):
+        raise SinfError(f"bundle {bundle.root} has no scores for {method!r}")
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in bundle.tensors(fname).items():
+        c, layer = key.split("|", 1)
+        out.setdefault(int(c), {})[layer] = v
+    return out

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from .errors import SinfError
@@ -124,22 +123,4 @@ def config_from_json(data: bytes | str, where: str = "config") -> dict[str, Any]
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SinfError(f"{where}: not valid JSON ({exc})") from exc
     return validate_config(obj, where)
-
-
-def read_config(bundle) -> dict[str, Any]:
-    """The configuration saved in ``bundle`` (a ``Bundle`` or its folder), validated; the defaults when
-    the bundle has none. A hand-edited file with a wrong value raises ``SinfError`` naming the file."""
-    if isinstance(bundle, (str, Path)):
-        from .bundle import Bundle
-
-        bundle = Bundle.open(bundle)
-    path = Path(bundle.root) / CONFIG_FILE
-    recorded = any(CONFIG_FILE in step.get("files", {}) for step in bundle.manifest.get("steps", {}).values())
-    if not recorded or not path.is_file():
-        return default_config()
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise SinfError(f"cannot read {path}: {exc}") from exc
-    return config_from_json(text, str(path))
 

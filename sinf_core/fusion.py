@@ -95,13 +95,34 @@ def fold_batchnorm(module: nn.Module) -> tuple[nn.Module, int, str | None]:
     return out, len(pairs), None
 
 
+def _is_ready(module: nn.Module, channels_last: bool, device: torch.device | str | None) -> bool:
+    """Whether readying ``module`` would change nothing: every module in eval mode and every tensor
+    already where (device) and how (memory format) ``nn.Module.to`` would put it."""
+    if any(m.training for m in module.modules()):
+        return False
+    dev = None if device is None else torch.device(device)
+    if dev is not None and dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())
+    for t in list(module.parameters()) + list(module.buffers()):
+        if dev is not None and (t.device.type != dev.type or (dev.index is not None and t.device.index != dev.index)):
+            return False
+        if channels_last and t.dim() == 4 and t.to(memory_format=torch.channels_last) is not t:
+            return False
+    return True
+
+
 def prepare_for_inference(module: nn.Module, fold_bn: bool = False, channels_last: bool = False,
                           device: torch.device | str | None = None) -> nn.Module:
     """``module`` ready to run: eval mode, on ``device`` (None: where it is), its BatchNorms folded
-    (``fold_batchnorm``: a copy) and channels_last when asked. Without folding the module itself is
-    moved and converted in place, as ``nn.Module.to`` does."""
+    (``fold_batchnorm``) and channels_last when asked. The caller's module is never changed: a module
+    already ready (eval, on ``device``, in the asked memory format, nothing to fold) is returned as it
+    is, so readied modules can be shared; anything else is readied on a copy."""
     if fold_bn:
-        module = fold_batchnorm(module)[0]
+        module = fold_batchnorm(module)[0]  # a copy
+    elif not _is_ready(module, channels_last, device):
+        module = copy.deepcopy(module)
+    else:
+        return module
     if device is not None:
         module = module.to(device)
     module = module.eval()

@@ -1,4 +1,4 @@
-"""Atomic file writes: every file SINF writes goes through a temp file + rename."""
+"""Atomic file writes (every file SINF writes goes through a temp file + rename) and the cache root."""
 
 from __future__ import annotations
 
@@ -8,6 +8,18 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+CACHE_ENV = "SINF_CACHE_DIR"
+
+
+def cache_dir(path: str | Path | None = None) -> Path:
+    """The root of SINF's disk caches (statistics, scores, bench heads, bundles): ``path``, else
+    ``$SINF_CACHE_DIR``, else ``~/.cache/sinf``; a leading ``~`` is expanded in each, so every cache
+    agrees on one folder."""
+    if path:
+        return Path(path).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    return (Path(env) if env else Path.home() / ".cache" / "sinf").expanduser()
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

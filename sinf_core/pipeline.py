@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
-from .bundle import Bundle, state_dict_sha256
+from .bundle import Bundle, load_scores, score_methods, state_dict_sha256  # noqa: F401  (re-exported)
 from .experiment import Experiment
 from .subgraph import DEFAULT_BN_SAMPLES
-from .errors import SinfError
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -66,7 +64,7 @@ def default_bundle_dir(model_name: str, seed_from_assets: bool = True) -> Path:
     import tempfile
 
     from .bundle import MANIFEST
-    from .stats import cache_dir
+    from .io import cache_dir
 
     target = cache_dir() / "bundles" / model_name
     shipped = shipped_bundle_dir(model_name)
@@ -314,22 +312,3 @@ def bn_decision(exp: Experiment, scores, score: str, tap: str, r_M: float, r_L_g
     return {"score": score, "tap": tap, "r_M": r_M, "r_L": list(r_L_grid), "bn_samples": bn_samples.per_cluster,
             "calib_on": on, "calib_off": off, "calib_mean_on": round(mean_on, 4), "calib_mean_off": round(mean_off, 4),
             "use": bool(mean_on > mean_off)}
-
-
-def score_methods(bundle: Bundle) -> set[str]:
-    """The filter scores a bundle holds (its ``scores_<method>.safetensors`` files)."""
-    if not bundle.has("scores"):
-        return set()
-    return {f[len("scores_"):-len(".safetensors")] for f in bundle.files_of("scores")}
-
-
-def load_scores(bundle: Bundle, method: str) -> dict[int, dict[str, torch.Tensor]]:
-    """{cluster: {layer: Tensor[C]}} of one score method from a bundle."""
-    fname = f"scores_{method}.safetensors"
-    if fname not in bundle.files_of("scores"):
-        raise SinfError(f"bundle {bundle.root} has no scores for {method!r}")
-    out: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in bundle.tensors(fname).items():
-        c, layer = key.split("|", 1)
-        out.setdefault(int(c), {})[layer] = v
-    return out

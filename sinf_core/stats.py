@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,10 +30,10 @@ from .data import ImageDataset, iterate_batches
 from .device import autocast, timed
 from .errors import SinfError
 from .hooks import activations
+from .io import CACHE_ENV, cache_dir  # noqa: F401  (re-exported)
 from .models import PrunableLayer, SinfModel
 
 STATS_FORMAT = 1
-CACHE_ENV = "SINF_CACHE_DIR"
 _FIXED_KEYS = ("sample_index", "sample_labels")  # identical in every part; not summed
 
 
@@ -409,11 +408,6 @@ def time_stats_vs_forward(
 
 
 # ------------------------------------------------------------------ disk cache
-def cache_dir() -> Path:
-    """``$SINF_CACHE_DIR`` or ``~/.cache/sinf``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sinf").expanduser()
-
-
 def model_fingerprint(model: torch.nn.Module) -> str:
     """sha256 (16 hex) of the model's state dict: names, shapes, dtypes and values."""
     h = hashlib.sha256()
@@ -488,7 +482,7 @@ def cached_stats(
     """``collect_stats`` behind the disk cache. Returns (stats, safetensors path, loaded-from-cache).
     A cache entry that cannot be read is recomputed and replaced."""
     key = stats_cache_key(model_name, model, dataset, split, indices, bf16, feature_sample)
-    path = Path(root or cache_dir()) / "stats" / f"{key}.safetensors"
+    path = cache_dir(root) / "stats" / f"{key}.safetensors"
     if path.is_file() and not refresh:
         try:
             stats, _ = load_stats(path)

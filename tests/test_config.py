@@ -5,8 +5,8 @@ import json
 import pytest
 
 from conftest import make_tiny_resnet
-from sinf_core.bundle import MANIFEST, Bundle, state_dict_sha256
-from sinf_core.config import DEFAULT_CONFIG, FILLS, MODES, default_config, read_config, validate_config
+from sinf_core.bundle import MANIFEST, Bundle, read_config, state_dict_sha256
+from sinf_core.config import DEFAULT_CONFIG, FILLS, MODES, default_config, validate_config
 from sinf_core.errors import SinfError
 
 

@@ -152,11 +152,20 @@ def test_engine_with_folding_matches_the_unfolded_engine():
     assert torch.allclose(plain.logits, folded.logits, atol=1e-4, rtol=1e-4)
 
 
-def test_prepare_for_inference_copies_only_when_folding():
+def test_prepare_for_inference_never_changes_the_callers_module():
+    # it used to convert in place when not folding (the benchmark thereby changed a bundle router's heads)
     m = make_tiny_vgg().train()
-    same = prepare_for_inference(m, channels_last=True)
-    assert same is m and not m.training
-    assert m.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    w = m.features[0].weight
+    ready = prepare_for_inference(m, channels_last=True)
+    assert ready is not m and not ready.training and m.training  # readied on a copy
+    assert m.features[0].weight is w and not w.is_contiguous(memory_format=torch.channels_last)
+    assert ready.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert prepare_for_inference(ready, channels_last=True) is ready  # already ready: shared, not copied
+    assert prepare_for_inference(ready, channels_last=True, device="cpu") is ready
+    assert prepare_for_inference(m.eval()) is m  # nothing to do
     folded = prepare_for_inference(m, fold_bn=True, channels_last=True)
     assert folded is not m and _batchnorms(folded) == 0 and _batchnorms(m) > 0
     assert folded.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ready(x), m.eval()(x), atol=1e-5)

@@ -292,9 +292,9 @@ def test_page_reports_a_bad_bundle_benchmark(monkeypatch, tmp_path):
     assert "partial or corrupted" in at.warning[0].value and not at.dataframe
     # a bench.json that passes the checksums but holds a bad value: an error box, no traceback
     monkeypatch.syspath_prepend(str(REPO))
-    from app import state
+    from app import loaders
 
-    monkeypatch.setattr(state, "bench", lambda src: bench)
+    monkeypatch.setattr(loaders, "bench", lambda src: bench)
     at = open_report(monkeypatch, tmp_path / "no_bundle")
     errors = [e.value for e in at.error]
     assert errors == ["The bundle's benchmark (bench.json) cannot be read: mode 'base': top1 is 'high', "

@@ -139,6 +139,17 @@ def test_router_learns_routes_and_picks_the_attachment_point():
     torch.testing.assert_close(probs.sum(1), torch.ones(4))
 
 
+def test_fit_keeps_constructor_parameters_and_learns_into_underscored_attributes(tmp_path):
+    # the trainer used to overwrite ``bf16`` (a parameter) with the value it resolved on the fit device
+    model, fit, calib, router = _fit_router(epochs=1, bf16=None, taps=["layer2.1"])
+    assert router.bf16 is None and router.get_params()["bf16"] is None
+    assert router.bf16_ in (True, False)
+    router.save(tmp_path)
+    loaded = RoutePredictor.load(tmp_path)
+    assert loaded.bf16 is None and loaded.bf16_ == router.bf16_
+    assert loaded.get_params() == router.get_params() == RoutePredictor(**router.get_params()).get_params()
+
+
 def test_streaming_mode_and_subsample_cap():
     model, fit, calib, router = _fit_router(cache=False, augment=True, max_fit_samples=120, epochs=2,
                                             taps=["layer2.1"])

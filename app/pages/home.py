@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import state, ui
+from app import loaders, session, ui
 from sinf_core import plots, report
 from sinf_core.errors import SinfError
 
@@ -15,16 +15,16 @@ st.markdown(
     "into semantic clusters, a shared stem runs on every input, a small router picks the input's cluster, and "
     "only that cluster's physically pruned subgraph runs after it. Unsure inputs fall back to the full network.")
 
-src = state.source()
+src = session.source()
 
 # ------------------------------------------------------------------------------------ models + source picker
-table = pd.DataFrame(state.model_table())
+table = pd.DataFrame(session.model_table())
 if len(table):
     names = list(table["model"])
     pick = st.segmented_control("Model", names, default=src.model if src.model in names else None, key="model_switch",
                                 help="switch the whole app to another model and its default bundle")
     if pick and pick != src.model:
-        state.set_source(state.Source(pick, None, None, str(state.default_bundle_dir(pick))))
+        session.set_source(session.Source(pick, None, None, str(session.default_bundle_dir(pick))))
         st.rerun()
     st.dataframe(table, hide_index=True, key="models_table", column_config={
         "published top-1 (%)": st.column_config.NumberColumn(format="%.2f"),
@@ -33,7 +33,7 @@ if len(table):
     st.caption("Measured top-1: the base model on the report split, from the benchmark in the model's bundle.")
 with st.expander("Another model, weights file or bundle folder", expanded=False):
     with st.form("source_form"):
-        models = state.selectable_models()
+        models = session.selectable_models()
         idx = models.index(src.model) if src.model in models else 0
         model = st.selectbox("Model", models, index=idx, help="registered models with weights")
         folder = st.text_input("Bundle folder", value=src.bundle,
@@ -41,15 +41,15 @@ with st.expander("Another model, weights file or bundle folder", expanded=False)
                                     "left unchanged when switching models, the new model's default folder is used")
         if st.form_submit_button("Use this model"):
             folder = folder.strip()
-            bundle_dir = str(state.default_bundle_dir(model)) if model != src.model and folder == src.bundle else folder
-            state.set_source(state.Source(model, src.checkpoint if model == src.model else None,
-                                          src.dataset if model == src.model else None, bundle_dir))
+            bundle_dir = str(session.default_bundle_dir(model)) if model != src.model and folder == src.bundle else folder
+            session.set_source(session.Source(model, src.checkpoint if model == src.model else None,
+                                              src.dataset if model == src.model else None, bundle_dir))
             st.rerun()
 
 exp = ui.load_experiment(src)
-facts = state.model_facts(src)
-info = state.data_info(src)
-bench = state.bench(src)
+facts = loaders.model_facts(src)
+info = loaders.data_info(src)
+bench = loaders.bench(src)
 
 # ------------------------------------------------------------------------------------ headline cards
 st.subheader(f"{src.model} on {info['dataset']}")
@@ -86,18 +86,18 @@ else:
     c4.metric("Clusters", len(info["cluster_names"]), border=True)
 
 # ------------------------------------------------------------------------------------ bundle status
-problem = state.bundle_problem(src)
-b = None if problem else state.bundle(src)
+problem = loaders.bundle_problem(src)
+b = None if problem else loaders.bundle(src)
 if problem:
     st.warning(f"The bundle at `{src.bundle}` cannot be used: {problem}")
 elif b is None or bench is None:
     st.info("SINF's measured numbers (router, subgraphs, benchmark) come from the analysis bundle, which is not "
             "complete yet. The Clusters, Filter overlap and Pruning pages work without it (they compute what they "
             "need once and cache it). Build the bundle with:")
-    st.code(state.build_command(src), language="bash")
+    st.code(loaders.build_command(src), language="bash")
     if st.button("Build the bundle now", help="runs the whole pipeline here, with progress; this can take a while"):
         with ui.guard("Build failed"):
-            state.build_bundle(src)
+            loaders.build_bundle(src)
             st.success("Bundle built.")
             st.rerun()
 if b is not None:
@@ -109,7 +109,7 @@ if b is not None:
                    f"model sha256 {str(b.manifest.get('model_sha256'))[:12]}...")
 
 # ------------------------------------------------------------------------------------ how it works
-st.plotly_chart(plots.sinf_diagram_figure(f"shared stem (to {state.default_tap(src)})",
+st.plotly_chart(plots.sinf_diagram_figure(f"shared stem (to {loaders.default_tap(src)})",
                                           len(info["cluster_names"])), key="diagram")
 st.markdown(
     "- **Stem**: the first layers of the trained network, unchanged, run on every input.\n"
@@ -125,7 +125,7 @@ st.markdown(
 # ------------------------------------------------------------------------------------ data set
 st.subheader("The data set and its clusters")
 sp = info.get("splits", {})
-h = state.hierarchy(src)
+h = loaders.hierarchy(src)
 d1, d2, d3, d4 = st.columns(4)
 d1.metric("Classes", h.num_classes)
 d2.metric("Clusters", h.num_clusters)

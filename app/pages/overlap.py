@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import state, studio, ui
+from app import loaders, session, studio, ui
 from sinf_core import plots
 from sinf_core.overlap import cluster_sets
 
@@ -17,19 +17,19 @@ st.markdown(
     "clusters need.")
 
 ui.style()
-src = state.source()
+src = session.source()
 exp = ui.load_experiment(src)
-h = state.hierarchy(src)
+h = loaders.hierarchy(src)
 cfg = studio.config(src)
 
 with ui.guard("Cannot compute the overlap"):
-    s = state.stats(src)
+    s = loaders.stats(src)
     layers = list(s.layers)
     c1, c2, c3 = st.columns([1.3, 1, 1.2])
     layer = c1.selectbox("Layer", layers, index=len(layers) - 1, key="layer")
     q = c2.slider("q: top share of channels per set (%)", 5, 50, 20, 5, key="q")
     view = c3.radio("Matrix", ["between clusters", "between classes"], horizontal=True, key="view")
-    rep = state.overlap(src, q)
+    rep = loaders.overlap(src, q)
 
     prof = {p["layer"]: p for p in rep.profile}
     p = prof[layer]
@@ -77,7 +77,7 @@ with ui.guard("Cannot compute the overlap"):
         if keep is not None:
             kept = np.zeros(len(values), dtype=bool)
             kept[keep] = True
-        rm, rl = state.cluster_ratios(cfg, h)[cm]
+        rm, rl = session.cluster_ratios(cfg, h)[cm]
         st.caption(f"Coloured bars: the channels {h.cluster_names[cm]}'s DCS subgraph keeps with r_M = {rm}, r_L = {rl} "
                    "(the Pruning page's configuration); grey: removed. Hover a bar for whether it is in the top-q set.")
     st.plotly_chart(plots.filter_bars_figure(values, kept, layer, h.cluster_names[cm], cm, top=top), key="bars")

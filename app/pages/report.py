@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app import state, ui
+from app import loaders, session, ui
 from sinf_core import report
 from sinf_core.errors import SinfError
 
@@ -18,9 +18,9 @@ st.markdown(
     "throughput at a large batch, FLOPs and parameters. Each mode's point is chosen on the calibration split.")
 
 ui.style()
-src = state.source()
+src = session.source()
 bench, origin = None, "the bundle"
-raw = state.bench(src)
+raw = loaders.bench(src)
 if raw is not None:
     try:
         bench = report.load_bench(raw)

@@ -18,6 +18,9 @@ from .resnet_cifar import cifar_resnet, cifar_resnet50
 from .vgg_cifar import cifar_vgg
 
 WEIGHTS_ENV = "SINF_WEIGHTS_DIR"
+# the files of a finished `sinf train` run (written by ``sinf_core.train``, read by ``publish_weights``)
+RUN_FINAL = "final.safetensors"
+RUN_SUMMARY = "summary.json"
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 _RELEASE = "https://github.com/chenyaofo/pytorch-cifar-models/releases/download"
 
@@ -285,7 +288,7 @@ def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, meas
     top-1 is what `sinf eval` gives. Both files are written atomically; returns the card."""
 
     from ..io import atomic_write, sha256_file, write_json
-    from ..train import FINAL, SUMMARY
+    FINAL, SUMMARY = RUN_FINAL, RUN_SUMMARY
 
     entry = get_entry(name)
     if not entry.weights_file:

@@ -9,7 +9,6 @@ atomic writes come from ``sinf_core.bundle``. Missing methods are computed toget
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,19 +17,12 @@ import torch
 
 from ..bundle import Bundle, sha256_json, state_dict_sha256
 from ..data import Hierarchy, ImageDataset
+from ..io import cache_dir  # noqa: F401  (re-exported)
 from ..models import SinfModel
 from . import ScoreTable, compute_all_scores, get_score, resolve_layers, resolve_options
 from .base import Target
 
 CACHE_FORMAT = 1
-
-
-def cache_dir(path: str | Path | None = None) -> Path:
-    """``path``, else $SINF_CACHE_DIR, else ~/.cache/sinf."""
-    if path:
-        return Path(path)
-    env = os.environ.get("SINF_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "sinf"
 
 
 def data_fingerprint(data: ImageDataset, split: str) -> dict:

@@ -965,7 +965,7 @@ def compare_tail_speed(
     device = x.device
     base = model
     if fold_bn or channels_last:  # on copies (folding makes its own): the caller's modules stay as they are
-        base, subgraph = (prepare_for_inference(m if fold_bn else copy.deepcopy(m), fold_bn, channels_last)
+        base, subgraph = (prepare_for_inference(m, fold_bn, channels_last)
                           for m in (model, subgraph))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -225,7 +225,11 @@ def evaluate_schedule(
     for m, s in specs.items():
         sub = built[m] if built is not None and built.get(m) is not None else build_subgraph(model, s)
         sub_cost[m] = costs.subgraph(s, sub)  # counted unfolded, as every cost in the project
-        subs[m] = prepare_for_inference(sub, fold_bn=fold_bn, channels_last=channels_last, device=device)
+        if fold_bn:
+            subs[m] = prepare_for_inference(sub, fold_bn=True, channels_last=channels_last, device=device)
+        else:  # built here or handed over for this evaluation: readied in place, not copied
+            sub = sub.to(device).eval()
+            subs[m] = sub.to(memory_format=torch.channels_last) if channels_last else sub
     labels = outputs.labels
     true_cluster = torch.as_tensor(hierarchy.cluster_array())[labels]
     routed_to = outputs.route_pred if outputs.route_pred is not None and routed else torch.full_like(labels, -1)

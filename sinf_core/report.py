@@ -25,10 +25,10 @@ from typing import Any, Mapping, Sequence
 
 from .errors import SinfError
 
-MODES = ("base", "sinf", "exit", "cascade", "static")
+MODES = ("base", "sinf", "exit", "cascade", "static", "select")
 MODE_LABELS = {
     "base": "base model", "sinf": "SINF (router + subgraphs)", "exit": "early exit", "cascade": "cascade (exit, route, fall back)",
-    "static": "static pruning (same expected FLOPs)",
+    "static": "static pruning (same expected FLOPs)", "select": "network selection (cheaper networks first)",
 }
 METRICS = ("top1", "latency_ms_bs1", "throughput_ips", "flops", "params")
 COLUMNS = [
@@ -287,8 +287,11 @@ def operating_points(bench: Mapping[str, Any]) -> list[dict]:
             if v.get("note"):
                 rows.append({"mode": m, "note": v["note"]})
             continue
-        row = {"mode": m, **{k: op.get(k) for k in ("tap", "r_M", "r_L", "gamma", "tau")},
+        row = {"mode": m, **{k: op.get(k) for k in ("tap", "r_M", "r_L", "gamma", "tau", "thresholds")
+                             if k in op or k != "thresholds"},
                "calib_top1": v.get("calib_top1"), "calib_flops": v.get("calib_flops")}
+        if isinstance(v.get("networks"), list):
+            row["networks"], row["answered"] = v["networks"], v.get("answered")
         for k in ("exit_rate", "route_rate", "fallback_rate", "route_accuracy"):
             if v.get(k) is not None:
                 row[k] = v[k]
@@ -458,6 +461,13 @@ the router's and the exit head's cost are included. {html.escape(str(notes))}</p
 
 
 def point_text(p: Mapping[str, Any]) -> str:
+    if isinstance(p.get("thresholds"), list):  # network selection: the chain and each link's gate threshold
+        nets = p.get("networks") or []
+        s = " -> ".join(str(n) for n in nets) + (", " if nets else "")
+        s += "gate thresholds " + ", ".join(f"{float(t):.2f}" for t in p["thresholds"])
+        if isinstance(p.get("answered"), list):
+            s += " (answered " + " / ".join(f"{100 * float(a):.1f} %" for a in p["answered"]) + ")"
+        return s
     s = str(p.get("tap", ""))
     if p.get("r_M") is not None and p.get("r_L") is not None:
         s += f", r {float(p['r_M']):.2f}->{float(p['r_L']):.2f}"

@@ -515,3 +515,45 @@ def test_cli_timing_flags_reach_the_options():
                                       "--head-distill", "0"])
     opts = BenchOptions.from_dict(_options(args)).validate()
     assert not opts.fold_bn and not opts.use_channels_last and opts.target_ratio == 1.3 and opts.head_distill == 0
+
+
+def test_network_selection_contender(tmp_path, monkeypatch):
+    """``chain``: a cheaper network first; its gate chosen on calibration within the guarded budget, the
+    result's report top-1, answered shares and FLOPs equal the chain recomputed by hand."""
+    from sinf_core.models.registry import MODELS, ModelEntry
+    from sinf_core.selection import Gate, NetworkSelection, argmax_of
+
+    from safetensors.torch import save_file
+
+    import sinf_core.models.registry as registry
+
+    save_file(make_tiny_resnet(seed=3).state_dict(), str(tmp_path / "tiny_small.safetensors"))
+    monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path)
+    monkeypatch.setitem(MODELS, "tiny_small", ModelEntry("tiny_small", lambda: make_tiny_resnet(seed=3), dataset="tiny",
+                                                         protocol="pretrained", weights_file="tiny_small.safetensors"))
+    exp = _tiny_experiment()
+    opts = {**QUICK, "cache_dir": str(tmp_path), "chain": ["tiny_small"], "budget": 100.0, "budget_z": 0.0}
+    res = run_benchmark(exp, None, opts)
+    sel = res["select"]
+    for key in ("top1", "latency_ms_bs1", "throughput_ips", "flops", "params", "throughput_ratio", "operating_point"):
+        assert sel.get(key) is not None, key
+    assert sel["networks"] == ["tiny_small", "tiny_resnet"]
+    op = sel["operating_point"]
+    small = MODELS["tiny_small"].build().eval()
+    chain = NetworkSelection([small], [Gate(sel["gate_temperatures"][0], op["thresholds"][0])], argmax_of(exp.model))
+    report = exp.report_data()
+    x, y = next(iterate_batches(report, len(report)))
+    got = chain.run(x)
+    assert sel["top1"] == pytest.approx(100.0 * float((got.pred == y).double().mean()), abs=1e-3)
+    shares = got.shares() + [0.0] * (2 - len(got.shares()))
+    assert sel["answered"] == pytest.approx(shares, abs=1e-4)
+    f_small, f_base = model_cost(small).flops, model_cost(exp.model).flops
+    assert sel["flops"] == pytest.approx(f_small + shares[1] * f_base, rel=1e-4)
+    assert sel["params"] == model_cost(small).params + model_cost(exp.model).params
+    assert op["top1"] >= res["sweep"]["base_calib_top1"] - 100.0
+    assert "select" in res["sweep"]["screen"]
+    # the chain is checked before anything runs
+    with pytest.raises(SinfError, match="itself"):
+        run_benchmark(exp, None, {**opts, "chain": ["tiny_resnet"]})
+    with pytest.raises(SinfError, match="registry model names"):
+        BenchOptions.from_dict({"chain": "tiny_small"}).validate()

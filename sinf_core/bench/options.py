@@ -53,6 +53,8 @@ class BenchOptions:
     ``threads``: torch CPU threads during the benchmark (None: leave as is). ``cache``: keep fitted
     heads under ``cache_dir`` (default $SINF_CACHE_DIR or ~/.cache/sinf) / bench.
     ``score_options``: options of the filter scores (as in ``compute_all_scores``).
+    ``chain``: registry names of cheaper networks run before this one, cheapest first (network selection,
+    the ``select`` contender: each answers what its calibrated confidence is sure of); () = no ``select``.
     """
 
     budget: float = 2.0
@@ -89,6 +91,7 @@ class BenchOptions:
     cache_dir: str | None = None
     score_options: dict = field(default_factory=dict)
     seed: int = 0
+    chain: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "BenchOptions":
@@ -97,8 +100,8 @@ class BenchOptions:
         bad = sorted(set(d) - known)
         if bad:
             raise SinfError(f"unknown benchmark option(s) {bad}; known: {sorted(known)}")
-        for k in ("taps", "gammas", "taus", "static_scores"):
-            if d.get(k) is not None:
+        for k in ("taps", "gammas", "taus", "static_scores", "chain"):
+            if isinstance(d.get(k), (list, tuple)):
                 d[k] = tuple(d[k])
         if d.get("schedules") is not None:
             d["schedules"] = tuple(tuple(s) for s in d["schedules"])
@@ -166,4 +169,6 @@ class BenchOptions:
             get_score(s)
         if not self.static_scores:
             raise SinfError("give at least one global score for the static network")
+        if isinstance(self.chain, str) or not all(isinstance(n, str) and n for n in self.chain):
+            raise SinfError(f"chain must list registry model names, cheapest first, got {self.chain!r}")
         return self

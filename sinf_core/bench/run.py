@@ -30,6 +30,7 @@ from .inputs import _cluster_scores, _fit_stats, _global_scores, resolve_bn_samp
 from .metrics import _per_cluster, result_metrics
 from .options import BENCH_FORMAT, BENCH_VERSION, CONTENDERS, MODES, BenchOptions, LogFn, ProgressFn
 from .precompute import stem_features, tap_sweep_data
+from .select import SELECT, run_select
 from .static import StaticNet, _static_calib_top1, static_for_flops
 from .sweep import TapData, _point_label, _round_point, candidates_within_budget, pareto_front, pick_fastest, sweep_tap
 
@@ -150,6 +151,8 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     _screen(r)
     _static(r)
     _report_accuracy(r)
+    run_select(r)
+    r.lap("select")
     tp, lat = _timing(r)
     return _summary(r, tp, lat)
 
@@ -427,6 +430,7 @@ def _summary(r: BenchRun, tp: dict, lat: dict) -> dict:
         "format": BENCH_FORMAT, "version": BENCH_VERSION,
         "model": exp.model_name, "dataset": exp.train.name, "splits": exp.splits.summary(),
         **{name: results[name] for name in CONTENDERS},
+        **({SELECT: results[SELECT]} if SELECT in results else {}),
         "best_mode": best_mode,
         "target": target,
         "hardware": hardware,

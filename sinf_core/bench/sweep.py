@@ -177,5 +177,8 @@ def _round_point(p: dict) -> dict:
         q["top1_se"] = round(q["top1_se"], 4)
     q["flops"] = round(q["flops"], 1)
     for k in ("exit_rate", "route_rate", "fallback_rate"):
-        q[k] = round(q[k], 4)
+        if k in q:
+            q[k] = round(q[k], 4)
+    if "answered" in q:
+        q["answered"] = [round(v, 4) for v in q["answered"]]
     return q

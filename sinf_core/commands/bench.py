@@ -53,6 +53,8 @@ def add_arguments(p) -> None:
     p.add_argument("--head-epochs", type=int, default=8, help="head training epochs (default 8)")
     p.add_argument("--head-distill", type=float, default=0.9,
                    help="weight in [0, 1] of distillation from the base model in the heads' loss (default 0.9)")
+    p.add_argument("--chain", help="network selection (contender 'select'): comma-separated registry models run "
+                   "before this one, cheapest first, e.g. cifar100_resnet20")
     p.add_argument("--cache-dir", help="cache root for scores and heads (default $SINF_CACHE_DIR or ~/.cache/sinf)")
     p.add_argument("--out", help="also write the JSON result to this file, and a Markdown report beside it (.md)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -71,6 +73,8 @@ def _options(args) -> dict:
                   "head_epochs": args.head_epochs, "head_distill": args.head_distill, "cache_dir": args.cache_dir,
                   "bn_samples": args.bn_samples,
                   "static_scores": [s.strip() for s in args.static_scores.split(",") if s.strip()]}
+    if args.chain:
+        opts["chain"] = [t.strip() for t in args.chain.split(",") if t.strip()]
     if args.taps:
         opts["taps"] = [t.strip() for t in args.taps.split(",") if t.strip()]
     if args.schedules:

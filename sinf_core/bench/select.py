@@ -1,0 +1,139 @@
+"""The network-selection contender ``select`` (``selection``): the cheaper networks of
+``BenchOptions.chain`` run first, cheapest first, each gated by its calibrated confidence; the base model
+answers what reaches it. As for every mode, the gates' temperatures are fitted and the thresholds swept on
+calibration, the cheapest points within the guarded budget are timed against the base on calibration
+images, and the fastest measured one is served; costs count every network that ran."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+from torch import nn
+
+from ..cost import model_cost
+from ..device import autocast
+from ..errors import SinfError
+from ..fusion import prepare_for_inference
+from ..selection import Gate, NetworkSelection, Stage, fit_gate, sweep_chain
+from ..timing import interleaved_throughput, paired_ratios
+from .contenders import _images_on
+from .metrics import _per_cluster
+from .precompute import _prep
+from .sweep import _round_point, candidates_within_budget, pick_fastest
+
+SELECT = "select"
+
+
+def chain_networks(exp, names, device) -> list[tuple[str, nn.Module]]:
+    """The registry models ``names`` (cheapest first), checked to serve the benchmark's data and splits."""
+    from ..experiment import check_model_fits_data
+    from ..models.registry import get_entry, load_model
+
+    from ..models.registry import MODELS
+
+    base = MODELS.get(exp.model_name)  # None for a model outside the registry (e.g. a user's)
+    out = []
+    for name in names:
+        if name == exp.model_name:
+            raise SinfError(f"the chain lists the benchmarked model {name!r} itself; it is always the last network")
+        e = get_entry(name)
+        if base is not None and e.dataset != base.dataset:
+            raise SinfError(f"chain network {name!r} is for {e.dataset!r}, the benchmark runs on {base.dataset!r}")
+        if e.protocol == "pretrained" and exp.splits.protocol == "heldout":
+            raise SinfError(f"chain network {name!r} was trained on all of train, which holds this benchmark's "
+                            "calibration split: its gate would be chosen on images it has seen")
+        model = load_model(name).to(device).eval()
+        check_model_fits_data(model, name, exp.train)
+        out.append((name, model))
+    return out
+
+
+@torch.inference_mode()
+def _logits(net: nn.Module, x: torch.Tensor, bs: int, dev, bf16: bool, cl: bool) -> torch.Tensor:
+    out = []
+    for chunk in x.split(bs):
+        with autocast(dev, bf16):
+            out.append(net(_prep(chunk, cl)).float().cpu())
+    return torch.cat(out)
+
+
+def run_select(r) -> None:
+    """Fit, sweep, screen and choose the ``select`` contender; its report-split metrics and callables go
+    into ``r.results`` / ``r.finals`` (after ``_report_accuracy``, before the timing)."""
+    opts = r.opts
+    if not opts.chain:
+        return
+    C, dev, bs, cl, bf16 = r.contenders, r.dev, r.bs, r.cl, r.bf16
+    nets = chain_networks(r.exp, opts.chain, dev)
+    x_calib = _images_on(r.calib, None, dev)
+    labels = r.calib.labels.clone()
+    costs = [model_cost(m, r.input_shape) for _, m in nets]
+    base_cost = model_cost(r.model, r.input_shape)
+    stages, gates = [], []
+    for (name, m), c in zip(nets, costs):  # decisions on the unfolded networks, as for every mode
+        lg = _logits(prepare_for_inference(m, channels_last=cl), x_calib, bs, dev, bf16, cl)
+        g = fit_gate(lg, labels)
+        conf, pred = g.confidence(lg)
+        stages.append(Stage(name, pred, float(c.flops), conf))
+        gates.append(g)
+    stages.append(Stage(r.exp.model_name, r.base_pred, float(base_cost.flops)))
+    points = sweep_chain(labels, r.base_pred, stages)
+    cands = candidates_within_budget(points, r.base_top1_calib, opts.budget, opts.candidates_per_mode, r.z)
+    r.log(f"select: {len(points)} points over {' -> '.join(s.name for s in stages)}, {len(cands)} timed")
+    if not cands:
+        return
+    served = [C.ready(m) for _, m in nets]
+    base_net = r.served
+
+    def chain_of(p: dict) -> NetworkSelection:
+        gs = [Gate(g.temperature, t) for g, t in zip(gates, p["thresholds"])]
+
+        def last(x):
+            with autocast(dev, bf16):
+                return base_net(x).float().argmax(1)
+
+        def gated(net):
+            def f(x):
+                with autocast(dev, bf16):
+                    return net(x).float()
+            return f
+
+        return NetworkSelection([gated(n) for n in served], gs, last)
+
+    chains = [chain_of(p) for p in cands]
+
+    def pool_fn(ch):
+        return lambda x: ch.run_pool(_prep(x, cl), bs).pred
+
+    screen_pool = _images_on(r.calib, opts.screen_pool, dev)
+    fns = {"base": r.base_fns[0], **{f"{SELECT}#{i}": pool_fn(ch) for i, ch in enumerate(chains)}}
+    tp = interleaved_throughput(fns, screen_pool, opts.screen_reps, 1, dev, r.prog)
+    ratios = [statistics.median(paired_ratios(tp, f"{SELECT}#{i}")) for i in range(len(cands))]
+    r.screen[SELECT] = [{**_round_point(p), "ips": round(tp[f"{SELECT}#{i}"]["ips"], 2), "ratio_to_base": round(v, 4)}
+                        for i, (p, v) in enumerate(zip(cands, ratios))]
+    k = pick_fastest(cands, ratios, r.base_top1_calib, opts.budget, r.z)
+    if k is None:
+        return
+    chosen, chain = cands[k], chains[k]
+    x_report = r.x_report if r.x_report is not None else _images_on(r.report, None, dev)
+    labels_r, clusters_r = r.report.labels.clone(), r.report.cluster_labels.clone()
+    res = chain.run_pool(_prep(x_report, cl), bs)
+    shares = res.shares() + [0.0] * (len(stages) - len(res.shares()))
+    reached = 1.0
+    flops = 0.0
+    for s, share in zip(stages, shares):
+        flops += reached * (s.flops if not torch.is_tensor(s.flops) else float(s.flops.mean()))
+        reached -= share
+    r.results[SELECT] = {
+        "top1": round(100.0 * float((res.pred == labels_r).double().mean()), 4),
+        "per_cluster": _per_cluster(res.pred, labels_r, clusters_r, r.hier.cluster_names),
+        "flops": round(flops, 1), "params": int(sum(c.params for c in costs) + base_cost.params),
+        "networks": [s.name for s in stages], "answered": [round(v, 4) for v in shares],
+        "gate_temperatures": [round(g.temperature, 4) for g in gates],
+        "operating_point": {**_round_point(chosen), "screen_ratio": round(ratios[k], 4)},
+        "calib_top1": round(chosen["top1"], 4), "calib_flops": round(chosen["flops"], 1), "n": len(labels_r)}
+    r.finals[SELECT] = (pool_fn(chain), lambda x: chain.run(_prep(x, cl)).pred)
+    r.log(f"chosen select: thresholds {chosen['thresholds']}, calibration top-1 {chosen['top1']:.2f} % "
+          f"(standard error of the difference from base {chosen['top1_se']:.2f}), {chosen['flops'] / 1e6:.1f} MFLOPs, "
+          f"screened {ratios[k]:.3f}x base; report top-1 {r.results[SELECT]['top1']:.2f} %")

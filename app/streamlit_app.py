@@ -1,7 +1,10 @@
 """SINF Studio: explore filter overlap, tune pruning per cluster, run routed inference live, show the speed-up.
 
-Run with ``streamlit run app/streamlit_app.py`` (``make run``). Pages live in ``app/pages/``; everything they
-load comes through ``app/loaders.py`` (this session's source: ``app/session.py``); all computation is in ``sinf_core``.
+Run with ``streamlit run app/streamlit_app.py`` (``make run``). Pages live in ``app/views/``, not in
+``pages/``: until a first session has run this script, Streamlit's legacy discovery would serve a
+``pages/`` folder by itself, and a first deep link such as /pruning would run the page without this
+script. Everything the pages load comes through ``app/loaders.py`` (this session's source:
+``app/session.py``); all computation is in ``sinf_core``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import streamlit as st  # noqa: E402
 
 from app import session, ui  # noqa: E402
 
-PAGES = Path(__file__).resolve().parent / "pages"
+PAGES = Path(__file__).resolve().parent / "views"
 
 st.set_page_config(page_title="SINF Studio", page_icon=":material/alt_route:", layout="wide")
 

@@ -62,7 +62,7 @@ def live_page(model_name: str) -> dict:
     os.environ["SINF_APP_MODEL"] = model_name
     at = AppTest.from_file(str(REPO / "app" / "streamlit_app.py"), default_timeout=900)
     at.run()
-    at.switch_page(str(REPO / "app" / "pages" / "live.py"))
+    at.switch_page(str(REPO / "app" / "views" / "live.py"))
     at.run()
 
     def widget(kind, prefix):

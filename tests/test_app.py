@@ -21,7 +21,7 @@ from conftest import REPO, make_tiny_dataset, make_tiny_resnet
 
 TINY = "tiny_resnet_app"
 APP = str(REPO / "app" / "streamlit_app.py")
-PAGES = REPO / "app" / "pages"
+PAGES = REPO / "app" / "views"
 
 
 # ------------------------------------------------------------------------------------ the tiny set-up

@@ -74,6 +74,24 @@ def assert_no_exception(page, where: str) -> None:
     assert exc.count() == 0, f"{where}: {exc.first.inner_text()[:2000]}"
 
 
+def open_deep_link(url: str, path: str, marker: str, timeout: float = 300.0) -> None:
+    """A page's own URL as the very first request a fresh server gets (a bookmark, a reload after a
+    restart): the page renders inside the app (its navigation, no exception)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/{path}", wait_until="domcontentloaded")
+            expect(page.get_by_text(marker).first).to_be_visible(timeout=timeout * 1000)
+            wait_idle(page, timeout)
+            assert_no_exception(page, f"/{path} as the first request")
+            expect(page.locator('[data-testid="stSidebarNav"]').get_by_text("Live inference", exact=True)).to_be_visible()
+        finally:
+            browser.close()
+
+
 def drive_app(url: str, out_dir: Path, upload: Path | None = None, bad_upload: Path | None = None,
               timeout: float = 300.0) -> dict:
     """Visit every page twice (first and warm load), move the overlap q slider, submit the pruning form,
@@ -277,6 +295,7 @@ def test_shipped_bundles_in_chromium(model, real_env, tmp_path):
     try:
         good = tmp_path / "photo.png"
         Image.new("RGB", (200, 120), (30, 160, 60)).save(good)
+        open_deep_link(f"http://127.0.0.1:{port}", "report", "Speed-up report")
         times = drive_app(f"http://127.0.0.1:{port}", ARTIFACTS / model, upload=good)
     finally:
         stop_app(proc)

@@ -218,7 +218,7 @@ def open_report(monkeypatch, bundle: Path, model: str = "cifar100_resnet56"):
         monkeypatch.syspath_prepend(str(REPO))
     monkeypatch.setenv("SINF_APP_MODEL", model)
     monkeypatch.setenv("SINF_APP_BUNDLE", str(bundle))
-    at = AppTest.from_file(str(REPO / "app" / "pages" / "report.py"), default_timeout=120)
+    at = AppTest.from_file(str(REPO / "app" / "views" / "report.py"), default_timeout=120)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at

@@ -180,3 +180,11 @@ def test_unsupported_combinations_say_so(exported):
 
         man = read_manifest(out)
         RuntimeInference({"stem": None, "tail": None}, man, mode="sinf")
+
+
+def test_cli_export_without_a_bundle_is_one_clear_line(tmp_path, capsys):
+    from sinf_core.cli import main
+
+    code = main(["export", "cifar100_resnet56", "--bundle", str(tmp_path / "none"), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no SINF bundle" in err and "Traceback" not in err

@@ -87,6 +87,9 @@ class OrtSession:
         so.intra_op_num_threads = _threads(threads)
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # no busy-waiting between runs: a routed model calls several sessions in turn (and a benchmark
+        # interleaves runtimes), so threads spinning after one session's run steal the next one's cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), so, providers=providers)
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name

@@ -74,6 +74,31 @@ class InferenceResult:
         return {name: int(c[i]) for i, name in enumerate(MODE_NAMES)}
 
 
+def exit_decision(exit_conf: torch.Tensor, tau: float) -> torch.Tensor:
+    """bool [n]: which inputs the exit head answers (calibrated top probability >= tau; tau = 1: none)."""
+    return exit_conf >= tau if tau < 1.0 else torch.zeros_like(exit_conf, dtype=torch.bool)
+
+
+def route_decision(route_conf: torch.Tensor, route_cls: torch.Tensor, gamma: float, has_sub: torch.Tensor) -> torch.Tensor:
+    """Group [n] int64 of inputs the exit head did not answer: the router's cluster where its calibrated
+    top probability is >= gamma (gamma = 1: never) and that cluster has a subgraph (``has_sub`` bool
+    [K]), else K (the fallback)."""
+    K = int(has_sub.shape[0])
+    routed = route_conf >= gamma if gamma < 1.0 else torch.zeros_like(route_conf, dtype=torch.bool)
+    return torch.where(routed & has_sub[route_cls], route_cls, torch.full_like(route_cls, K))
+
+
+def group_spans(group: torch.Tensor, K: int) -> tuple[torch.Tensor, list[int], list[int]]:
+    """Groups 0..K-1 (clusters), K (fallback), K+1 (exit) as (order: input indices sorted by group,
+    stably; counts per group; starts: group g's inputs are ``order[starts[g]:starts[g + 1]]``)."""
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group, minlength=K + 2).tolist()  # the one host sync
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c)
+    return order, counts, starts
+
+
 def _check_unit_interval(name: str, v: float) -> float:
     try:
         f = float(v)
@@ -268,7 +293,7 @@ class SemanticInference:
                 exit_logits = self.exit_head(h).float()
                 conf = torch.softmax(exit_logits / self.exit_head.temperature.float(), dim=1).amax(1)
                 exit_conf = conf
-                exits = conf >= self.tau if self.tau < 1.0 else torch.zeros_like(conf, dtype=torch.bool)
+                exits = exit_decision(conf, self.tau)
                 group = torch.where(exits, torch.full_like(group, K + 1), group)
                 if self.router is not None:
                     rest = (~exits).nonzero().squeeze(1)
@@ -276,9 +301,7 @@ class SemanticInference:
                 hr = h if rest is None else h.index_select(0, rest)
                 probs = self.router.proba(hr)
                 rconf, rcls = probs.max(1)
-                routed = rconf >= self.gamma if self.gamma < 1.0 else torch.zeros_like(rconf, dtype=torch.bool)
-                has_sub = self._has_sub[rcls]
-                g = torch.where(routed & has_sub, rcls, torch.full_like(rcls, K))
+                g = route_decision(rconf, rcls, self.gamma, self._has_sub)
                 if rest is None:
                     group, route, route_conf = g, rcls, rconf
                 else:
@@ -295,11 +318,7 @@ class SemanticInference:
         C = int(self.model.num_classes)
         pred = torch.empty(n, dtype=torch.long, device=dev)
         logits = torch.empty((n, C), dtype=torch.float32, device=dev) if self.keep_logits else None
-        order = torch.argsort(group, stable=True)
-        counts = torch.bincount(group, minlength=K + 2).tolist()  # the one host sync
-        starts = [0]
-        for c in counts:
-            starts.append(starts[-1] + c)
+        order, counts, starts = group_spans(group, K)
         if counts[K + 1]:
             idx = order[starts[K + 1] : starts[K + 2]]
             zl = exit_logits.index_select(0, idx)

@@ -14,4 +14,5 @@ COMMAND_MODULES = [
     "bench",
     "publish",
     "report",
+    "export",
 ]

@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--z", type=float, default=1.645)
     ap.add_argument("--reps", type=int, default=6)
     ap.add_argument("--bundle", default=str(REPO / "assets" / "bundles" / "cifar100_resnet56"))
+    ap.add_argument("--int8", action="store_true",
+                    help="also both networks as OpenVINO int8 (QDQ, calibrated on the calibration split), the chain's "
+                         "gate chosen on the int8 ResNet-20's calibration outputs, against OpenVINO int8 ResNet-56")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -123,10 +126,63 @@ def main() -> None:
     def base_pool(x):
         return torch.cat([m56(c).argmax(1) for c in x.split(256)])
 
+    int8_fns, int8_lat = {}, {}
+    if args.int8:
+        import tempfile
+
+        import numpy as np
+
+        from sinf_core.backends import OvSession
+        from sinf_core.export import calibration_set, export_module, quantize
+
+        cal = calibration_set(big).images.contiguous()
+        tmp = Path(tempfile.mkdtemp(prefix="sinf-select-int8-"))
+        sess = {}
+        for name, m in (("resnet20", m20), ("resnet56", m56)):
+            plain = m.to(memory_format=torch.contiguous_format)
+            export_module(plain, cal[:2], tmp / f"{name}.onnx", "images", "logits")
+            quantize(tmp / f"{name}.onnx", tmp / f"{name}_int8.onnx", cal.numpy())
+            sess[name] = OvSession(tmp / f"{name}_int8.onnx", threads=2)
+            m.to(memory_format=torch.channels_last)
+
+        def logits_of(name, x):
+            x = x.contiguous().numpy()
+            return torch.cat([torch.from_numpy(sess[name](np.ascontiguousarray(x[i : i + 256])))
+                              for i in range(0, len(x), 256)])
+
+        q20c, q56c = logits_of("resnet20", xc), logits_of("resnet56", xc)
+        q20r, q56r = logits_of("resnet20", xr), logits_of("resnet56", xr)
+        qgate = fit_gate(q20c, yc)
+        qconf, qpred = qgate.confidence(q20c)
+        base_q_calib = 100.0 * float((q56c.argmax(1) == yc).double().mean())
+        out["int8"] = {"base_top1": {"calib": base_q_calib, "report": 100.0 * float((q56r.argmax(1) == yr).double().mean())},
+                       "resnet20_top1_report": 100.0 * float((q20r.argmax(1) == yr).double().mean()),
+                       "gate_temperature": qgate.temperature, "quantization": calibration_set(big).summary()}
+        pts = sweep_chain(yc, q56c.argmax(1), [Stage("resnet20 int8", qpred, f20, qconf),
+                                               Stage("resnet56 int8", q56c.argmax(1), f56)])
+        cands = candidates_within_budget(pts, out["base_top1"]["calib"], args.budget, 1, args.z)  # vs the fp32 base
+        if cands:
+            chosen = cands[0]
+            qg = Gate(qgate.temperature, chosen["thresholds"][0])
+            n20 = lambda x: torch.from_numpy(sess["resnet20"](np.ascontiguousarray(x.contiguous().numpy())))  # noqa: E731
+            n56 = lambda x: torch.from_numpy(sess["resnet56"](np.ascontiguousarray(x.contiguous().numpy()))).argmax(1)  # noqa: E731
+            qchain = NetworkSelection([n20], [qg], n56)
+            res = qchain.run_pool(xr, 256)
+            out["int8"]["select"] = {"chosen_on_calibration": chosen,
+                                     "report_top1": 100.0 * float((res.pred == yr).double().mean()),
+                                     "report_answered": res.shares(),
+                                     "report_flops": f20 + (1.0 - res.shares()[0]) * f56}
+            int8_fns["select int8"] = lambda x: qchain.run_pool(x, 256).pred
+            int8_lat["select int8"] = lambda x: qchain.run(x).pred
+        int8_fns["base int8"] = lambda x: logits_of("resnet56", x).argmax(1)
+        int8_lat["base int8"] = lambda x: logits_of("resnet56", x).argmax(1)
+
     fns = {"base": base_pool, "exit": lambda x: exit_eng.run_pool(x, 256).pred}
     fns.update({k: (lambda x, c=c: c.run_pool(x, 256).pred) for k, c in contenders.items()})
     lat_fns = {"base": lambda x: m56(x).argmax(1), "exit": lambda x: exit_eng.run(x).pred}
     lat_fns.update({k: (lambda x, c=c: c.run(x).pred) for k, c in contenders.items()})
+    fns.update(int8_fns)
+    lat_fns.update(int8_lat)
     with torch.inference_mode():
         tp = interleaved_throughput(fns, xr[:2048], reps=args.reps)
         lat = interleaved_latency(lat_fns, xr[:200], calls=200)
@@ -136,6 +192,14 @@ def main() -> None:
         if k == "base":
             continue
         r = paired_ratios(tp, k)
+        if k in int8_fns:
+            dest = out["int8"].setdefault(k.split()[0], {})
+            dest.update({"throughput_ratio_vs_torch_fp32": round(statistics.median(r), 3),
+                         "latency_ratio_bs1_vs_torch_fp32": round(lat["base"]["median_ms"] / lat[k]["median_ms"], 3)})
+            if k != "base int8":
+                dest["throughput_ratio_vs_int8_base"] = round(statistics.median(paired_ratios(tp, k, "base int8")), 3)
+                dest["latency_ratio_bs1_vs_int8_base"] = round(lat["base int8"]["median_ms"] / lat[k]["median_ms"], 3)
+            continue
         out.setdefault(k if k != "exit" else "exit_alone", {}).update(
             {"throughput_ratio": round(statistics.median(r), 3), "throughput_ratios": [round(v, 3) for v in r],
              "latency_ratio_bs1": round(lat["base"]["median_ms"] / lat[k]["median_ms"], 3)})

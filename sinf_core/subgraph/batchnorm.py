@@ -9,14 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import DEFAULT_BN_SAMPLES  # written once, in the light config module (the CLI's flags read it)
 from ..data import Hierarchy, ImageDataset, iterate_batches
 from ..device import module_device
 from ..errors import SinfError
 from ..models import SinfModel
 from .slicing import Subgraph, build_subgraph
 from .spec import SubgraphSpec, _tail_batchnorm_kept
-
-DEFAULT_BN_SAMPLES = 256  # fit images per cluster on which subgraph BatchNorm statistics are re-estimated
 
 
 def check_bn_samples(n) -> int:

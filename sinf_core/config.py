@@ -39,7 +39,8 @@ KEYS = (*DEFAULT_CONFIG, *OPTIONAL_KEYS)
 
 RATIO_RANGE = (0.0, 0.95)  # r_M, r_L and the overrides' pairs: never remove every channel
 THRESHOLD_RANGE = (0.0, 1.0)  # gamma, tau
-FILLS = ("mean", "zero")  # as sinf_core.subgraph.FILLS
+FILLS = ("mean", "zero")  # what replaces a removed channel (sinf_core.subgraph imports it from here)
+DEFAULT_BN_SAMPLES = 256  # fit images per cluster on which subgraph BatchNorm statistics are re-estimated
 MODES = ("sinf", "exit", "cascade")  # as sinf_core.engine.MODES
 
 

@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 
 from .bundle import Bundle, load_scores, score_methods, state_dict_sha256  # noqa: F401  (re-exported)
+from .config import DEFAULT_BN_SAMPLES
 from .experiment import Experiment
-from .subgraph import DEFAULT_BN_SAMPLES
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -111,8 +111,8 @@ def build_bundle(
     from .router import ExitPredictor, RoutePredictor, fit_router_and_exit
     from .scores import compute_all_scores
     from .stats import ActivationStats, collect_stats
-
-    from .subgraph import check_bn_samples, check_fill
+    from .subgraph.batchnorm import check_bn_samples
+    from .subgraph.spec import check_fill
 
     s = settings or BuildSettings()
     check_fill(s.fill)
@@ -216,7 +216,7 @@ def build_bundle(
                    "taps": list(s.grid_taps), "bf16": s.bf16, "fill": s.fill}
 
     # 7. BatchNorm re-estimation on or off: decided on the calibration split (oracle routing, one score)
-    from .subgraph import BatchNormSamples
+    from .subgraph.batchnorm import BatchNormSamples
 
     # one sample set for the decision and the grid (its stem outputs are computed lazily, once per tap)
     samples = BatchNormSamples(model, fit, exp.hierarchy, s.bn_samples, batch_size=s.batch_size) if s.bn_samples else None
@@ -236,7 +236,8 @@ def build_bundle(
 
     # 8. oracle-routing grid: every score x r_L, calibration and report splits
     def grid_step() -> dict:
-        from .subgraph import evaluate_cluster_subgraphs, make_cluster_specs
+        from .subgraph.evaluate import evaluate_cluster_subgraphs
+        from .subgraph.schedule import make_cluster_specs
 
         bn = samples if bn_samples else None
         rows = []
@@ -294,7 +295,8 @@ def bn_decision(exp: Experiment, scores, score: str, tap: str, r_M: float, r_L_g
     calibration split: oracle-routed mean per-cluster accuracy of ``score``'s subgraphs at ``tap`` over
     the r_L grid, with and without re-estimation (on VGG16-BN it rescues deep cuts; on ResNet-56,
     whose residual stream keeps the statistics nearly right, it cost up to a point at mild cuts)."""
-    from .subgraph import evaluate_cluster_subgraphs, make_cluster_specs
+    from .subgraph.evaluate import evaluate_cluster_subgraphs
+    from .subgraph.schedule import make_cluster_specs
 
     calib = exp.calib_data()
     cache: dict = {}

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bench import ScheduleData, TapData, _head_outputs, sweep_tap
+from .bench.precompute import _head_outputs
+from .bench.sweep import ScheduleData, TapData, sweep_tap
 from .cost import Cost, module_cost, stem_cost, stem_output, tail_cost
 from .data import Hierarchy, ImageDataset, iterate_batches
 from .device import autocast
@@ -31,7 +32,8 @@ from .errors import SinfError
 from .fusion import prepare_for_inference
 from .models import SinfModel
 from .router import RouteHead
-from .subgraph import SubgraphSpec, build_subgraph
+from .subgraph.slicing import build_subgraph
+from .subgraph.spec import SubgraphSpec
 
 QUANT_LEVELS = 255  # uint8 codes per channel between the channel's minimum and maximum
 CURVE_STEPS = 51  # gamma / tau grid of the threshold curves: 0, 0.02, ..., 1
@@ -347,7 +349,7 @@ def studio_outputs_file(tap: str) -> str:
 
 def bn_sample_set(exp, per_cluster: int, seed: int = 0, batch_size: int = 256):
     """The fit images on which subgraph BatchNorm statistics are re-estimated, as the benchmark picks them."""
-    from .subgraph import BatchNormSamples
+    from .subgraph.batchnorm import BatchNormSamples
 
     return BatchNormSamples(exp.model, exp.fit_data(), exp.hierarchy, per_cluster, seed, batch_size)
 
@@ -393,7 +395,8 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
     benchmark's head cache, trained there when missing), the chosen operating points, and at the tap
     of the best mode's point the calibration outputs. (The BatchNorm samples' stem outputs are not
     stored: 5,120 images through the stem take seconds, as much disk as the calibration outputs.)"""
-    from .bench import BenchOptions, fit_bench_heads
+    from .bench.heads import fit_bench_heads
+    from .bench.options import BenchOptions
     from .router import RoutePredictor
 
     bench = bundle.json("bench.json")

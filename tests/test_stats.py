@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -274,3 +276,16 @@ def test_stats_command_caches_and_times(monkeypatch, capsys, tmp_path):
         t["stats_s"] / t["forward_s"], rel=0.01)
     timed_stats, _ = load_stats(timed_out["cache"])  # the timed chunks merged = the statistics of the split
     all_close(timed_stats, collect_stats(exp.model, exp.test, batch_size=8), 1e-5)
+
+
+def test_stats_command_expands_a_home_folder_in_the_cache_dir(monkeypatch, capsys, tmp_path):
+    # the timed pass writes its cache entry itself: it used Path(--cache-dir) as given, so "~/c" made a folder "~"
+    tiny_experiment(monkeypatch, "stats")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    out = run_cli(capsys, "stats", "tiny", "--json", "--split", "test", "--time", "--cache-dir", "~/c",
+                  "--batch-size", "8")
+    assert Path(out["cache"]).parent == tmp_path / "home" / "c" / "stats" and Path(out["cache"]).is_file()
+    assert not (tmp_path / "~").exists()
+    again = run_cli(capsys, "stats", "tiny", "--json", "--split", "test", "--cache-dir", "~/c")
+    assert again["cached"] and again["cache"] == out["cache"]  # the cached path reads the same folder

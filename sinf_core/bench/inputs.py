@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..subgraph import DEFAULT_BN_SAMPLES, check_bn_samples
+from ..config import DEFAULT_BN_SAMPLES
+from ..subgraph.batchnorm import check_bn_samples
 from .options import BenchOptions, ProgressFn
 
 

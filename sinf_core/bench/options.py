@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 from ..errors import SinfError
-from ..subgraph import check_bn_samples, check_fill
+from ..subgraph.batchnorm import check_bn_samples
+from ..subgraph.spec import check_fill
 
 MODES = ("sinf", "exit", "cascade")
 CONTENDERS = ("base",) + MODES + ("static",)

@@ -15,7 +15,10 @@ from ..errors import SinfError
 from ..fusion import prepare_for_inference
 from ..models import SinfModel
 from ..router import RouteHead, forward_taps
-from ..subgraph import BatchNormSamples, SubgraphSpec, build_subgraph, make_cluster_specs
+from ..subgraph.batchnorm import BatchNormSamples
+from ..subgraph.schedule import make_cluster_specs
+from ..subgraph.slicing import build_subgraph
+from ..subgraph.spec import SubgraphSpec
 from .costs import head_cost
 from .options import ProgressFn
 from .sweep import ScheduleData, TapData

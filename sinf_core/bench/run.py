@@ -21,7 +21,9 @@ from ..errors import SinfError
 from ..fusion import prepare_for_inference
 from ..models import SinfModel
 from ..router import RouteHead, RoutePredictor
-from ..subgraph import BatchNormSamples, build_subgraph, first_pruned_index
+from ..subgraph.batchnorm import BatchNormSamples
+from ..subgraph.schedule import first_pruned_index
+from ..subgraph.slicing import build_subgraph
 from ..timing import interleaved_latency, interleaved_throughput, paired_ratios
 from .contenders import _Contenders, _images_on
 from .costs import PathCosts

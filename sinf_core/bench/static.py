@@ -11,7 +11,9 @@ from torch import nn
 from ..cost import count_flops, stem_cost, stem_output, tail_cost
 from ..device import autocast
 from ..models import SinfModel
-from ..subgraph import SubgraphSpec, build_subgraph, first_pruned_index, keep_indices, model_schedule
+from ..subgraph.schedule import first_pruned_index, keep_indices, model_schedule
+from ..subgraph.slicing import build_subgraph
+from ..subgraph.spec import SubgraphSpec
 
 
 class StaticNet(nn.Module):

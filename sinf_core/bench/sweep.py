@@ -11,7 +11,7 @@ import torch
 
 from ..cost import Cost
 from ..errors import SinfError
-from ..subgraph import SubgraphSpec
+from ..subgraph.spec import SubgraphSpec
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from ..config import DEFAULT_BN_SAMPLES
 from .common import StageProgress, add_model_options, open_from_args
 
 NAME = "build"
@@ -29,8 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--fill", choices=("mean", "zero"), default="mean",
                    help="what replaces a removed channel: its mean activation on the cluster's fit images, folded "
                         "into the next layer (mean replacement, default), or zero")
-    p.add_argument("--bn-samples", type=int, default=256,
-                   help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; default 256; 0: off). The build keeps it only if it wins on the calibration split (step 'bn', bn.json)")
+    p.add_argument("--bn-samples", type=int, default=DEFAULT_BN_SAMPLES,
+                   help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; default %(default)s; 0: off). The build keeps it only if it wins on the calibration split (step 'bn', bn.json)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the analysis passes")
     p.add_argument("--json", action="store_true", help="print the manifest's step summary as JSON")
 

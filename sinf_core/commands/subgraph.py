@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from ..config import DEFAULT_BN_SAMPLES
 from .common import add_model_options, emit, open_from_args, progress
 
 NAME = "subgraph"
@@ -22,8 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--fill", choices=("mean", "zero"), default="mean",
                    help="what replaces a removed channel: its mean activation over the cluster's fit images "
                         "(mean replacement, default) or zero")
-    p.add_argument("--bn-samples", type=int, default=256,
-                   help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; default 256; 0: keep the base model's)")
+    p.add_argument("--bn-samples", type=int, default=DEFAULT_BN_SAMPLES,
+                   help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; default %(default)s; 0: keep the base model's)")
     p.add_argument("--full-head", action="store_true", help="keep every class in the head (default: the cluster's classes)")
     p.add_argument("--split", choices=["calib", "report", "none"], default="calib",
                    help="where to measure accuracy (default calib; use report only for numbers you publish; none: skip)")
@@ -60,7 +61,10 @@ def run(args) -> int:
     from ..errors import SinfError
     from ..scores import get_score
     from ..scores.cache import load_or_compute_scores
-    from ..subgraph import BatchNormSamples, check_bn_samples, compare_tail_speed, evaluate_cluster_subgraphs, make_cluster_specs, save_subgraphs
+    from ..subgraph.batchnorm import BatchNormSamples, check_bn_samples
+    from ..subgraph.evaluate import compare_tail_speed, evaluate_cluster_subgraphs
+    from ..subgraph.schedule import make_cluster_specs
+    from ..subgraph.spec import save_subgraphs
 
     t0 = time.perf_counter()
     get_score(args.score)

@@ -1,0 +1,242 @@
+"""Physical slicing: ``build_subgraph`` turns a ``SubgraphSpec`` into a ``Subgraph`` of plain dense modules
+(kept output channels of each prunable conv, its BatchNorm, the reader's input channels, mean fill folded
+into the reader's bias or BatchNorm mean), and the sliced tensors' file (``save_subgraph_weights``)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import SinfError
+from ..io import atomic_write
+from ..models import PrunableLayer, SinfModel, build_model
+from ..models.resnet_cifar import CifarResNet
+from ..models.vgg_cifar import CifarVGG
+from .spec import SPECS_FORMAT, SPECS_VERSION, SubgraphSpec, tail_batchnorms, validate_spec
+
+
+def _param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(t.clone().contiguous(), requires_grad=like.requires_grad)
+
+
+def _conv_out(conv: nn.Conv2d, idx: torch.Tensor) -> None:
+    conv.weight = _param(conv.weight.data.index_select(0, idx), conv.weight)
+    if conv.bias is not None:
+        conv.bias = _param(conv.bias.data.index_select(0, idx), conv.bias)
+    conv.out_channels = int(idx.numel())
+
+
+def _conv_in(conv: nn.Conv2d, idx: torch.Tensor) -> None:
+    if conv.groups != 1:
+        raise SinfError(f"cannot slice the input channels of a grouped conv ({conv})")
+    conv.weight = _param(conv.weight.data.index_select(1, idx), conv.weight)
+    conv.in_channels = int(idx.numel())
+
+
+def _bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
+    if bn.affine:
+        bn.weight = _param(bn.weight.data.index_select(0, idx), bn.weight)
+        bn.bias = _param(bn.bias.data.index_select(0, idx), bn.bias)
+    if bn.track_running_stats:
+        bn.running_mean = bn.running_mean.index_select(0, idx).clone()
+        bn.running_var = bn.running_var.index_select(0, idx).clone()
+    bn.num_features = int(idx.numel())
+
+
+def _linear_in(lin: nn.Linear, channels: int, idx: torch.Tensor) -> None:
+    """Keep the input features of channels ``idx`` after a flatten of [C, H, W] (feature c*H*W + s)."""
+    if lin.in_features % channels:
+        raise SinfError(f"{lin} does not read a flattened [{channels}, H, W] map")
+    spatial = lin.in_features // channels
+    feat = (idx.view(-1, 1) * spatial + torch.arange(spatial, device=idx.device).view(1, -1)).flatten()
+    lin.weight = _param(lin.weight.data.index_select(1, feat), lin.weight)
+    lin.in_features = int(feat.numel())
+
+
+def _linear_out(lin: nn.Linear, idx: torch.Tensor) -> None:
+    lin.weight = _param(lin.weight.data.index_select(0, idx), lin.weight)
+    if lin.bias is not None:
+        lin.bias = _param(lin.bias.data.index_select(0, idx), lin.bias)
+    lin.out_features = int(idx.numel())
+
+
+def _channel_reader(layer: PrunableLayer, unit: nn.Module, all_layers: list[PrunableLayer],
+                    flat_linear: nn.Linear | None) -> tuple[nn.Module, nn.BatchNorm2d | None]:
+    """The module that reads ``layer``'s output channels, and the BatchNorm after it (None for a linear)."""
+    if layer.role == "vgg":
+        pos = [l.name for l in all_layers].index(layer.name)
+        if pos + 1 < len(all_layers):
+            return all_layers[pos + 1].conv, all_layers[pos + 1].bn
+        if flat_linear is not None:
+            return flat_linear, None
+        raise SinfError(f"cannot find the layer that reads {layer.name!r}")
+    if layer.role in ("basic", "bottleneck1"):
+        return unit.conv2, unit.bn2
+    if layer.role == "bottleneck2":
+        return unit.conv3, unit.bn3
+    raise SinfError(f"layer {layer.name!r}: unknown prunable role {layer.role!r}")
+
+
+def _removed_input_shift(reader: nn.Module, channels: int, idx: torch.Tensor, fill: list[float]) -> torch.Tensor:
+    """What the removed input channels (those not in ``idx``) add to ``reader``'s output when each
+    holds the constant ``fill[c]``: sum_c fill[c] * (sum of the weights reading channel c). Exact for
+    a linear layer and for a convolution away from its zero-padded border."""
+    w = reader.weight.data
+    removed = torch.ones(channels, dtype=torch.bool, device=w.device)
+    removed[idx] = False
+    values = torch.as_tensor(fill, dtype=w.dtype, device=w.device) * removed
+    if isinstance(reader, nn.Conv2d):
+        return torch.einsum("oc,c->o", w.sum(dim=(2, 3)), values)
+    spatial = reader.in_features // channels  # nn.Linear after a flatten of [C, H, W]
+    return w @ values.repeat_interleave(spatial)
+
+
+def _add_output_shift(reader: nn.Module, bn: nn.BatchNorm2d | None, shift: torch.Tensor) -> None:
+    """Fold a constant per-output-channel shift into ``reader``'s bias, or into the running mean of
+    the BatchNorm that follows a bias-free conv (BN(y + s) == BN'(y) with mean' = mean - s)."""
+    if reader.bias is not None:
+        reader.bias = _param(reader.bias.data + shift, reader.bias)
+    elif bn is not None and bn.track_running_stats:
+        bn.running_mean = bn.running_mean - shift
+    else:
+        raise SinfError(f"cannot fold mean replacement into {reader}: no bias and no BatchNorm statistics")
+
+
+def _head_source(model: SinfModel) -> tuple[nn.Module, nn.Linear | None]:
+    """A module computing exactly ``model.head`` from the model's own modules, and the linear layer
+    that reads the last conv's flattened channels (VGG) or None (ResNet: the residual stream)."""
+    if isinstance(model, CifarResNet):
+        return nn.Sequential(model.avgpool, nn.Flatten(1), model.fc), None
+    if isinstance(model, CifarVGG):
+        first = model.classifier[0]
+        return nn.Sequential(nn.Flatten(1), model.classifier), first if isinstance(first, nn.Linear) else None
+    raise SinfError(f"subgraphs are implemented for CIFAR ResNets and VGGs, not {type(model).__name__}")
+
+
+class Subgraph(nn.Module):
+    """A sliced copy of the units after the tap plus the head; plain dense modules.
+
+    ``forward(h)``: h = the stem output at the tap [N, C, H, W] (images when the tap is None) ->
+    logits [N, num_classes] in the global class space; with a restricted head, classes outside
+    ``classes`` get -inf.
+    """
+
+    def __init__(self, units: list[tuple[str, nn.Module]], head: nn.Module, num_classes: int,
+                 classes: list[int] | None, tap: str | None = None):
+        super().__init__()
+        self.unit_names = [n for n, _ in units]
+        self.units = nn.ModuleList([m for _, m in units])
+        self.head = head
+        self.num_classes = int(num_classes)
+        self.tap = tap
+        self.register_buffer("classes", None if classes is None else torch.as_tensor(classes, dtype=torch.long),
+                             persistent=False)
+
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        for unit in self.units:
+            h = unit(h)
+        return h
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.features(h))
+        if self.classes is None:
+            return logits
+        out = logits.new_full((logits.shape[0], self.num_classes), float("-inf"))
+        return out.index_copy(1, self.classes, logits)
+
+
+@torch.no_grad()
+def build_subgraph(model: SinfModel, spec: SubgraphSpec) -> Subgraph:
+    """The physically pruned subgraph of ``spec`` (a pure function: ``model`` is deep-copied, never
+    modified). Same device, dtype and train/eval mode as ``model``."""
+    pruned = validate_spec(model, spec)
+    t = -1 if spec.tap is None else model.unit_index(spec.tap)
+    units = model.units()[t + 1 :]
+    head_src, flat_linear = _head_source(model)
+    memo: dict = {}
+    copied_units, copied_head = copy.deepcopy(([m for _, m in units], head_src), memo)
+
+    def twin(module: nn.Module) -> nn.Module:
+        return memo[id(module)]
+
+    all_layers = model.prunable_layers()
+    cuts = []  # (layer, kept indices, the module reading its channels, that module's BatchNorm or None)
+    for name, idx_list in spec.keep.items():
+        layer = pruned[name]
+        if len(idx_list) == layer.channels and idx_list == list(range(layer.channels)):
+            continue  # keeps everything in order: nothing to slice
+        idx = torch.as_tensor(sorted(idx_list), dtype=torch.long, device=layer.conv.weight.device)
+        cuts.append((layer, idx, *_channel_reader(layer, units[layer.unit - t - 1][1], all_layers, flat_linear)))
+    # mean replacement first, on unsliced twins, from the base model's own (unsliced) readers
+    for layer, idx, reader, reader_bn in cuts:
+        if layer.name in spec.fill:
+            shift = _removed_input_shift(reader, layer.channels, idx, spec.fill[layer.name])
+            _add_output_shift(twin(reader), None if reader_bn is None else twin(reader_bn), shift)
+    for layer, idx, reader, _ in cuts:
+        _conv_out(twin(layer.conv), idx)
+        _bn(twin(layer.bn), idx)
+        if isinstance(reader, nn.Linear):
+            _linear_in(twin(reader), layer.channels, idx)
+        else:
+            _conv_in(twin(reader), idx)
+    if spec.bn:
+        base_bns = dict(tail_batchnorms(model, spec.tap))
+        for name, st in spec.bn.items():
+            bn = twin(base_bns[name])
+            like = bn.running_mean
+            bn.running_mean = torch.tensor(st["mean"], dtype=like.dtype, device=like.device)
+            bn.running_var = torch.tensor(st["var"], dtype=like.dtype, device=like.device)
+    if spec.classes is not None:
+        fc = model.classifier_layer()
+        _linear_out(twin(fc), torch.as_tensor(spec.classes, dtype=torch.long, device=fc.weight.device))
+    sub = Subgraph(list(zip([n for n, _ in units], copied_units)), copied_head, model.num_classes, spec.classes, spec.tap)
+    p = next(model.parameters(), None)
+    if p is not None and sub.classes is not None:
+        sub.classes = sub.classes.to(p.device)
+    return sub.train(model.training)
+
+
+# --------------------------------------------------------------------------------------------------
+# The sliced tensors as a file
+# --------------------------------------------------------------------------------------------------
+
+
+def save_subgraph_weights(path: str | Path, subgraph: Subgraph, spec: SubgraphSpec) -> Path:
+    """The sliced tensors as safetensors, with the spec in the file's metadata (for bundles whose
+    base weights are not at hand). Read back with ``load_subgraph_weights``."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in subgraph.state_dict().items()}
+    meta = {"format": SPECS_FORMAT, "version": str(SPECS_VERSION), "spec": json.dumps(spec.to_json())}
+    return atomic_write(path, lambda p: save_file(state, str(p), metadata=meta))
+
+
+def load_subgraph_weights(path: str | Path, base: SinfModel | None = None) -> tuple[Subgraph, SubgraphSpec]:
+    """Rebuild a subgraph from ``save_subgraph_weights`` output: the architecture comes from the
+    spec (on ``base``, or on a freshly built registry model of ``spec.base_model``), the tensors
+    from the file (strict shapes). Never unpickles."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise SinfError(f"subgraph weights not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a corrupt file
+        raise SinfError(f"cannot read subgraph weights {path}: {exc}") from exc
+    if meta.get("format") != SPECS_FORMAT or "spec" not in meta:
+        raise SinfError(f"{path} is not a SINF subgraph weights file")
+    spec = SubgraphSpec.from_json(json.loads(meta["spec"]))
+    sub = build_subgraph((base if base is not None else build_model(spec.base_model)).eval(), spec)
+    own = sub.state_dict()
+    if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
+        raise SinfError(f"{path} does not match its spec's architecture")
+    sub.load_state_dict(state, strict=True)
+    return sub.eval(), spec

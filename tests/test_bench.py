@@ -557,3 +557,31 @@ def test_network_selection_contender(tmp_path, monkeypatch):
         run_benchmark(exp, None, {**opts, "chain": ["tiny_resnet"]})
     with pytest.raises(SinfError, match="registry model names"):
         BenchOptions.from_dict({"chain": "tiny_small"}).validate()
+
+
+def test_a_benchmark_with_select_renders_in_the_report(tmp_path, monkeypatch):
+    """The report (validation, table, operating points, figures, Markdown, HTML, CSV) takes a benchmark
+    that has the 'select' contender, and names its chain and gate."""
+    from safetensors.torch import save_file
+
+    import sinf_core.models.registry as registry
+    from sinf_core import report
+    from sinf_core.models.registry import MODELS, ModelEntry
+
+    save_file(make_tiny_resnet(seed=3).state_dict(), str(tmp_path / "tiny_small.safetensors"))
+    monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path)
+    monkeypatch.setitem(MODELS, "tiny_small", ModelEntry("tiny_small", lambda: make_tiny_resnet(seed=3), dataset="tiny",
+                                                         protocol="pretrained", weights_file="tiny_small.safetensors"))
+    res = run_benchmark(_tiny_experiment(), None, {**QUICK, "cache_dir": str(tmp_path), "chain": ["tiny_small"],
+                                                   "budget": 100.0, "budget_z": 0.0})
+    import json
+
+    bench = report.load_bench(json.loads(json.dumps(res)))
+    assert "select" in [r["mode"] for r in report.bench_table(bench)]
+    op = next(o for o in report.operating_points(bench) if o["mode"] == "select")
+    assert op["networks"] == ["tiny_small", "tiny_resnet"] and len(op["thresholds"]) == 1
+    md = report.to_markdown(bench)
+    assert "tiny_small -> tiny_resnet, gate thresholds" in md
+    assert "select" in report.to_html(bench, "t", "s")
+    assert "select" in report.to_csv(bench)
+    assert len(report.figures(bench)) >= 3

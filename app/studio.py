@@ -257,8 +257,12 @@ def specs(src: Source, cfg: dict) -> dict:
         _BUILT[key] = (out, built)
         return out
 
-    key = (src.key, "specs", _cfg_key(cfg, SPEC_KEYS), step_key(src, "scores"), step_key(src, "stats"))
+    key = _specs_key(src, cfg)
     return memo(key, compute)
+
+
+def _specs_key(src: Source, cfg: dict) -> tuple:
+    return (src.key, "specs", _cfg_key(cfg, SPEC_KEYS), step_key(src, "scores"), step_key(src, "stats"))
 
 
 # The subgraphs ``specs`` built on its way (its BatchNorm pass runs each one), handed to ``evaluation``
@@ -267,8 +271,7 @@ _BUILT: dict[tuple, tuple[dict, dict]] = {}
 
 
 def _take_built(src: Source, cfg: dict, specs_now: dict) -> dict | None:
-    key = (src.key, "specs", _cfg_key(cfg, SPEC_KEYS), step_key(src, "scores"), step_key(src, "stats"))
-    got = _BUILT.pop(key, None)
+    got = _BUILT.pop(_specs_key(src, cfg), None)
     return got[1] if got is not None and got[0] is specs_now else None
 
 

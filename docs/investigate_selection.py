@@ -39,7 +39,8 @@ def main() -> None:
     from sinf_core.engine import EXIT, SemanticInference
     from sinf_core.experiment import open_experiment
     from sinf_core.fusion import prepare_for_inference
-    from sinf_core.selection import Gate, NetworkSelection, Stage, argmax_of, fit_gate, network_logits, sweep_chain
+    from sinf_core.evaluate import collect_logits
+    from sinf_core.selection import Gate, NetworkSelection, Stage, argmax_of, fit_gate, sweep_chain
     from sinf_core.timing import interleaved_latency, interleaved_throughput, paired_ratios
     from sinf_core.tuning import STUDIO_HEADS, STUDIO_JSON, CostCache, heads_from_tensors
 
@@ -70,8 +71,9 @@ def main() -> None:
 
     xc, yc = prep(big.calib_data())
     xr, yr = prep(big.report_data())
-    l20c, l56c = network_logits(m20, xc), network_logits(m56, xc)
-    l20r, l56r = network_logits(m20, xr), network_logits(m56, xr)
+    calib, rep = big.calib_data(), big.report_data()
+    l20c, l56c = collect_logits(m20, calib), collect_logits(m56, calib)
+    l20r, l56r = collect_logits(m20, rep), collect_logits(m56, rep)
     gate = fit_gate(l20c, yc)
 
     # the shipped bundle's early-exit point on ResNet-56, as the chain's last network

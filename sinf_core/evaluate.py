@@ -33,6 +33,16 @@ def collect_logits(
     return torch.cat(out) if out else torch.zeros(0, dataset.num_classes)
 
 
+def paired_se(ok: torch.Tensor, base_ok: torch.Tensor) -> torch.Tensor:
+    """Standard error (fraction) of mean(ok - base_ok) over the last axis: the uncertainty of a
+    point's accuracy difference from the base model on these samples (paired, so only the samples
+    where the two disagree contribute)."""
+    d = ok.double() - base_ok.double()
+    n = d.shape[-1]
+    var = (d * d).mean(-1) - d.mean(-1) ** 2
+    return (var.clamp_min(0.0) / n).sqrt()
+
+
 def accuracy_report(pred: np.ndarray, labels: np.ndarray, hierarchy: Hierarchy) -> dict:
     """``pred`` / ``labels``: fine class indices [N]. Percentages, rounded to 0.01."""
     pred, labels = np.asarray(pred), np.asarray(labels)

@@ -287,11 +287,10 @@ def operating_points(bench: Mapping[str, Any]) -> list[dict]:
             if v.get("note"):
                 rows.append({"mode": m, "note": v["note"]})
             continue
-        row = {"mode": m, **{k: op.get(k) for k in ("tap", "r_M", "r_L", "gamma", "tau", "thresholds")
-                             if k in op or k != "thresholds"},
+        row = {"mode": m, **{k: op.get(k) for k in ("tap", "r_M", "r_L", "gamma", "tau")},
                "calib_top1": v.get("calib_top1"), "calib_flops": v.get("calib_flops")}
-        if isinstance(v.get("networks"), list):
-            row["networks"], row["answered"] = v["networks"], v.get("answered")
+        if isinstance(v.get("networks"), list):  # network selection: its chain, gates and shares
+            row.update(networks=v["networks"], thresholds=op.get("thresholds"), answered=v.get("answered"))
         for k in ("exit_rate", "route_rate", "fallback_rate", "route_accuracy"):
             if v.get(k) is not None:
                 row[k] = v[k]

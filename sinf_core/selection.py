@@ -23,25 +23,11 @@ import torch
 from torch import nn
 
 from .errors import SinfError
+from .evaluate import paired_se
 from .router import fit_temperature
 
 SELECT_GRID = tuple(round(i / 100, 2) for i in range(0, 101))  # thresholds of a two-network chain
 SELECT_GRID_COARSE = tuple(round(i / 20, 2) for i in range(0, 21))  # per link, for longer chains
-
-
-@torch.inference_mode()
-def network_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """``model``'s logits [N, K] (float32, on the CPU) over normalised ``images`` [N, 3, H, W], in
-    batches, on the model's device."""
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
-    was = model.training
-    model.eval()
-    try:
-        out = [model(images[s : s + batch_size].to(device)).float().cpu() for s in range(0, len(images), batch_size)]
-    finally:
-        model.train(was)
-    return torch.cat(out) if out else torch.empty(0, 0)
 
 
 @dataclass
@@ -81,12 +67,6 @@ class Stage:
     pred: torch.Tensor
     flops: float | torch.Tensor
     conf: torch.Tensor | None = None
-
-
-def _paired_se(ok: torch.Tensor, base_ok: torch.Tensor) -> torch.Tensor:
-    d = ok.double() - base_ok.double()
-    var = (d * d).mean(-1) - d.mean(-1) ** 2
-    return (var.clamp_min(0.0) / d.shape[-1]).sqrt()
 
 
 def _cost(flops: float | torch.Tensor, n: int) -> torch.Tensor:
@@ -132,7 +112,7 @@ def sweep_chain(labels: torch.Tensor, base_pred: torch.Tensor, stages: Sequence[
             answered.append(float(take.double().mean()))
             remaining &= ~take
         points.append({"mode": "select", "networks": [s.name for s in stages], "thresholds": [float(t) for t in ts],
-                       "top1": 100.0 * float(ok.double().mean()), "top1_se": 100.0 * float(_paired_se(ok, base_ok)),
+                       "top1": 100.0 * float(ok.double().mean()), "top1_se": 100.0 * float(paired_se(ok, base_ok)),
                        "flops": float(flops.mean()), "answered": answered})
     return points
 

@@ -108,6 +108,7 @@ class BenchRun:
     base_fns: tuple[Callable, Callable] | None = None
     engines: dict[str, tuple[SemanticInference, PathCosts]] = field(default_factory=dict)
     screen: dict[str, list[dict]] = field(default_factory=dict)
+    screen_pool: torch.Tensor | None = None  # calibration images every candidate is screened on
     chosen: dict[str, dict] = field(default_factory=dict)
     # static network
     static_info: dict = field(default_factory=dict)
@@ -267,7 +268,7 @@ def _screen(r: BenchRun) -> None:
     r.served_route = {t: C.ready(h) for t, h in r.route_heads.items()}
     r.served_exit = {t: C.ready(h) for t, h in r.exit_heads.items()}
     r.base_fns = C.plain(r.served)
-    screen_pool = _images_on(r.calib, opts.screen_pool, r.dev)
+    r.screen_pool = screen_pool = _images_on(r.calib, opts.screen_pool, r.dev)
     fns = {"base": r.base_fns[0]}
     for m in MODES:
         for i, p in enumerate(r.cands[m]):

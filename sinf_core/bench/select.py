@@ -14,10 +14,10 @@ from torch import nn
 from ..cost import model_cost
 from ..device import autocast
 from ..errors import SinfError
+from ..evaluate import collect_logits
 from ..fusion import prepare_for_inference
 from ..selection import Gate, NetworkSelection, Stage, fit_gate, sweep_chain
 from ..timing import interleaved_throughput, paired_ratios
-from .contenders import _images_on
 from .metrics import _per_cluster
 from .precompute import _prep
 from .sweep import _round_point, candidates_within_budget, pick_fastest
@@ -49,15 +49,6 @@ def chain_networks(exp, names, device) -> list[tuple[str, nn.Module]]:
     return out
 
 
-@torch.inference_mode()
-def _logits(net: nn.Module, x: torch.Tensor, bs: int, dev, bf16: bool, cl: bool) -> torch.Tensor:
-    out = []
-    for chunk in x.split(bs):
-        with autocast(dev, bf16):
-            out.append(net(_prep(chunk, cl)).float().cpu())
-    return torch.cat(out)
-
-
 def run_select(r) -> None:
     """Fit, sweep, screen and choose the ``select`` contender; its report-split metrics and callables go
     into ``r.results`` / ``r.finals`` (after ``_report_accuracy``, before the timing)."""
@@ -66,13 +57,12 @@ def run_select(r) -> None:
         return
     C, dev, bs, cl, bf16 = r.contenders, r.dev, r.bs, r.cl, r.bf16
     nets = chain_networks(r.exp, opts.chain, dev)
-    x_calib = _images_on(r.calib, None, dev)
     labels = r.calib.labels.clone()
     costs = [model_cost(m, r.input_shape) for _, m in nets]
     base_cost = model_cost(r.model, r.input_shape)
     stages, gates = [], []
     for (name, m), c in zip(nets, costs):  # decisions on the unfolded networks, as for every mode
-        lg = _logits(prepare_for_inference(m, channels_last=cl), x_calib, bs, dev, bf16, cl)
+        lg = collect_logits(prepare_for_inference(m, channels_last=cl), r.calib, batch_size=bs, device=dev, bf16=bf16)
         g = fit_gate(lg, labels)
         conf, pred = g.confidence(lg)
         stages.append(Stage(name, pred, float(c.flops), conf))
@@ -83,32 +73,25 @@ def run_select(r) -> None:
     r.log(f"select: {len(points)} points over {' -> '.join(s.name for s in stages)}, {len(cands)} timed")
     if not cands:
         return
-    served = [C.ready(m) for _, m in nets]
-    base_net = r.served
+    def logits_of(net: nn.Module):
+        def f(x):
+            with autocast(dev, bf16):
+                return net(x).float()
+        return f
+
+    gated = [logits_of(C.ready(m)) for _, m in nets]
+    last = r.base_fns[1]  # the base model as every contender runs it: argmax of one batch
 
     def chain_of(p: dict) -> NetworkSelection:
-        gs = [Gate(g.temperature, t) for g, t in zip(gates, p["thresholds"])]
-
-        def last(x):
-            with autocast(dev, bf16):
-                return base_net(x).float().argmax(1)
-
-        def gated(net):
-            def f(x):
-                with autocast(dev, bf16):
-                    return net(x).float()
-            return f
-
-        return NetworkSelection([gated(n) for n in served], gs, last)
+        return NetworkSelection(gated, [Gate(g.temperature, t) for g, t in zip(gates, p["thresholds"])], last)
 
     chains = [chain_of(p) for p in cands]
 
     def pool_fn(ch):
         return lambda x: ch.run_pool(_prep(x, cl), bs).pred
 
-    screen_pool = _images_on(r.calib, opts.screen_pool, dev)
     fns = {"base": r.base_fns[0], **{f"{SELECT}#{i}": pool_fn(ch) for i, ch in enumerate(chains)}}
-    tp = interleaved_throughput(fns, screen_pool, opts.screen_reps, 1, dev, r.prog)
+    tp = interleaved_throughput(fns, r.screen_pool, opts.screen_reps, 1, dev, r.prog)
     ratios = [statistics.median(paired_ratios(tp, f"{SELECT}#{i}")) for i in range(len(cands))]
     r.screen[SELECT] = [{**_round_point(p), "ips": round(tp[f"{SELECT}#{i}"]["ips"], 2), "ratio_to_base": round(v, 4)}
                         for i, (p, v) in enumerate(zip(cands, ratios))]
@@ -116,15 +99,11 @@ def run_select(r) -> None:
     if k is None:
         return
     chosen, chain = cands[k], chains[k]
-    x_report = r.x_report if r.x_report is not None else _images_on(r.report, None, dev)
     labels_r, clusters_r = r.report.labels.clone(), r.report.cluster_labels.clone()
-    res = chain.run_pool(_prep(x_report, cl), bs)
+    res = chain.run_pool(_prep(r.x_report, cl), bs)
     shares = res.shares() + [0.0] * (len(stages) - len(res.shares()))
-    reached = 1.0
-    flops = 0.0
-    for s, share in zip(stages, shares):
-        flops += reached * (s.flops if not torch.is_tensor(s.flops) else float(s.flops.mean()))
-        reached -= share
+    # every network counts for the inputs that reached it: 1 - the shares answered before it
+    flops = sum((1.0 - sum(shares[:k])) * s.flops for k, s in enumerate(stages))
     r.results[SELECT] = {
         "top1": round(100.0 * float((res.pred == labels_r).double().mean()), 4),
         "per_cluster": _per_cluster(res.pred, labels_r, clusters_r, r.hier.cluster_names),

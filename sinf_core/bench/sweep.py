@@ -12,6 +12,7 @@ import torch
 from ..cost import Cost
 from ..errors import SinfError
 from ..subgraph.spec import SubgraphSpec
+from ..evaluate import paired_se as _paired_se
 
 
 @dataclass
@@ -44,16 +45,6 @@ class TapData:
 
 def _mean_over_samples(x: torch.Tensor) -> torch.Tensor:
     return x.double().mean(-1)
-
-
-def _paired_se(ok: torch.Tensor, base_ok: torch.Tensor) -> torch.Tensor:
-    """Standard error (fraction) of mean(ok - base_ok) over the last axis: the uncertainty of a
-    point's accuracy difference from the base model on these samples (paired, so only the samples
-    where the two disagree contribute)."""
-    d = ok.double() - base_ok.double()
-    n = d.shape[-1]
-    var = (d * d).mean(-1) - d.mean(-1) ** 2
-    return (var.clamp_min(0.0) / n).sqrt()
 
 
 def sweep_tap(labels: torch.Tensor, base_pred: torch.Tensor, td: TapData, gammas: Sequence[float],

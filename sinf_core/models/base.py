@@ -10,6 +10,7 @@ be removed without touching the residual stream (METHOD.md notation, forward ord
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -22,9 +23,14 @@ class PrunableLayer:
     """One prunable conv. ``name`` is its module path (e.g. ``layer3.4.conv1`` or ``features.40``).
 
     ``bn`` is the BatchNorm right after it; A_l (METHOD.md) is ``relu(bn(conv(x)))``. ``unit`` is the
-    index of the unit that holds it. ``role`` says how its output channels are consumed:
-    ``vgg`` (next conv or the classifier's first linear), ``basic`` (BasicBlock conv1 -> conv2),
-    ``bottleneck1`` (conv1 -> conv2), ``bottleneck2`` (conv2 -> conv3).
+    index of the unit that holds it. ``role`` says what kind of layer it is: ``vgg``, ``basic``
+    (BasicBlock conv1), ``bottleneck1`` / ``bottleneck2`` (Bottleneck conv1 / conv2), ``graph`` (found on a
+    traced graph, ``GraphModel``).
+
+    How its channels are consumed: ``reader`` is the one layer that reads them (a conv, or the linear
+    layer after a flatten), ``reader_bn`` the BatchNorm right after a bias-free reader (where a mean fill
+    is folded), ``through`` the channel-wise steps between A_l and the reader, in order: depthwise convs
+    and their BatchNorms (sliced with the layer) and parameter-free steps (pools, activations).
     """
 
     name: str
@@ -32,6 +38,9 @@ class PrunableLayer:
     bn: nn.BatchNorm2d
     unit: int
     role: str
+    reader: nn.Module | None = None
+    reader_bn: nn.BatchNorm2d | None = None
+    through: tuple[nn.Module | Callable, ...] = ()
 
     @property
     def channels(self) -> int:
@@ -60,6 +69,10 @@ class SinfModel(nn.Module):
         return names.index(name_or_index)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head_module(self) -> nn.Module:
+        """A module computing exactly ``head`` from the model's own layers (copied into subgraphs)."""
         raise NotImplementedError
 
     def classifier_layer(self) -> nn.Linear:

@@ -115,6 +115,9 @@ class CifarResNet(SinfModel):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(h), 1))
 
+    def head_module(self) -> nn.Module:
+        return nn.Sequential(self.avgpool, nn.Flatten(1), self.fc)
+
     def classifier_layer(self) -> nn.Linear:
         return self.fc
 
@@ -122,10 +125,10 @@ class CifarResNet(SinfModel):
         out = []
         for u, (name, unit) in enumerate(self._unit_list):
             if isinstance(unit, BasicBlock):
-                out.append(PrunableLayer(f"{name}.conv1", unit.conv1, unit.bn1, u, "basic"))
+                out.append(PrunableLayer(f"{name}.conv1", unit.conv1, unit.bn1, u, "basic", unit.conv2, unit.bn2))
             elif isinstance(unit, Bottleneck):
-                out.append(PrunableLayer(f"{name}.conv1", unit.conv1, unit.bn1, u, "bottleneck1"))
-                out.append(PrunableLayer(f"{name}.conv2", unit.conv2, unit.bn2, u, "bottleneck2"))
+                out.append(PrunableLayer(f"{name}.conv1", unit.conv1, unit.bn1, u, "bottleneck1", unit.conv2, unit.bn2))
+                out.append(PrunableLayer(f"{name}.conv2", unit.conv2, unit.bn2, u, "bottleneck2", unit.conv3, unit.bn3))
         return out
 
 

@@ -61,12 +61,19 @@ class CifarVGG(SinfModel):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(h, 1))
 
+    def head_module(self) -> nn.Module:
+        return nn.Sequential(nn.Flatten(1), self.classifier)
+
     def classifier_layer(self) -> nn.Linear:
         return self.classifier[6]
 
     def prunable_layers(self) -> list[PrunableLayer]:
+        """Every conv; each is read by the next conv (its BatchNorm after it), the last one by the
+        classifier's first linear layer through the flatten."""
+        readers = [(self.features[s], self.features[s + 1]) for s in self._conv_at[1:]]
+        readers.append((self.classifier[0], None))
         return [
-            PrunableLayer(f"features.{s}", self.features[s], self.features[s + 1], u, "vgg")
+            PrunableLayer(f"features.{s}", self.features[s], self.features[s + 1], u, "vgg", *readers[u])
             for u, s in enumerate(self._conv_at)
         ]
 

@@ -14,8 +14,6 @@ from torch import nn
 from ..errors import SinfError
 from ..io import atomic_write
 from ..models import PrunableLayer, SinfModel, build_model
-from ..models.resnet_cifar import CifarResNet
-from ..models.vgg_cifar import CifarVGG
 from .spec import SPECS_FORMAT, SPECS_VERSION, SubgraphSpec, tail_batchnorms, validate_spec
 
 
@@ -64,21 +62,29 @@ def _linear_out(lin: nn.Linear, idx: torch.Tensor) -> None:
     lin.out_features = int(idx.numel())
 
 
-def _channel_reader(layer: PrunableLayer, unit: nn.Module, all_layers: list[PrunableLayer],
-                    flat_linear: nn.Linear | None) -> tuple[nn.Module, nn.BatchNorm2d | None]:
-    """The module that reads ``layer``'s output channels, and the BatchNorm after it (None for a linear)."""
-    if layer.role == "vgg":
-        pos = [l.name for l in all_layers].index(layer.name)
-        if pos + 1 < len(all_layers):
-            return all_layers[pos + 1].conv, all_layers[pos + 1].bn
-        if flat_linear is not None:
-            return flat_linear, None
-        raise SinfError(f"cannot find the layer that reads {layer.name!r}")
-    if layer.role in ("basic", "bottleneck1"):
-        return unit.conv2, unit.bn2
-    if layer.role == "bottleneck2":
-        return unit.conv3, unit.bn3
-    raise SinfError(f"layer {layer.name!r}: unknown prunable role {layer.role!r}")
+def _through_output(layer: PrunableLayer, fill: list[float], like: torch.Tensor) -> list[float]:
+    """What the reader sees on each channel when A_l holds the constant ``fill[c]``: the constant
+    pushed through the layer's channel-wise steps (``layer.through``: depthwise convs, BatchNorms, pools,
+    activations), read at the centre of a map wide enough that no border reaches it. The steps run on
+    the base model's own (unsliced) modules, in eval mode."""
+    if not layer.through:
+        return fill
+    x = torch.as_tensor(fill, dtype=like.dtype, device=like.device).view(1, -1, 1, 1).expand(1, len(fill), 33, 33)
+    for step in layer.through:
+        was = step.training if isinstance(step, nn.Module) else None
+        if was:
+            step.eval()
+        try:
+            x = step(x)
+        finally:
+            if was:
+                step.train()
+    return x[0, :, x.shape[2] // 2, x.shape[3] // 2].tolist()
+
+
+def _depthwise(conv: nn.Conv2d, idx: torch.Tensor) -> None:
+    _conv_out(conv, idx)
+    conv.in_channels = conv.groups = int(idx.numel())
 
 
 def _removed_input_shift(reader: nn.Module, channels: int, idx: torch.Tensor, fill: list[float]) -> torch.Tensor:
@@ -104,17 +110,6 @@ def _add_output_shift(reader: nn.Module, bn: nn.BatchNorm2d | None, shift: torch
         bn.running_mean = bn.running_mean - shift
     else:
         raise SinfError(f"cannot fold mean replacement into {reader}: no bias and no BatchNorm statistics")
-
-
-def _head_source(model: SinfModel) -> tuple[nn.Module, nn.Linear | None]:
-    """A module computing exactly ``model.head`` from the model's own modules, and the linear layer
-    that reads the last conv's flattened channels (VGG) or None (ResNet: the residual stream)."""
-    if isinstance(model, CifarResNet):
-        return nn.Sequential(model.avgpool, nn.Flatten(1), model.fc), None
-    if isinstance(model, CifarVGG):
-        first = model.classifier[0]
-        return nn.Sequential(nn.Flatten(1), model.classifier), first if isinstance(first, nn.Linear) else None
-    raise SinfError(f"subgraphs are implemented for CIFAR ResNets and VGGs, not {type(model).__name__}")
 
 
 class Subgraph(nn.Module):
@@ -156,33 +151,39 @@ def build_subgraph(model: SinfModel, spec: SubgraphSpec) -> Subgraph:
     pruned = validate_spec(model, spec)
     t = -1 if spec.tap is None else model.unit_index(spec.tap)
     units = model.units()[t + 1 :]
-    head_src, flat_linear = _head_source(model)
+    head_src = model.head_module()
     memo: dict = {}
     copied_units, copied_head = copy.deepcopy(([m for _, m in units], head_src), memo)
 
     def twin(module: nn.Module) -> nn.Module:
         return memo[id(module)]
 
-    all_layers = model.prunable_layers()
-    cuts = []  # (layer, kept indices, the module reading its channels, that module's BatchNorm or None)
+    cuts = []  # (layer, kept indices)
     for name, idx_list in spec.keep.items():
         layer = pruned[name]
         if len(idx_list) == layer.channels and idx_list == list(range(layer.channels)):
             continue  # keeps everything in order: nothing to slice
-        idx = torch.as_tensor(sorted(idx_list), dtype=torch.long, device=layer.conv.weight.device)
-        cuts.append((layer, idx, *_channel_reader(layer, units[layer.unit - t - 1][1], all_layers, flat_linear)))
+        if not isinstance(layer.reader, (nn.Conv2d, nn.Linear)):
+            raise SinfError(f"layer {name!r}: no conv or linear layer reads its channels ({layer.reader!r})")
+        cuts.append((layer, torch.as_tensor(sorted(idx_list), dtype=torch.long, device=layer.conv.weight.device)))
     # mean replacement first, on unsliced twins, from the base model's own (unsliced) readers
-    for layer, idx, reader, reader_bn in cuts:
+    for layer, idx in cuts:
         if layer.name in spec.fill:
-            shift = _removed_input_shift(reader, layer.channels, idx, spec.fill[layer.name])
-            _add_output_shift(twin(reader), None if reader_bn is None else twin(reader_bn), shift)
-    for layer, idx, reader, _ in cuts:
+            seen = _through_output(layer, spec.fill[layer.name], layer.conv.weight)
+            shift = _removed_input_shift(layer.reader, layer.channels, idx, seen)
+            _add_output_shift(twin(layer.reader), None if layer.reader_bn is None else twin(layer.reader_bn), shift)
+    for layer, idx in cuts:
         _conv_out(twin(layer.conv), idx)
         _bn(twin(layer.bn), idx)
-        if isinstance(reader, nn.Linear):
-            _linear_in(twin(reader), layer.channels, idx)
+        for step in layer.through:
+            if isinstance(step, nn.Conv2d):
+                _depthwise(twin(step), idx)
+            elif isinstance(step, nn.BatchNorm2d):
+                _bn(twin(step), idx)
+        if isinstance(layer.reader, nn.Linear):
+            _linear_in(twin(layer.reader), layer.channels, idx)
         else:
-            _conv_in(twin(reader), idx)
+            _conv_in(twin(layer.reader), idx)
     if spec.bn:
         base_bns = dict(tail_batchnorms(model, spec.tap))
         for name, st in spec.bn.items():

@@ -156,7 +156,8 @@ def tail_batchnorms(model: SinfModel, tap: str | None) -> list[tuple[str, nn.Bat
 def _tail_batchnorm_kept(model: SinfModel, spec: SubgraphSpec) -> list[tuple[str, nn.BatchNorm2d, list[int] | None]]:
     """Per BatchNorm after ``spec``'s tap (``tail_batchnorms`` order): its name, the module, and the
     channels ``spec`` keeps there, sorted (None: all of them)."""
-    layer_of = {id(l.bn): l.name for l in model.prunable_layers() if l.bn is not None}
+    layer_of = {id(bn): l.name for l in model.prunable_layers()
+                for bn in (l.bn, *(s for s in l.through if isinstance(s, nn.BatchNorm2d))) if bn is not None}
     return [(name, bn, sorted(spec.keep[layer_of[id(bn)]]) if layer_of.get(id(bn)) in spec.keep else None)
             for name, bn in tail_batchnorms(model, spec.tap)]
 

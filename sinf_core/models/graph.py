@@ -146,6 +146,8 @@ class GraphModel(SinfModel):
         def has_conv(seg: list[fx.Node]) -> bool:
             return any(n.op == "call_module" and isinstance(named.get(n.target), nn.Conv2d) for n in seg)
 
+        if not has_conv(nodes):
+            raise SinfError(f"{self.source_type} has no convolution: not a CNN SINF can prune")
         merged: list[list[fx.Node]] = []
         pending: list[fx.Node] = []
         for seg in pieces:
@@ -155,10 +157,8 @@ class GraphModel(SinfModel):
                 pending = []
         if pending:  # no conv after the last cut: that is the head
             head = pending
-        elif merged:
-            head = merged.pop()  # the last piece holds a conv but also the classifier
         else:
-            raise SinfError(f"{self.source_type} has no convolution: not a CNN SINF can prune")
+            head = merged.pop()  # the last piece holds a conv but also the classifier
         if not merged:
             raise SinfError(f"{self.source_type}: found no point to split the network at (no unit before the head)")
         out = []

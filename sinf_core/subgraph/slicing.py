@@ -69,7 +69,7 @@ def _through_output(layer: PrunableLayer, fill: list[float], like: torch.Tensor)
     the base model's own (unsliced) modules, in eval mode."""
     if not layer.through:
         return fill
-    x = torch.as_tensor(fill, dtype=like.dtype, device=like.device).view(1, -1, 1, 1).expand(1, len(fill), 33, 33)
+    x = torch.as_tensor(fill, dtype=like.dtype, device=like.device).view(1, -1, 1, 1).expand(1, len(fill), 33, 33).clone()
     for step in layer.through:
         was = step.training if isinstance(step, nn.Module) else None
         if was:

@@ -44,13 +44,14 @@ def _cpu_flags() -> frozenset[str]:
 
 def bf16_is_fast(device: torch.device | str) -> bool:
     """Whether bf16 autocast speeds convolutions up on ``device``: a CUDA GPU with bf16, or a CPU with
-    AMX (``amx_bf16``). On a CPU without it (AVX2 only) oneDNN has no bf16 kernels worth the name:
-    measured here, ResNet-56 inference runs 6.5x slower in bf16 than in float32."""
+    AMX (``amx_bf16``) or AVX-512 bf16 instructions (``avx512_bf16``: measured on an AMD EPYC, ResNet-56
+    inference 1.8x and ResNet-18 training 1.9x faster than float32). On a CPU with neither (AVX2 only)
+    oneDNN has no bf16 kernels worth the name: ResNet-56 inference ran 6.5x slower in bf16 than in float32."""
     device = torch.device(device)
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        return "amx_bf16" in _cpu_flags()
+        return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
     return False
 
 

@@ -77,15 +77,15 @@ def test_publish_copies_weights_with_a_card_that_eval_reproduces(tmp_path, monke
 
 
 def test_bf16_auto_follows_the_cpu():
-    """bf16 defaults to 'where it is fast': on a CPU only with AMX (read from /proc/cpuinfo here)."""
+    """bf16 defaults to 'where it is fast': on a CPU only with AMX or AVX-512 bf16 (read from /proc/cpuinfo here)."""
     from pathlib import Path
 
     from sinf_core.device import resolve_bf16
 
     info = Path("/proc/cpuinfo")
-    amx = info.is_file() and any("amx_bf16" in line.split() for line in info.read_text().splitlines()
-                                 if line.startswith("flags"))
-    assert resolve_bf16(None, "cpu") is amx
+    fast = info.is_file() and any({"amx_bf16", "avx512_bf16"} & set(line.split()) for line in info.read_text().splitlines()
+                                  if line.startswith("flags"))
+    assert resolve_bf16(None, "cpu") is fast
     assert resolve_bf16(True, "cpu") is True and resolve_bf16(False, "cpu") is False
 
 

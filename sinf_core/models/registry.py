@@ -63,7 +63,24 @@ def _entries() -> dict[str, ModelEntry]:
         "cifar100_vgg16_bn_sinf", lambda: cifar_vgg("vgg16", 100, width=0.5, dropout=0.1), weights_file="cifar100_vgg16_bn_sinf.safetensors",
         protocol="heldout", description="VGG16-BN at width 0.5 (classifier dropout 0.1), trained by this project on CIFAR-100 train minus the calibration split",
     )
+    e["cifar100_resnet18_tv"] = ModelEntry(
+        "cifar100_resnet18_tv", _torchvision_resnet18_cifar, weights_file="cifar100_resnet18_tv.safetensors",
+        protocol="heldout", description="torchvision ResNet-18 with a 3x3 stride-1 stem (max-pool kept: 16x16 after "
+        "it), through GraphModel; trained by this project on CIFAR-100 train minus the calibration split",
+    )
     return e
+
+
+def _torchvision_resnet18_cifar(num_classes: int = 100) -> SinfModel:
+    """torchvision's ResNet-18 for 32x32 inputs: its 7x7 stride-2 stem conv replaced by a 3x3 stride-1 one."""
+    import torchvision
+    from torch import nn
+
+    from .graph import GraphModel
+
+    net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    return GraphModel(net)
 
 
 MODELS: dict[str, ModelEntry] = _entries()

@@ -64,67 +64,6 @@ def exports(exp, bundle, work: Path, calib) -> dict:
     return out
 
 
-def calib_outputs(rt, x: torch.Tensor, bs: int = 256) -> dict:
-    """Per calibration image, through the runtime's pieces: exit / route confidence and argmax, the
-    tail's prediction and the prediction of the subgraph of the cluster the router picked."""
-    from sinf_core.backends import _softmax_max
-
-    s = rt.sessions
-    keys = ("exit_conf", "exit_pred", "route_conf", "route_pred", "tail_pred", "sub_pred")
-    acc = {k: [] for k in keys}
-    for i in range(0, x.shape[0], bs):
-        h = s["stem"](np.ascontiguousarray(x[i : i + bs].numpy()))
-        acc["tail_pred"].append(torch.from_numpy(s["tail"](h)).argmax(1))
-        if "exit" in s:
-            c, p = _softmax_max(s["exit"](h), rt.exit_T)
-            acc["exit_conf"].append(c)
-            acc["exit_pred"].append(p)
-        if "route" in s:
-            c, p = _softmax_max(s["route"](h), rt.route_T)
-            acc["route_conf"].append(c)
-            acc["route_pred"].append(p)
-            sub = torch.full_like(p, -1)
-            for m in range(rt.K):
-                idx = (p == m).nonzero().flatten()
-                if idx.numel() and rt.cluster_session[m] is not None:
-                    z = torch.from_numpy(rt.cluster_session[m](np.ascontiguousarray(h[idx.numpy()])))
-                    sub[idx] = rt.cluster_classes[m][z.argmax(1)]
-            acc["sub_pred"].append(sub)
-    return {k: torch.cat(v) if v else None for k, v in acc.items()}
-
-
-def rechoose(rm, outs: dict, labels: torch.Tensor, base_top1: float, bench: dict, exp) -> dict:
-    """The benchmark's sweep (its gamma / tau grids, budget, budget_z) over the int8 calibration outputs
-    at this mode's tap and schedule; the cheapest expected-FLOPs point within the budget."""
-    from sinf_core.bench import ScheduleData, TapData, candidates_within_budget, head_cost, sweep_tap
-    from sinf_core.cost import module_cost, stem_cost, stem_output, tail_cost
-
-    opts = bench["options"]
-    shape = rm.input_shape
-    n = labels.shape[0]
-    model = exp.model
-    td = TapData(rm.tap,
-                 outs["route_conf"] if outs["route_conf"] is not None else torch.zeros(n),
-                 outs["route_pred"] if outs["route_pred"] is not None else torch.zeros(n, dtype=torch.long),
-                 outs["exit_conf"] if outs["exit_conf"] is not None else torch.zeros(n),
-                 outs["exit_pred"] if outs["exit_pred"] is not None else torch.full((n,), -1),
-                 stem_cost(model, rm.tap, shape), tail_cost(model, rm.tap, shape),
-                 head_cost(rm.route, model, rm.tap, shape) if rm.route is not None else head_cost(rm.exit, model, rm.tap, shape),
-                 head_cost(rm.exit, model, rm.tap, shape) if rm.exit is not None else head_cost(rm.route, model, rm.tap, shape))
-    if rm.subgraphs:
-        ex = stem_output(model, rm.tap, shape)
-        costs = tuple(module_cost(rm.subgraphs[m], ex) for m in range(len(rm.cluster_names)))
-        td.schedules.append(ScheduleData(float(rm.point["r_M"]), float(rm.point["r_L"]), {}, costs, outs["sub_pred"]))
-    pts = [p for p in sweep_tap(labels, outs["tail_pred"], td, opts["gammas"], opts["taus"]) if p["mode"] == rm.mode]
-    cands = candidates_within_budget(pts, base_top1, float(opts["budget"]), 1, float(opts["budget_z"]))
-    if not cands:
-        return {"gamma": rm.gamma, "tau": rm.tau, "note": "no point within the budget; kept the bundle's"}
-    p = cands[0]
-    return {"gamma": 1.0 if p["gamma"] is None else p["gamma"], "tau": 1.0 if p["tau"] is None else p["tau"],
-            "calib_top1": round(p["top1"], 3), "flops": p["flops"], "exit_rate": p["exit_rate"],
-            "route_rate": p["route_rate"], "fallback_rate": p["fallback_rate"]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -144,6 +83,7 @@ def main() -> None:
     from sinf_core.export import calibration_set
     from sinf_core.fusion import prepare_for_inference
     from sinf_core.pipeline import shipped_bundle_dir
+    from sinf_core.runtime_bench import calibration_outputs, rechoose_thresholds
     from sinf_core.timing import interleaved_latency, interleaved_throughput, paired_ratios, spread
 
     torch.set_num_threads(args.threads)
@@ -199,8 +139,8 @@ def main() -> None:
     engines, chosen = {}, {}
     for mode in MODES:
         rt = open_runtime(ex[mode]["int8"], best, threads=T)
-        outs = calib_outputs(rt, xc)
-        chosen[mode] = rechoose(ex[mode]["rm"], outs, yc, base_calib_top1, bench, exp)
+        outs = calibration_outputs(rt, xc)
+        chosen[mode] = rechoose_thresholds(ex[mode]["rm"], outs, yc, base_calib_top1, bench["options"], exp.model)
         chosen[mode]["int8_tail_calib_top1"] = round(100.0 * float((outs["tail_pred"] == yc).double().mean()), 3)
         log(f"{mode}: bundle gamma {ex[mode]['rm'].gamma} tau {ex[mode]['rm'].tau}; re-chosen on int8 calibration "
             f"{chosen[mode]}")

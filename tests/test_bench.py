@@ -502,6 +502,30 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
 
     assert resolve_bn_samples(b, None) == (256 if use else 0) and resolve_bn_samples(b, 32) == 32
     assert resolve_bn_samples(None, None) == 256
+    # the same operating points on ONNX Runtime, beside the PyTorch float32 base as the reference
+    from sinf_core.errors import SinfError
+    from sinf_core.runtime_bench import format_runtime_table, run_runtime_benchmark
+
+    rt = run_runtime_benchmark(exp, b, "onnxruntime", "fp32", work_dir=tmp_path / "rt", reps=2, latency_calls=3,
+                               reference_rows=False)
+    assert rt["backend"] == "onnxruntime" and rt["precision"] == "fp32" and rt["model"] == "tiny_resnet"
+    ref = rt["reference"]
+    assert {"top1", "throughput_ips", "latency_ms_bs1", "flops", "params"} <= set(ref)
+    assert rt["base"]["top1"] == ref["top1"] == bench["base"]["top1"]  # float32 on another runtime: same answers
+    assert rt["base"]["flops"] == bench["base"]["flops"]
+    for name in ("base", "sinf", "exit", "cascade", "static"):
+        assert {"top1", "throughput_ips", "latency_ms_bs1", "flops", "params"} <= set(rt[name]), name
+    for m in ("sinf", "exit", "cascade"):
+        if bench[m].get("operating_point"):
+            assert rt[m]["operating_point"]["tap"] == bench[m]["operating_point"]["tap"]
+            assert rt[m]["throughput_ratio_vs_reference"] > 0 and "threshold_choice" in rt[m]
+    assert "reference (torch fp32)" in format_runtime_table(rt)
+    with pytest.raises(SinfError, match="without --backend"):
+        run_runtime_benchmark(exp, b, "torch", "fp32")
+    with pytest.raises(SinfError, match="int8"):
+        run_runtime_benchmark(exp, b, "torch", "int8")
+    with pytest.raises(SinfError, match="build the bundle with its benchmark"):
+        run_runtime_benchmark(exp, None, "onnxruntime", "fp32")
 
 
 def test_cli_timing_flags_reach_the_options():

@@ -57,6 +57,15 @@ def add_arguments(p) -> None:
                    "before this one, cheapest first, e.g. cifar100_resnet20")
     p.add_argument("--cache-dir", help="cache root for scores and heads (default $SINF_CACHE_DIR or ~/.cache/sinf)")
     p.add_argument("--out", help="also write the JSON result to this file, and a Markdown report beside it (.md)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"],
+                   help="run every contender on this runtime, beside the PyTorch float32 base as the reference (default "
+                        "torch). Any backend but torch float32 runs the operating points of --bundle's benchmark "
+                        "(default: the model's default bundle), thresholds chosen again on the runtime's calibration outputs")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "bf16"],
+                   help="fp32, int8 (static post-training quantization calibrated on the calibration split; onnxruntime, "
+                        "openvino) or bf16 (torch autocast, openvino)")
+    p.add_argument("--no-reference-rows", action="store_true",
+                   help="with --backend / --precision: leave out the torch bf16 and torch.compile reference rows")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -85,8 +94,31 @@ def _options(args) -> dict:
     return opts
 
 
+def _run_on_runtime(args) -> int:
+    from ..backends import check_backend
+    from ..bundle import Bundle
+    from ..io import write_json
+    from ..pipeline import default_bundle_dir
+    from ..runtime_bench import format_runtime_table, run_runtime_benchmark
+
+    check_backend(args.backend, args.precision)  # a clear error before loading anything
+    exp = open_from_args(args)
+    bundle = Bundle.open(args.bundle or default_bundle_dir(args.model), model=args.model)
+    bars = StageProgress(quiet=args.json)
+    result = run_runtime_benchmark(exp, bundle, args.backend, args.precision, threads=args.threads,
+                                   reference_rows=not args.no_reference_rows, on_progress=bars, log=bars.log)
+    bars.close()
+    if args.out:
+        write_json(Path(args.out), result)
+    print(json.dumps(result) if args.json else format_runtime_table(result))
+    return 0
+
+
 def run(args) -> int:
     from ..bench import BenchOptions, format_table, run_benchmark
+
+    if (args.backend, args.precision) != ("torch", "fp32"):
+        return _run_on_runtime(args)
     from ..bundle import Bundle
     from ..io import atomic_write, write_json
     from ..report import to_markdown

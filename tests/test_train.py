@@ -74,6 +74,19 @@ def test_publish_copies_weights_with_a_card_that_eval_reproduces(tmp_path, monke
     assert card["test_top1"] == round(100.0 * float((pred == data.labels).double().mean()), 2)
     for k, v in model.state_dict().items():
         assert torch.equal(v.float(), by_name.state_dict()[k].float()), k
+    # float16 storage: half the tensors' bytes, loaded as float32, the card measured on the stored file
+    half = publish_weights(tmp_path / "run", "tiny", tmp_path / "assets", measure, dtype="float16")
+    from safetensors.torch import load_file
+
+    stored = load_file(str(weights))
+    assert half["dtype"] == "float16" and all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
+    by_half = load_model("tiny")
+    assert all(v.dtype != torch.float16 for v in by_half.state_dict().values())
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.equal(v.half().float(), by_half.state_dict()[k]), k
+    with pytest.raises(SinfError, match="float32 or float16"):
+        publish_weights(tmp_path / "run", "tiny", tmp_path / "assets", measure, dtype="int8")
 
 
 def test_bf16_auto_follows_the_cpu():

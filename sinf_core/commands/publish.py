@@ -1,7 +1,8 @@
 """`sinf publish RUN_DIR MODEL`: a finished training run's weights into ``assets/`` with a JSON card.
 
-The weights are copied as they are (float32 safetensors, so `sinf eval MODEL` reproduces the recorded
-top-1 exactly); the card records the architecture, the recipe, epochs, wall time, the test top-1
+The weights are copied as they are (float32 safetensors), or stored in float16 with ``--dtype float16``
+(half the file); either way `sinf eval MODEL` reproduces the recorded top-1 exactly, since it is measured
+on the stored file; the card records the architecture, the recipe, epochs, wall time, the test top-1
 re-measured from the copied file, and its sha256.
 """
 
@@ -21,6 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("model", help="registered model whose weights_file the weights become")
     p.add_argument("--assets-dir", help="target folder (default: the project's assets/)")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="how the weights are stored (float16: half the file, loaded as float32)")
     add_data_options(p)
     p.add_argument("--json", action="store_true", help="print the card as JSON")
 
@@ -40,6 +43,6 @@ def run(args) -> int:
         bar.close()
         return accuracy_report(logits.argmax(1).numpy(), exp.test.labels.numpy(), exp.test.hierarchy)
 
-    card = publish_weights(run_dir, args.model, assets, measure)
+    card = publish_weights(run_dir, args.model, assets, measure, args.dtype)
     emit(card, args.json, json.dumps(card, indent=2))
     return 0

@@ -298,11 +298,13 @@ def model_card(name: str) -> dict | None:
     return json.loads(card.read_text()) if card.is_file() else None
 
 
-def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, measure) -> dict:
+def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, measure, dtype: str = "float32") -> dict:
     """Copy a finished training run (``final.safetensors`` + ``summary.json`` of ``sinf train``) to
     ``assets_dir / <name's weights_file>`` with a JSON card beside it. ``measure(weights_path)`` returns
     the accuracy report of the COPIED file on the test split (``evaluate.accuracy_report``), so the card's
-    top-1 is what `sinf eval` gives. Both files are written atomically; returns the card."""
+    top-1 is what `sinf eval` gives. ``dtype='float16'`` stores the floating-point tensors in half precision
+    (half the file; they load as float32, and the card's top-1 is measured on the stored file). Both files
+    are written atomically; returns the card."""
 
     from ..io import atomic_write, sha256_file, write_json
     FINAL, SUMMARY = RUN_FINAL, RUN_SUMMARY
@@ -318,15 +320,23 @@ def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, meas
     if summary.get("model") != name:
         raise SinfError(f"{run_dir} trained {summary.get('model')!r}, not {name!r}")
     load_state_dict_checked(entry.build(), read_checkpoint(weights), str(weights))  # fits, strictly
+    if dtype not in ("float32", "float16"):
+        raise SinfError(f"publish stores float32 or float16 weights, not {dtype!r}")
     target = Path(assets_dir) / entry.weights_file
-    atomic_write(target, lambda p: shutil.copyfile(weights, p))
+    if dtype == "float32":
+        atomic_write(target, lambda p: shutil.copyfile(weights, p))
+    else:
+        from safetensors.torch import save_file
+
+        half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in read_checkpoint(weights).items()}
+        atomic_write(target, lambda p: save_file(half, str(p)))
     acc = measure(target)
     cfg = summary.get("config", {})
     card = {
         "model": name,
         "architecture": entry.description,
         "parameters": sum(p.numel() for p in entry.build().parameters()),
-        "dtype": "float32",
+        "dtype": dtype,
         "recipe": {k: cfg.get(k) for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay",
                                             "label_smoothing", "warmup_epochs", "bf16", "channels_last", "seed")}
         | {"optimizer": "SGD, Nesterov momentum", "schedule": "linear warm-up then cosine to 0",

@@ -41,12 +41,12 @@ def ensure_weights(model: str) -> None:
     """Download the model's release weights with a visible progress bar when torch.hub does not have them."""
     from sinf_core.models.registry import get_entry, hub_checkpoint_dir, seed_hub_cache
 
-    entry = get_entry(model)
-    if not entry.weights_url:
+    url = get_entry(model).weights.url  # a spec (torchvision:NAME, ...) has none: its weights are a --checkpoint
+    if not url:
         return
     seed_hub_cache()
     dest = hub_checkpoint_dir()
-    fname = entry.weights_url.rsplit("/", 1)[1]
+    fname = url.rsplit("/", 1)[1]
     if (dest / fname).is_file():
         return
 
@@ -56,7 +56,7 @@ def ensure_weights(model: str) -> None:
 
     def fetch() -> None:
         dest.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(entry.weights_url, str(dest / fname), progress=False)
+        torch.hub.download_url_to_file(url, str(dest / fname), progress=False)
 
     with st.status(f"Downloading the weights of {model} (once) ...", expanded=True) as status:
         try:

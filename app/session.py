@@ -77,7 +77,7 @@ def selectable_models() -> list[str]:
 
     out = []
     for name, e in MODELS.items():
-        if e.weights_url or (e.weights_file and (ASSETS_DIR / e.weights_file).is_file()):
+        if e.weights.url or (e.weights.file and (ASSETS_DIR / e.weights.file).is_file()):
             out.append(name)
     cur = os.environ.get(ENV_MODEL)
     if cur and cur not in out and cur in MODELS:

@@ -11,7 +11,8 @@ import torch
 from .data import Hierarchy, ImageDataset, Splits, load_dataset, make_splits
 from .device import pick_device
 from .errors import SinfError
-from .models import SinfModel, get_entry, load_model
+from .models import SinfModel, get_entry, load_model, model_for_classes
+from .models.registry import check_weights_given
 
 
 @dataclass
@@ -56,14 +57,22 @@ def open_experiment(
 ) -> Experiment:
     """Load the model (pretrained or ``checkpoint``) and its data set, and fix the splits.
 
+    ``model_name``: a registered name or a spec (``torchvision:resnet18``, ...; see ``models.specs``),
+    which is built with one output per class of the data set: ``Experiment.model_name`` is then the
+    canonical spec that records the count (``torchvision:resnet18@10``).
     ``protocol`` defaults to the model's registry entry ('pretrained' for public weights that saw all
     of train, 'heldout' for models trained here); a user checkpoint defaults to 'heldout'.
     """
     entry = get_entry(model_name)
+    check_weights_given(model_name, checkpoint)
+    dataset = dataset or entry.dataset
+    if dataset is None:
+        raise SinfError(f"{model_name} is not tied to a data set: pass one (--dataset cifar100 or an image-folder path)")
     dev = pick_device(device)
-    train = load_dataset(dataset or entry.dataset, "train", data_dir, download)
-    test = load_dataset(dataset or entry.dataset, "test", data_dir, download)
+    train = load_dataset(dataset, "train", data_dir, download)
+    test = load_dataset(dataset, "test", data_dir, download)
     check_splits_agree(train, test)
+    model_name = model_for_classes(model_name, train.num_classes)
     model = load_model(model_name, checkpoint=checkpoint).to(dev)
     check_model_fits_data(model, model_name, train)
     proto = protocol or ("heldout" if checkpoint else entry.protocol)

@@ -544,7 +544,7 @@ def test_cli_timing_flags_reach_the_options():
 def test_network_selection_contender(tmp_path, monkeypatch):
     """``chain``: a cheaper network first; its gate chosen on calibration within the guarded budget, the
     result's report top-1, answered shares and FLOPs equal the chain recomputed by hand."""
-    from sinf_core.models.registry import MODELS, ModelEntry
+    from sinf_core.models.registry import MODELS, ModelEntry, Weights
     from sinf_core.selection import Gate, NetworkSelection, argmax_of
 
     from safetensors.torch import save_file
@@ -554,7 +554,7 @@ def test_network_selection_contender(tmp_path, monkeypatch):
     save_file(make_tiny_resnet(seed=3).state_dict(), str(tmp_path / "tiny_small.safetensors"))
     monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path)
     monkeypatch.setitem(MODELS, "tiny_small", ModelEntry("tiny_small", lambda: make_tiny_resnet(seed=3), dataset="tiny",
-                                                         protocol="pretrained", weights_file="tiny_small.safetensors"))
+                                                         protocol="pretrained", weights=Weights(file="tiny_small.safetensors")))
     exp = _tiny_experiment()
     opts = {**QUICK, "cache_dir": str(tmp_path), "chain": ["tiny_small"], "budget": 100.0, "budget_z": 0.0}
     res = run_benchmark(exp, None, opts)
@@ -590,12 +590,12 @@ def test_a_benchmark_with_select_renders_in_the_report(tmp_path, monkeypatch):
 
     import sinf_core.models.registry as registry
     from sinf_core import report
-    from sinf_core.models.registry import MODELS, ModelEntry
+    from sinf_core.models.registry import MODELS, ModelEntry, Weights
 
     save_file(make_tiny_resnet(seed=3).state_dict(), str(tmp_path / "tiny_small.safetensors"))
     monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path)
     monkeypatch.setitem(MODELS, "tiny_small", ModelEntry("tiny_small", lambda: make_tiny_resnet(seed=3), dataset="tiny",
-                                                         protocol="pretrained", weights_file="tiny_small.safetensors"))
+                                                         protocol="pretrained", weights=Weights(file="tiny_small.safetensors")))
     res = run_benchmark(_tiny_experiment(), None, {**QUICK, "cache_dir": str(tmp_path), "chain": ["tiny_small"],
                                                    "budget": 100.0, "budget_z": 0.0})
     import json

@@ -54,7 +54,7 @@ def test_models_lists_the_registry_with_weights_status(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torchhome"))  # an empty hub cache
     weights = tmp_path / "weights"
     weights.mkdir()
-    (weights / MODELS["cifar100_resnet20"].weights_url.rsplit("/", 1)[1]).write_bytes(b"x")
+    (weights / MODELS["cifar100_resnet20"].weights.url.rsplit("/", 1)[1]).write_bytes(b"x")
     monkeypatch.setenv("SINF_WEIGHTS_DIR", str(weights))
     code, out, err = _run(["models", "--json"])
     assert code == 0, err

@@ -97,7 +97,7 @@ def test_eval_cli_reproduces_published_top1(real_env, name, top1):
     elapsed = time.perf_counter() - t0
     rep = json.loads(out.stdout)
     assert abs(rep["top1"] - top1) <= 0.05 and rep["n"] == 10_000
-    assert (real_env["torch_home"] / "hub" / "checkpoints" / MODELS[name].weights_url.rsplit("/", 1)[1]).is_file()
+    assert (real_env["torch_home"] / "hub" / "checkpoints" / MODELS[name].weights.url.rsplit("/", 1)[1]).is_file()
     print(f"{name}: top1 {rep['top1']} in {elapsed:.1f} s")
 
 
@@ -112,7 +112,7 @@ def test_project_vgg16_loads_strictly_and_reproduces_its_card(real_env):
     card = model_card(name)
     if card is None:
         pytest.skip(f"{name} has not been published to assets/ yet")
-    assert card["sha256"] == sha256_file(ASSETS_DIR / MODELS[name].weights_file)
+    assert card["sha256"] == sha256_file(ASSETS_DIR / MODELS[name].weights.file)
     load_model(name)  # strict=True inside: a missing or unexpected key would raise
     out = subprocess.run([sys.executable, "-m", "sinf_core", "eval", name, "--json"], capture_output=True, text=True,
                          cwd=REPO, check=True)

@@ -50,10 +50,10 @@ def test_publish_copies_weights_with_a_card_that_eval_reproduces(tmp_path, monke
     from sinf_core.evaluate import accuracy_report, collect_logits
     from sinf_core.io import sha256_file
     from sinf_core.models import registry
-    from sinf_core.models.registry import ModelEntry, load_model, publish_weights
+    from sinf_core.models.registry import ModelEntry, Weights, load_model, publish_weights
 
     data = make_tiny_dataset(n_per_class=16)
-    monkeypatch.setitem(registry.MODELS, "tiny", ModelEntry("tiny", make_tiny_resnet, weights_file="tiny.safetensors",
+    monkeypatch.setitem(registry.MODELS, "tiny", ModelEntry("tiny", make_tiny_resnet, weights=Weights(file="tiny.safetensors"),
                                                             protocol="heldout", description="tiny test ResNet"))
     monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path / "assets")
     with pytest.raises(SinfError, match="not a finished"):
@@ -108,10 +108,10 @@ def test_warm_restart_from_published_weights_records_both_stages(tmp_path, monke
     from sinf_core.commands.train import _load_init
     from sinf_core.errors import SinfError
     from sinf_core.models import registry
-    from sinf_core.models.registry import ModelEntry, publish_weights
+    from sinf_core.models.registry import ModelEntry, Weights, publish_weights
 
     data = make_tiny_dataset(n_per_class=16)
-    monkeypatch.setitem(registry.MODELS, "tiny", ModelEntry("tiny", make_tiny_resnet, weights_file="tiny.safetensors",
+    monkeypatch.setitem(registry.MODELS, "tiny", ModelEntry("tiny", make_tiny_resnet, weights=Weights(file="tiny.safetensors"),
                                                             protocol="heldout", description="tiny test ResNet"))
     monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path / "assets")
     measure = lambda path: {"top1": 1.0}  # noqa: E731 (accuracy is not what this test is about)

@@ -14,12 +14,12 @@ from pathlib import Path
 from .common import add_data_options, emit, progress
 
 NAME = "publish"
-HELP = "copy a finished `sinf train` run's weights into assets/ with a model card (registry models with a weights_file)"
+HELP = "copy a finished `sinf train` run's weights into assets/ with a model card (registry models with a weights file)"
 
 
 def add_arguments(p) -> None:
     p.add_argument("run_dir", help="the --out folder of a finished `sinf train` run (holds summary.json)")
-    p.add_argument("model", help="registered model whose weights_file the weights become")
+    p.add_argument("model", help="registered model whose weights file (Weights.file, in assets/) the weights become")
     p.add_argument("--assets-dir", help="target folder (default: the project's assets/)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"],

@@ -1,20 +1,20 @@
-"""`sinf train MODEL`: train a registered model on CIFAR-100 or an image folder (resumable)."""
+"""`sinf train MODEL`: train a registered model or a spec (torchvision:NAME, ...) on CIFAR-100 or an image folder (resumable)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from .common import add_data_options, progress
+from .common import MODEL_HELP, add_data_options, progress
 
 NAME = "train"
-HELP = "train a registered model (channels_last, bf16 where the hardware has it fast; SGD + cosine, resumable checkpoints)"
+HELP = "train a registered model or a spec such as torchvision:resnet18 (channels_last, bf16 where the hardware has it fast; SGD + cosine, resumable checkpoints)"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="registered model name (see `sinf models`)")
+    p.add_argument("model", help=MODEL_HELP.replace("; its weights from --checkpoint", ""))
     add_data_options(p)
-    p.add_argument("--out", help="run folder for checkpoints and the summary (default runs/<model>)")
+    p.add_argument("--out", help="run folder for checkpoints and the summary (default runs/<model>; a spec without ':')")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
@@ -45,11 +45,11 @@ def _load_init(model, name: str, source: str) -> dict:
 
     if source == "published":
         entry = get_entry(name)
-        if not entry.weights_file:
+        if not entry.weights.file:
             from ..errors import SinfError
 
             raise SinfError(f"--init published: {name} has no weights in assets/ to start from")
-        path = ASSETS_DIR / entry.weights_file
+        path = ASSETS_DIR / entry.weights.file
     else:
         path = Path(source)
     if not path.is_file():
@@ -72,17 +72,22 @@ def run(args) -> int:
     from ..device import pick_device
     from ..evaluate import collect_logits
     from ..experiment import check_model_fits_data, check_splits_agree
-    from ..models import build_model, get_entry
+    from ..errors import SinfError
+    from ..models import build_model, get_entry, model_for_classes
+    from ..models.specs import folder_name
     from ..train import TrainConfig, train
 
     entry = get_entry(args.model)
     device = pick_device(args.device)
     ds_name = args.dataset or entry.dataset
+    if ds_name is None:
+        raise SinfError(f"{args.model} is not tied to a data set: pass one (--dataset cifar100 or an image-folder path)")
     tr = load_dataset(ds_name, "train", args.data_dir, args.download)
     te = load_dataset(ds_name, "test", args.data_dir, args.download)
     splits = make_splits(tr.labels.numpy(), te.labels.numpy(), "heldout")
     fit, calib = tr.subset(splits.fit), tr.subset(splits.calib)
     check_splits_agree(tr, te)
+    args.model = model_for_classes(args.model, tr.num_classes)  # a spec: built with one output per class
     model = build_model(args.model)
     check_model_fits_data(model, args.model, tr)
     init = _load_init(model, args.model, args.init) if args.init else None
@@ -91,7 +96,7 @@ def run(args) -> int:
                       warmup_epochs=args.warmup_epochs, init=init,
                       bf16=False if args.no_bf16 else None, channels_last=device.type == "cpu" or device.type == "cuda",
                       checkpoint_every=args.checkpoint_every, seed=args.seed)
-    out = Path(args.out or Path("runs") / args.model)
+    out = Path(args.out or Path("runs") / folder_name(args.model))
 
     def evaluate(m) -> dict:
         lg = collect_logits(m, calib, batch_size=500, device=device, bf16=cfg.bf16)

@@ -1,4 +1,8 @@
-"""Model registry: a name maps to a builder plus metadata (weights, published accuracy, split protocol)."""
+"""Model registry: a name maps to a builder plus metadata (weights, published accuracy, split protocol).
+
+A model is named by a registered name (``MODELS``) or by a spec users already know (``specs``):
+``torchvision:NAME``, ``timm:NAME`` or ``package.module:callable``, with ``@N`` for N classes. Every
+function here that takes a name takes either."""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ from typing import Callable
 
 import torch
 
+from ..data.cifar import CIFAR100_MEAN, CIFAR100_STD
 from ..errors import SinfError
 from .base import SinfModel
+from .specs import SPEC_FORMS, build_spec_model, check_spec, describe_spec, for_classes, is_spec, parse_spec
 from .resnet_cifar import cifar_resnet, cifar_resnet50
 from .vgg_cifar import cifar_vgg
 
@@ -26,17 +32,37 @@ _RELEASE = "https://github.com/chenyaofo/pytorch-cifar-models/releases/download"
 
 
 @dataclass(frozen=True)
+class Weights:
+    """A registered model's published weights, as data (like torchvision's ``Weights``); all None: none.
+
+    ``url``: a public release file, fetched through torch.hub's cache. ``file``: a safetensors file in
+    ``assets/`` (models trained by this project). ``sha256``: of that file, checked on load when known
+    (None for the release files: the copies in use are re-saved, so no fixed digest fits them).
+    ``top1``: the published test top-1 (%). ``mean`` / ``std``: the input normalisation the weights
+    were trained with ([0, 1] units); the data set applies its own (``ImageDataset.mean`` / ``std``, for
+    CIFAR-100 the same constants, ``data.cifar.CIFAR100_MEAN`` / ``CIFAR100_STD``)."""
+
+    url: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+    top1: float | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+_CIFAR100_NORM = {"mean": CIFAR100_MEAN, "std": CIFAR100_STD}
+
+
+@dataclass(frozen=True)
 class ModelEntry:
-    """``weights_url``: public release file, fetched through torch.hub's cache. ``weights_file``: a
-    safetensors file in ``assets/`` (models trained by this project). ``protocol``: the split protocol
-    (METHOD.md section 0): 'pretrained' when the weights saw all of train, 'heldout' otherwise."""
+    """``weights``: the published weights (``Weights()``: none, train it). ``dataset``: the data set it
+    is for (None: none by default, pass one). ``protocol``: the split protocol (METHOD.md section 0):
+    'pretrained' when the weights saw all of train, 'heldout' otherwise."""
 
     name: str
     build: Callable[[], SinfModel]
-    dataset: str = "cifar100"
-    weights_url: str | None = None
-    weights_file: str | None = None
-    published_top1: float | None = None
+    dataset: str | None = "cifar100"
+    weights: Weights = Weights()
     protocol: str = "pretrained"
     description: str = ""
 
@@ -46,25 +72,29 @@ def _entries() -> dict[str, ModelEntry]:
     for depth, tag, top1 in [(20, "23dac2f1", 68.83), (32, "84213ce6", 70.16), (44, "ffe32858", 71.63), (56, "f2eff4c8", 72.63)]:
         name = f"cifar100_resnet{depth}"
         e[name] = ModelEntry(
-            name, lambda d=depth: cifar_resnet(d, 100), weights_url=f"{_RELEASE}/resnet/{name}-{tag}.pt",
-            published_top1=top1, description=f"CIFAR ResNet-{depth} (BasicBlock, 16/32/64), pytorch-cifar-models weights",
+            name, lambda d=depth: cifar_resnet(d, 100),
+            weights=Weights(url=f"{_RELEASE}/resnet/{name}-{tag}.pt", top1=top1, **_CIFAR100_NORM),
+            description=f"CIFAR ResNet-{depth} (BasicBlock, 16/32/64), pytorch-cifar-models weights",
         )
     for arch, tag, top1 in [("vgg11", "57d0759e", 70.78), ("vgg13", "5ebe5778", 74.63), ("vgg16", "7d8c4031", 74.00), ("vgg19", "b98f7bd7", 73.87)]:
         name = f"cifar100_{arch}_bn"
         e[name] = ModelEntry(
-            name, lambda a=arch: cifar_vgg(a, 100), weights_url=f"{_RELEASE}/vgg/{name}-{tag}.pt",
-            published_top1=top1, description=f"{arch.upper()}-BN for CIFAR, pytorch-cifar-models weights",
+            name, lambda a=arch: cifar_vgg(a, 100),
+            weights=Weights(url=f"{_RELEASE}/vgg/{name}-{tag}.pt", top1=top1, **_CIFAR100_NORM),
+            description=f"{arch.upper()}-BN for CIFAR, pytorch-cifar-models weights",
         )
     e["cifar100_resnet50"] = ModelEntry(
         "cifar100_resnet50", lambda: cifar_resnet50(100), description="CIFAR-style bottleneck ResNet-50 (no public weights)",
         protocol="heldout",
     )
     e["cifar100_vgg16_bn_sinf"] = ModelEntry(
-        "cifar100_vgg16_bn_sinf", lambda: cifar_vgg("vgg16", 100, width=0.5, dropout=0.1), weights_file="cifar100_vgg16_bn_sinf.safetensors",
+        "cifar100_vgg16_bn_sinf", lambda: cifar_vgg("vgg16", 100, width=0.5, dropout=0.1),
+        weights=Weights(file="cifar100_vgg16_bn_sinf.safetensors", **_CIFAR100_NORM),  # top-1 and sha256: its card
         protocol="heldout", description="VGG16-BN at width 0.5 (classifier dropout 0.1), trained by this project on CIFAR-100 train minus the calibration split",
     )
     e["cifar100_resnet18_tv"] = ModelEntry(
-        "cifar100_resnet18_tv", _torchvision_resnet18_cifar, weights_file="cifar100_resnet18_tv.safetensors",
+        "cifar100_resnet18_tv", _torchvision_resnet18_cifar,
+        weights=Weights(file="cifar100_resnet18_tv.safetensors", **_CIFAR100_NORM),
         protocol="heldout", description="torchvision ResNet-18 with a 3x3 stride-1 stem (max-pool kept: 16x16 after "
         "it), through GraphModel; trained by this project on CIFAR-100 train minus the calibration split",
     )
@@ -87,9 +117,25 @@ MODELS: dict[str, ModelEntry] = _entries()
 
 
 def get_entry(name: str) -> ModelEntry:
-    if name not in MODELS:
-        raise SinfError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    return MODELS[name]
+    """The registry entry of ``name``, or for a spec (``torchvision:resnet18@10``, ...) an entry made on
+    the fly after looking its name up: no data set, no published weights, protocol 'heldout'."""
+    if name in MODELS:
+        return MODELS[name]
+    if not is_spec(name):
+        raise SinfError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}; or a spec: {SPEC_FORMS}")
+    spec = parse_spec(name)
+    check_spec(spec)
+    return ModelEntry(spec.name, lambda: build_spec_model(spec), dataset=None, protocol="heldout",
+                      description=describe_spec(spec))
+
+
+def model_for_classes(name: str, num_classes: int) -> str:
+    """The canonical name of ``name`` built for a data set of ``num_classes`` classes: a registered name
+    as it is (its head is fixed), a spec with its class count filled in (``torchvision:resnet18`` ->
+    ``torchvision:resnet18@10``); an explicit ``@N`` is kept (the data set check then says if it fits)."""
+    if name in MODELS or not is_spec(name):
+        return name
+    return for_classes(parse_spec(name), num_classes).name
 
 
 def hub_checkpoint_dir() -> Path:
@@ -105,9 +151,9 @@ def seed_hub_cache(weights_dir: str | Path | None = None) -> list[Path]:
     dest = hub_checkpoint_dir()
     placed = []
     for entry in MODELS.values():
-        if not entry.weights_url:
+        if not entry.weights.url:
             continue
-        fname = entry.weights_url.rsplit("/", 1)[1]
+        fname = entry.weights.url.rsplit("/", 1)[1]
         if (src / fname).is_file() and not (dest / fname).is_file():
             dest.mkdir(parents=True, exist_ok=True)
             tmp = dest / f".{fname}.tmp"
@@ -122,12 +168,12 @@ def weights_source(name: str) -> tuple[str, Path | None]:
     ``("cached", path)`` (torch.hub's cache), ``("local", path)`` (``$SINF_WEIGHTS_DIR``), ``("download", None)``
     (a public release file not fetched yet), ``("missing", path)`` (an assets/ file that is absent) or
     ``("none", None)`` (no published weights: train it)."""
-    entry = get_entry(name)
-    if entry.weights_file:
-        path = ASSETS_DIR / entry.weights_file
+    w = get_entry(name).weights
+    if w.file:
+        path = ASSETS_DIR / w.file
         return ("assets" if path.is_file() else "missing"), path
-    if entry.weights_url:
-        fname = entry.weights_url.rsplit("/", 1)[1]
+    if w.url:
+        fname = w.url.rsplit("/", 1)[1]
         if (hub_checkpoint_dir() / fname).is_file():
             return "cached", hub_checkpoint_dir() / fname
         local = os.environ.get(WEIGHTS_ENV)
@@ -162,11 +208,14 @@ def describe_models() -> list[dict]:
     rows = []
     for name, entry in MODELS.items():
         source, path = weights_source(name)
+        w = entry.weights
         rows.append({
             "name": name, "dataset": entry.dataset, "parameters": count_parameters(name),
-            "published_top1": entry.published_top1, "card_top1": _card_top1(name), "protocol": entry.protocol,
+            "published_top1": w.top1, "card_top1": _card_top1(name), "protocol": entry.protocol,
             "weights": source, "weights_available": source in ("assets", "cached", "local"),
             "weights_path": str(path) if path is not None and source != "missing" else None,
+            "weights_url": w.url, "weights_sha256": w.sha256,
+            "normalisation": {"mean": list(w.mean), "std": list(w.std)} if w.mean and w.std else None,
             "description": entry.description,
         })
     return rows
@@ -249,31 +298,64 @@ def build_model(name: str) -> SinfModel:
     return get_entry(name).build()
 
 
+def _check_sha256(path: Path, expected: str | None, name: str) -> None:
+    """Refuse a weights file whose sha256 is not the registered one (when the registry knows it)."""
+    if expected is None:
+        return
+    from ..io import sha256_file
+
+    got = sha256_file(path)
+    if got != expected:
+        raise SinfError(f"the weights of {name} at {path} have sha256 {got}, not the registered {expected}: "
+                        "the file is damaged or another one; delete it (or fetch it again)")
+
+
+def check_weights_given(name: str, checkpoint: str | Path | None) -> None:
+    """A spec has no registered weights: without ``checkpoint`` say so (before any data is loaded)."""
+    if checkpoint is None and is_spec(name):
+        raise SinfError(f"{name} has no registered weights (SINF downloads no torchvision or timm weights): "
+                        "pass the trained weights with --checkpoint FILE (a .safetensors file, or a state dict "
+                        "saved with torch.save(model.state_dict(), FILE))")
+
+
 def load_model(name: str, pretrained: bool = True, checkpoint: str | Path | None = None, progress: bool = True) -> SinfModel:
     """Build ``name``; load ``checkpoint`` if given, else its registered weights when ``pretrained``.
 
     Release weights go through ``torch.hub.load_state_dict_from_url`` (its cache, hash check off since
-    the re-saved copies differ) with ``weights_only=True``; the model is returned in eval mode.
+    the re-saved copies differ) with ``weights_only=True``; the model is returned in eval mode. A spec
+    (``torchvision:NAME``, ...) has no registered weights: it needs ``checkpoint`` (nothing is downloaded).
     """
     entry = get_entry(name)
+    if pretrained:
+        check_weights_given(name, checkpoint)
     model = entry.build()
+    w = entry.weights
     if checkpoint is not None:
-        load_state_dict_checked(model, read_checkpoint(checkpoint), str(checkpoint))
+        try:
+            load_state_dict_checked(model, read_checkpoint(checkpoint), str(checkpoint))
+        except SinfError as exc:
+            if not is_spec(name) or "shape mismatches" not in str(exc):
+                raise
+            n = parse_spec(entry.name).num_classes
+            built = f"for {n} classes (the data set's count, or the spec's @N)" if n else "with its builder's default head"
+            raise SinfError(f"{exc}\n  ({entry.name} was built {built}; the checkpoint must be of that architecture "
+                            "with as many classifier outputs)") from exc
     elif pretrained:
-        if entry.weights_file:
-            path = ASSETS_DIR / entry.weights_file
+        if w.file:
+            path = ASSETS_DIR / w.file
             if not path.is_file():
                 raise SinfError(f"{name}: weights file {path} is missing from assets/")
+            _check_sha256(path, w.sha256, name)
             load_state_dict_checked(model, read_checkpoint(path), str(path))
-        elif entry.weights_url:
+        elif w.url:
             seed_hub_cache()
+            fname = w.url.rsplit("/", 1)[1]
+            cached = hub_checkpoint_dir() / fname
             try:
                 state = torch.hub.load_state_dict_from_url(
-                    entry.weights_url, map_location="cpu", progress=progress, check_hash=False, weights_only=True
+                    w.url, map_location="cpu", progress=progress, check_hash=False, weights_only=True
                 )
             except Exception as exc:
-                fname = entry.weights_url.rsplit("/", 1)[1]
-                cached = hub_checkpoint_dir() / fname
                 if cached.is_file():  # downloaded (or seeded) but unreadable
                     raise SinfError(
                         f"cannot read the weights of {name}: {checkpoint_problem(cached, exc)}. Delete it to "
@@ -283,7 +365,8 @@ def load_model(name: str, pretrained: bool = True, checkpoint: str | Path | None
                     f"cannot get weights for {name}: {exc.__class__.__name__}: {exc}. Offline, place {fname} in "
                     f"{hub_checkpoint_dir()} or set {WEIGHTS_ENV} to a folder that holds it."
                 ) from exc
-            load_state_dict_checked(model, state, entry.weights_url)
+            _check_sha256(cached, w.sha256, name)
+            load_state_dict_checked(model, state, w.url)
         else:
             raise SinfError(f"{name} has no pretrained weights; train it with `sinf train {name}` and pass --checkpoint")
     return model.eval()
@@ -292,15 +375,15 @@ def load_model(name: str, pretrained: bool = True, checkpoint: str | Path | None
 def model_card(name: str) -> dict | None:
     """The JSON card next to an assets/ weights file, if any."""
     entry = get_entry(name)
-    if not entry.weights_file:
+    if not entry.weights.file:
         return None
-    card = ASSETS_DIR / (Path(entry.weights_file).stem + ".json")
+    card = ASSETS_DIR / (Path(entry.weights.file).stem + ".json")
     return json.loads(card.read_text()) if card.is_file() else None
 
 
 def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, measure, dtype: str = "float32") -> dict:
     """Copy a finished training run (``final.safetensors`` + ``summary.json`` of ``sinf train``) to
-    ``assets_dir / <name's weights_file>`` with a JSON card beside it. ``measure(weights_path)`` returns
+    ``assets_dir / <name's Weights.file>`` with a JSON card beside it. ``measure(weights_path)`` returns
     the accuracy report of the COPIED file on the test split (``evaluate.accuracy_report``), so the card's
     top-1 is what `sinf eval` gives. ``dtype='float16'`` stores the floating-point tensors in half precision
     (half the file; they load as float32, and the card's top-1 is measured on the stored file). Both files
@@ -310,8 +393,8 @@ def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, meas
     FINAL, SUMMARY = RUN_FINAL, RUN_SUMMARY
 
     entry = get_entry(name)
-    if not entry.weights_file:
-        raise SinfError(f"{name} has no weights_file in the registry, so there is nothing to publish to")
+    if not entry.weights.file:
+        raise SinfError(f"{name} has no weights file in the registry (Weights.file), so there is nothing to publish to")
     run_dir = Path(run_dir)
     summary_path, weights = run_dir / SUMMARY, run_dir / FINAL
     if not summary_path.is_file() or not weights.is_file():
@@ -322,7 +405,7 @@ def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, meas
     load_state_dict_checked(entry.build(), read_checkpoint(weights), str(weights))  # fits, strictly
     if dtype not in ("float32", "float16"):
         raise SinfError(f"publish stores float32 or float16 weights, not {dtype!r}")
-    target = Path(assets_dir) / entry.weights_file
+    target = Path(assets_dir) / entry.weights.file
     if dtype == "float32":
         atomic_write(target, lambda p: shutil.copyfile(weights, p))
     else:
@@ -348,7 +431,7 @@ def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, meas
         "test_top1": acc["top1"],
         "test_superclass_acc": acc.get("superclass_acc"),
         "sha256": sha256_file(target),
-        "file": entry.weights_file,
+        "file": entry.weights.file,
     }
     if summary.get("machine"):
         card["trained_on"] = summary["machine"]

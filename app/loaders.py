@@ -25,7 +25,7 @@ import torch
 from sinf_core.bundle import MANIFEST, Bundle
 from sinf_core.data import Hierarchy
 from sinf_core.errors import SinfError
-from sinf_core.models import MODELS
+from sinf_core.models import get_entry
 from sinf_core.scores import SCORE_LABELS  # noqa: F401  (re-exported for the pages)
 
 from .downloads import ensure_cifar100, ensure_weights
@@ -45,9 +45,7 @@ def _open_experiment(model: str, checkpoint: str | None, dataset: str | None):
 def experiment(src: Source):
     """The ``Experiment`` (model, train/test data, fixed splits) of ``src``; downloads what is missing,
     with a progress bar, on first use."""
-    from sinf_core.models.registry import get_entry
-
-    entry = get_entry(src.model)
+    entry = get_entry(src.model)  # a spec has no data set of its own: open_experiment asks for one
     ds = src.dataset or entry.dataset
     if ds == "cifar100":
         ensure_cifar100(None)
@@ -195,8 +193,8 @@ def model_facts(src: Source) -> dict:
 
         exp = experiment(src)
         c = model_cost(exp.model, tuple(exp.train.images.shape[1:]))
-        entry = MODELS[src.model]
-        return {"params": c.params, "flops": c.flops, "published_top1": entry.published_top1,
+        entry = get_entry(src.model)  # a registered model, or a spec (torchvision:NAME, ...)
+        return {"params": c.params, "flops": c.flops, "published_top1": entry.weights.top1,
                 "description": entry.description, "units": exp.model.unit_names(),
                 "prunable_layers": [l.name for l in exp.model.prunable_layers()]}
 

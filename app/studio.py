@@ -168,7 +168,7 @@ def save_config(src: Source, cfg: dict):
     exp = state.experiment(src)
     b = state.bundle(src)
     if b is None:
-        b = Bundle.open_or_create(src.bundle, src.model, state_dict_sha256(exp.model),
+        b = Bundle.open_or_create(src.bundle, exp.model_name, state_dict_sha256(exp.model),
                                   {"dataset": exp.train.name, "created_by": "SINF Studio"})
     b.put("config", {"config.json": validate_config(cfg, "the configuration")})
     return b.root / "config.json"
@@ -249,7 +249,7 @@ def specs(src: Source, cfg: dict) -> dict:
         with st.spinner("Re-estimating the subgraphs' BatchNorm statistics on their clusters' fit images ..."
                         if bn else "Choosing the channels each cluster keeps ..."):
             built: dict = {}
-            out = make_cluster_specs(exp.model, src.model, tap, sc, h, float(cfg["r_M"]), float(cfg["r_L"]),
+            out = make_cluster_specs(exp.model, exp.model_name, tap, sc, h, float(cfg["r_M"]), float(cfg["r_L"]),
                                      cfg.get("multiple_of"), overrides=ratios,
                                      fill_stats=state.stats(src) if cfg.get("fill", "mean") == "mean" else None,
                                      bn_samples=bn, built=built)

@@ -53,7 +53,9 @@ class Bundle:
     # ---------------------------------------------------------------- open / create
     @classmethod
     def open(cls, root: str | Path, model: str | None = None, verify: bool = True) -> "Bundle":
-        """Open an existing bundle; refuse another format version, another model, or damaged files."""
+        """Open an existing bundle; refuse another format version, another model, or damaged files.
+        ``model`` as typed: a spec without its class count (``torchvision:resnet18``) matches the
+        bundle's canonical one (``torchvision:resnet18@10``)."""
         root = Path(root)
         path = root / MANIFEST
         if not path.is_file():
@@ -70,7 +72,9 @@ class Bundle:
                 f"{manifest.get('sinf_version')}); this sinf {__version__} reads version {FORMAT_VERSION}. "
                 "Rebuild it with `sinf build`."
             )
-        if model is not None and manifest.get("model") != model:
+        from .models.specs import same_model
+
+        if model is not None and not same_model(model, str(manifest.get("model"))):
             raise SinfError(f"bundle {root} is for model {manifest.get('model')!r}, not {model!r}")
         bundle = cls(root, manifest)
         if verify:

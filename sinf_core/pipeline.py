@@ -52,20 +52,25 @@ class BuildSettings:
 def shipped_bundle_dir(model_name: str) -> Path:
     """Where the project ships a prebuilt bundle of a model: ``assets/bundles/<model>``."""
     from .models.registry import ASSETS_DIR
+    from .models.specs import folder_name
 
-    return ASSETS_DIR / "bundles" / model_name
+    return ASSETS_DIR / "bundles" / folder_name(model_name)
 
 
 def default_bundle_dir(model_name: str, seed_from_assets: bool = True) -> Path:
     """``$SINF_CACHE_DIR/bundles/<model>``, where ``sinf build`` writes by default. When it holds no
     bundle and the project ships one in ``assets/bundles/<model>``, the shipped bundle is copied there
-    first (atomically: a temp folder renamed into place), so later writes never touch ``assets/``."""
+    first (atomically: a temp folder renamed into place), so later writes never touch ``assets/``.
+    A spec's folder is named without its class count (``models.specs.folder_name``: ``torchvision-resnet18``),
+    so ``sinf report torchvision:resnet18`` finds what ``sinf build torchvision:resnet18 ...`` wrote."""
     import shutil
     import tempfile
 
     from .bundle import MANIFEST
     from .io import cache_dir
+    from .models.specs import folder_name
 
+    model_name = folder_name(model_name)
     target = cache_dir() / "bundles" / model_name
     shipped = shipped_bundle_dir(model_name)
     if seed_from_assets and not (target / MANIFEST).is_file() and (shipped / MANIFEST).is_file():

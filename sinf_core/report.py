@@ -188,8 +188,10 @@ def report_title(bench: Mapping[str, Any]) -> str:
 
 def model_warning(bench: Mapping[str, Any], selected: str | None) -> str | None:
     """A warning when the benchmark is of another model than ``selected`` (the app's model), else None."""
+    from .models.specs import same_model
+
     model = bench_info(bench)["model"]
-    if selected is None or model == selected:
+    if selected is None or model == selected or same_model(selected, str(model)):
         return None
     return (f"This benchmark is of {model}, not of the model selected ({selected}). "
             f"The report and its exports are titled with {model}.")

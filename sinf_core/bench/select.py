@@ -28,15 +28,17 @@ SELECT = "select"
 def chain_networks(exp, names, device) -> list[tuple[str, nn.Module]]:
     """The registry models ``names`` (cheapest first), checked to serve the benchmark's data and splits."""
     from ..experiment import check_model_fits_data
-    from ..models.registry import get_entry, load_model
-
-    from ..models.registry import MODELS
+    from ..models.registry import MODELS, get_entry, load_model
+    from ..models.specs import is_spec
 
     base = MODELS.get(exp.model_name)  # None for a model outside the registry (e.g. a user's)
     out = []
     for name in names:
         if name == exp.model_name:
             raise SinfError(f"the chain lists the benchmarked model {name!r} itself; it is always the last network")
+        if is_spec(name):
+            raise SinfError(f"chain network {name!r} is a model spec, which has no registered weights; the chain "
+                            "takes registry models with weights (see `sinf models`)")
         e = get_entry(name)
         if base is not None and e.dataset != base.dataset:
             raise SinfError(f"chain network {name!r} is for {e.dataset!r}, the benchmark runs on {base.dataset!r}")

@@ -15,17 +15,26 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="registered data set name or an image-folder path (default: the model's)")
 
 
+MODEL_HELP = ("registered model name (see `sinf models`), or torchvision:NAME, timm:NAME or package.module:callable "
+              "(built with one output per class of the data set; its weights from --checkpoint)")
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="registered model name (see `sinf models`)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--checkpoint", help="weights file (.safetensors or .pt state dict) instead of the registered ones")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_data_options(p)
 
 
 def open_from_args(args: argparse.Namespace):
+    """The experiment of the command's model options. ``args.model`` becomes the experiment's canonical
+    name (a spec gets its class count: ``torchvision:resnet18@10``), so whatever the command records
+    (outputs, cache keys, subgraph specs) names the model as the experiment does."""
     from ..experiment import open_experiment
 
-    return open_experiment(args.model, args.dataset, args.data_dir, args.download, args.checkpoint, args.device)
+    exp = open_experiment(args.model, args.dataset, args.data_dir, args.download, args.checkpoint, args.device)
+    args.model = exp.model_name
+    return exp
 
 
 def progress(total: int | None, desc: str, unit: str = "img", quiet: bool = False) -> tqdm:

@@ -1,11 +1,13 @@
-"""`sinf models`: the model registry, with each model's data set, size, published top-1 and weights."""
+"""`sinf models`: the model registry, with each model's data set, size, published top-1 and weights, and
+the model specs accepted besides (``torchvision:NAME``, ``timm:NAME``, ``package.module:callable``)."""
 
 from __future__ import annotations
 
 from .common import emit
 
 NAME = "models"
-HELP = "list the registered models: data set, parameters, published top-1 and whether their weights are here"
+HELP = ("list the registered models: data set, parameters, published top-1 and whether their weights are here "
+        "(torchvision:NAME, timm:NAME and module:callable are accepted too)")
 
 _WEIGHTS = {
     "assets": "in assets/",
@@ -38,4 +40,7 @@ def _text(rows: list[dict]) -> str:
         lines.append(f"  {r['name']:<24} {r['dataset']:<9} {params:>7} {top1:>6}  {_WEIGHTS.get(r['weights'], r['weights'])}")
     lines.append("  top-1: published accuracy on the test split (%; * = measured, from the model card in assets/); "
                  "weights: where `sinf eval MODEL` gets them")
+    lines.append("  Besides these names, every command takes torchvision:NAME, timm:NAME or package.module:callable "
+                 "(e.g. `sinf eval torchvision:resnet18 --dataset DIR --checkpoint FILE`): built with one output per "
+                 "class of the data set (recorded as NAME@N), weights from --checkpoint")
     return "\n".join(lines)

@@ -7,9 +7,9 @@ conv2 of a BasicBlock; conv2 / conv3 of a Bottleneck). The residual stream stays
 is made of plain dense ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.Linear`` modules (no masks), so it
 runs faster with ordinary kernels and works with ``channels_last`` and bf16 autocast.
 
-A subgraph is stored as data: the base model's registry name, the tap, the kept channel indices per
-layer and the head's classes (JSON). ``build_subgraph`` rebuilds the modules from the base model with
-a pure function; ``save_subgraph_weights`` can additionally store the sliced tensors (safetensors).
+A subgraph is stored as data: the base model's name (registered, or a spec), the tap, the kept channel
+indices per layer and the head's classes (JSON). ``build_subgraph`` rebuilds the modules from the base
+model with a pure function; ``save_subgraph_weights`` can additionally store the sliced tensors (safetensors).
 Nothing is ever pickled.
 
 The package, imports pointing one way (each module imports only those above it):

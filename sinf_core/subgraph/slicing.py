@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import SinfError
 from ..io import atomic_write
-from ..models import PrunableLayer, SinfModel, build_model
+from ..models import PrunableLayer, SinfModel, build_model, is_spec, parse_spec
 from .spec import SPECS_FORMAT, SPECS_VERSION, SubgraphSpec, tail_batchnorms, validate_spec
 
 
@@ -218,8 +218,9 @@ def save_subgraph_weights(path: str | Path, subgraph: Subgraph, spec: SubgraphSp
 
 def load_subgraph_weights(path: str | Path, base: SinfModel | None = None) -> tuple[Subgraph, SubgraphSpec]:
     """Rebuild a subgraph from ``save_subgraph_weights`` output: the architecture comes from the
-    spec (on ``base``, or on a freshly built registry model of ``spec.base_model``), the tensors
-    from the file (strict shapes). Never unpickles."""
+    spec (on ``base``, or on a model freshly built from ``spec.base_model``: a registered name or a
+    canonical torchvision / timm spec, whose ``@N`` gives the class count), the tensors from the file
+    (strict shapes). Never unpickles, and never imports code a ``module:callable`` base names."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -235,6 +236,9 @@ def load_subgraph_weights(path: str | Path, base: SinfModel | None = None) -> tu
     if meta.get("format") != SPECS_FORMAT or "spec" not in meta:
         raise SinfError(f"{path} is not a SINF subgraph weights file")
     spec = SubgraphSpec.from_json(json.loads(meta["spec"]))
+    if base is None and is_spec(spec.base_model) and parse_spec(spec.base_model).kind == "callable":
+        raise SinfError(f"{path} is for {spec.base_model}, a model built by calling user code; a file does not "
+                        "make SINF import and run code: build the base model yourself and pass it as base=")
     sub = build_subgraph((base if base is not None else build_model(spec.base_model)).eval(), spec)
     own = sub.state_dict()
     if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):

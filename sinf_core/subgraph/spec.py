@@ -65,7 +65,8 @@ def _float_list(what: str, values) -> list[float]:
 class SubgraphSpec:
     """What a subgraph keeps, as plain data.
 
-    ``base_model``: registry name of the base model. ``tap``: the unit where the shared stem ends
+    ``base_model``: the base model's name: registered, or a canonical spec that records its class
+    count (``torchvision:resnet18@10``, see ``models.specs``). ``tap``: the unit where the shared stem ends
     (None: the whole network is the subgraph, fed with images). ``keep``: prunable layer name ->
     kept output-channel indices; layers after the tap that are absent keep every channel.
     ``classes``: the restricted head (global class indices) or None for the full head.
@@ -86,7 +87,7 @@ class SubgraphSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.base_model, str) or not self.base_model:
-            raise SinfError("a subgraph spec needs the base model's registry name")
+            raise SinfError("a subgraph spec needs the base model's name (a registry name, or a spec such as torchvision:resnet18@10)")
         if self.tap is not None and not isinstance(self.tap, str):
             raise SinfError(f"tap must be a unit name or null, got {self.tap!r}")
         if not isinstance(self.keep, Mapping):

@@ -85,10 +85,15 @@ class Bundle:
     def open_or_create(cls, root: str | Path, model: str, model_sha256: str, info: dict | None = None) -> "Bundle":
         """Open the bundle at ``root`` for this model + weights, or start a new one there.
 
-        An existing bundle for other weights is refused rather than overwritten."""
+        An existing bundle of another model or of other weights is refused rather than overwritten."""
+        from .models.specs import same_model
+
         root = Path(root)
         if (root / MANIFEST).is_file():
-            b = cls.open(root, model=model, verify=False)
+            b = cls.open(root, verify=False)
+            if not same_model(model, str(b.manifest.get("model"))):  # e.g. one spec for another class count
+                raise SinfError(f"bundle {root} is for model {b.manifest.get('model')!r}, not {model!r}; choose "
+                                "another --out folder or delete it")
             if b.manifest.get("model_sha256") != model_sha256:
                 raise SinfError(
                     f"bundle {root} was built from different weights of {model}; choose another --out folder "

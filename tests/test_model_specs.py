@@ -259,6 +259,30 @@ def test_bundles_match_a_spec_without_its_class_count(tmp_path):
         Bundle.open(tmp_path / "b", model="torchvision:resnet18@4")
     with pytest.raises(SinfError, match="not 'timm:resnet18'"):
         Bundle.open(tmp_path / "b", model="timm:resnet18")
+    # one default folder per spec (torchvision-resnet18): a build for another class count is told what to do
+    with pytest.raises(SinfError, match="not 'torchvision:resnet18@4'; choose another --out folder or delete it"):
+        Bundle.open_or_create(tmp_path / "b", "torchvision:resnet18@4", "0" * 64)
+
+
+def test_a_subgraph_file_rebuilds_on_its_canonical_spec_alone(tmp_path):
+    from sinf_core.subgraph import SubgraphSpec, build_subgraph, load_subgraph_weights, save_subgraph_weights
+
+    torch.manual_seed(0)
+    model = build_model("torchvision:resnet18@3").eval()
+    names = model.unit_names()
+    tap = names[len(names) // 2]
+    after = [l for l in model.prunable_layers() if l.unit > model.unit_index(tap)]
+    assert after
+    spec = SubgraphSpec("torchvision:resnet18@3", tap, {l.name: list(range(0, l.channels, 2)) for l in after}, [0, 2])
+    sub = build_subgraph(model, spec)
+    path = save_subgraph_weights(tmp_path / "k.safetensors", sub, spec)
+    loaded, spec2 = load_subgraph_weights(path)  # no base model at hand: built from "torchvision:resnet18@3"
+    assert spec2 == spec
+    with torch.no_grad():
+        h = model.forward_stem(torch.randn(2, 3, 32, 32), tap)
+        out = loaded(h)
+        assert torch.equal(out, sub(h)) and out.shape == (2, 3)  # the restricted head: -inf off its classes
+        assert torch.isinf(out[:, 1]).all() and torch.isfinite(out[:, [0, 2]]).all()
 
 
 def test_a_subgraph_file_never_makes_sinf_import_a_callable(tmp_path):

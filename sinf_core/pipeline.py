@@ -161,12 +161,15 @@ def build_bundle(
     calib_stats = ActivationStats.from_tensors(bundle.tensors("stats_calib.safetensors"))
 
     # 3. clusters: hierarchy, Ward on prototypes, spectral on the calibration confusion; UMAP maps
+    # data-driven clusters: k of them, or as many as the hierarchy has when the data set has no more than k classes
+    k = s.k if s.k < exp.hierarchy.num_classes else exp.hierarchy.num_clusters
+
     def clusters_step() -> dict:
         h = exp.hierarchy
         out = {"hierarchy": {"k": h.num_clusters, "assignment": list(h.cluster_of_class)}}
         for method in ("ward", "spectral"):
-            found = cluster_classes(method, h.class_names, s.k, h, stats, calib_stats)
-            out[method] = {"k": s.k, "assignment": list(found.cluster_of_class), "ari": round(adjusted_rand(found, h), 4)}
+            found = cluster_classes(method, h.class_names, k, h, stats, calib_stats)
+            out[method] = {"k": k, "assignment": list(found.cluster_of_class), "ari": round(adjusted_rand(found, h), 4)}
         prog("UMAP maps", 0, 1)
         maps = cluster_maps(stats)
         out["umap_classes"] = np.asarray(maps["classes"]).round(4).tolist()
@@ -175,7 +178,7 @@ def build_bundle(
                                    "labels": np.asarray(maps["sample_labels"]).tolist()}
         return {"clusters.json": out}
 
-    run("clusters", {"stats": k_stats, "k": s.k}, clusters_step)
+    run("clusters", {"stats": k_stats, "k": k}, clusters_step)
 
     # 4. filter overlap and the depth profile
     run("overlap", {"stats": k_stats, "q": s.q},

@@ -25,9 +25,9 @@ from typing import Any, Mapping, Sequence
 
 from .errors import SinfError
 
-MODES = ("base", "sinf", "exit", "cascade", "static", "select")
+MODES = ("base", "reference", "sinf", "exit", "cascade", "static", "select")
 MODE_LABELS = {
-    "base": "base model", "sinf": "SINF (router + subgraphs)", "exit": "early exit", "cascade": "cascade (exit, route, fall back)",
+    "base": "base model", "reference": "PyTorch float32 base (the reference of a runtime benchmark)", "sinf": "SINF (router + subgraphs)", "exit": "early exit", "cascade": "cascade (exit, route, fall back)",
     "static": "static pruning (same expected FLOPs)", "select": "network selection (cheaper networks first)",
 }
 METRICS = ("top1", "latency_ms_bs1", "throughput_ips", "flops", "params")
@@ -37,6 +37,18 @@ COLUMNS = [
     ("throughput_ips", "throughput (img/s)"), ("throughput_ratio", "throughput vs base (x)"),
     ("flops", "FLOPs per image"), ("flops_ratio", "FLOPs vs base"), ("params", "parameters"),
 ]
+# a runtime benchmark also shows every contender against the PyTorch float32 base it ran beside
+REFERENCE_COLUMNS = [("throughput_vs_reference", "throughput vs PyTorch fp32 (x)"),
+                     ("latency_vs_reference", "bs=1 vs PyTorch fp32 (x)")]
+
+
+def table_columns(bench: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The table's (key, label) columns: ``COLUMNS``, and after the throughput ratio the ratios against the
+    PyTorch float32 reference when the benchmark ran on another runtime or precision."""
+    if not isinstance(bench.get("reference"), Mapping):
+        return list(COLUMNS)
+    at = [k for k, _ in COLUMNS].index("throughput_ratio") + 1
+    return COLUMNS[:at] + REFERENCE_COLUMNS + COLUMNS[at:]
 
 
 def bench_modes(bench: Mapping[str, Any]) -> dict[str, dict]:
@@ -55,6 +67,7 @@ def bench_modes(bench: Mapping[str, Any]) -> dict[str, dict]:
 
 
 BENCH_FORMAT = "sinf-bench"  # the marker `sinf bench --json` writes (sinf_core.bench.BENCH_FORMAT)
+RUNTIME_FORMAT = f"{BENCH_FORMAT}-runtime"  # `sinf bench --backend B --precision P` (sinf_core.runtime_bench)
 # keys of a mode that, when present and not null, must be finite numbers (the table and the figures use them)
 MODE_NUMBERS = METRICS + ("latency_speedup", "throughput_ratio", "flops_ratio", "top1_delta", "calib_top1",
                           "calib_flops")
@@ -100,8 +113,8 @@ def load_bench(obj: Any) -> dict:
     marker = obj.get("format")
     if marker is None:
         raise SinfError(f"the benchmark has no 'format' marker (expected {BENCH_FORMAT!r}, as `sinf bench --json` writes)")
-    if marker != BENCH_FORMAT:
-        raise SinfError(f"the benchmark's format is {marker!r}, expected {BENCH_FORMAT!r}")
+    if marker not in (BENCH_FORMAT, RUNTIME_FORMAT):
+        raise SinfError(f"the benchmark's format is {marker!r}, expected {BENCH_FORMAT!r} or {RUNTIME_FORMAT!r}")
     version = obj.get("version")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
         raise SinfError(f"the benchmark's version is {version!r}, not an integer")
@@ -182,8 +195,14 @@ def info_text(bench: Mapping[str, Any]) -> str:
 
 
 def report_title(bench: Mapping[str, Any]) -> str:
-    """The report's title, named after the benchmark's own model."""
-    return f"SINF speed-up report: {bench_info(bench)['model']}"
+    """The report's title, named after the benchmark's own model (and its runtime, when not PyTorch float32)."""
+    i = bench_info(bench)
+    runtime = "" if _is_torch_fp32(i) else f" on {i['backend']} {i['precision']}"
+    return f"SINF speed-up report: {i['model']}{runtime}"
+
+
+def _is_torch_fp32(info: Mapping[str, Any]) -> bool:
+    return info["backend"] == "torch" and info["precision"] in ("float32", "fp32")
 
 
 def model_warning(bench: Mapping[str, Any], selected: str | None) -> str | None:
@@ -221,10 +240,18 @@ def bench_table(bench: Mapping[str, Any]) -> list[dict]:
     when recorded) and ``flops_ratio`` (mode / base)."""
     modes = bench_modes(bench)
     base = {k: _num(modes["base"].get(k)) for k in METRICS}
+    # against the PyTorch float32 base: a runtime benchmark's reference, or the base of a PyTorch float32 one
+    ref = modes.get("reference") or (modes["base"] if _is_torch_fp32(bench_info(bench)) else None)
+    ref_ips = None if ref is None else _num(ref.get("throughput_ips"))
+    ref_ms = None if ref is None else _num(ref.get("latency_ms_bs1"))
     rows = []
     for name, m in modes.items():
         v = {k: _num(m.get(k)) for k in METRICS}
+        paired_ref = _num(m.get("throughput_ratio_vs_reference")) or (
+            _num(m.get("throughput_ratio")) if ref is modes["base"] else None)
         rows.append({
+            "throughput_vs_reference": paired_ref or _ratio(v["throughput_ips"], ref_ips),
+            "latency_vs_reference": _num(m.get("latency_speedup_vs_reference")) or _ratio(ref_ms, v["latency_ms_bs1"]),
             "mode": name, **v,
             "delta_top1": None if v["top1"] is None or base["top1"] is None else v["top1"] - base["top1"],
             # the benchmark's own ratios (medians of paired, interleaved runs) where it recorded them
@@ -315,8 +342,8 @@ def target_text(bench: Mapping[str, Any]) -> str | None:
 def subgraph_text(bench: Mapping[str, Any]) -> str | None:
     """One sentence on how the subgraphs were made: score, removed channels, BatchNorm statistics."""
     opts = bench.get("options")
-    if not isinstance(opts, Mapping):
-        return None
+    if not isinstance(opts, Mapping) or bench.get("format") == RUNTIME_FORMAT:
+        return None  # a runtime benchmark runs the subgraphs of its bundle's PyTorch benchmark
     n = opts.get("bn_samples") or 0
     return (f"Subgraphs: filter score {bench.get('subgraph_score', opts.get('score'))}; removed channels "
             + ("replaced by their mean activation" if opts.get("fill") == "mean" else "set to zero")
@@ -346,7 +373,7 @@ def fmt(key: str, v: Any) -> str:
         return f"{f:+.2f}"
     if key in ("latency_ms_bs1",):
         return f"{f:.2f}"
-    if key in ("latency_speedup", "throughput_ratio"):
+    if key in ("latency_speedup", "throughput_ratio", "throughput_vs_reference", "latency_vs_reference"):
         return f"{f:.2f}x"
     if key == "flops_ratio":
         return f"{100 * f:.1f} %"
@@ -363,7 +390,8 @@ def fmt(key: str, v: Any) -> str:
 # decimals of each table column in the CSV / JSON exports: 2 for top-1 and points, 4 for ratios and
 # milliseconds (as `sinf bench` records them), 1 for images per second, whole FLOPs and parameters
 DECIMALS = {"top1": 2, "delta_top1": 2, "latency_ms_bs1": 4, "latency_speedup": 4, "throughput_ips": 1,
-            "throughput_ratio": 4, "flops": 0, "flops_ratio": 4, "params": 0}
+            "throughput_ratio": 4, "throughput_vs_reference": 4, "latency_vs_reference": 4, "flops": 0,
+            "flops_ratio": 4, "params": 0}
 
 
 def round_value(key: str, v: Any) -> Any:
@@ -385,10 +413,11 @@ def rounded_table(bench: Mapping[str, Any]) -> list[dict]:
 def to_csv(bench: Mapping[str, Any]) -> str:
     """The table as CSV (numbers rounded by ``round_value``, one row per mode, header = column keys)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=[k for k, _ in COLUMNS], lineterminator="\n")
+    cols = table_columns(bench)
+    w = csv.DictWriter(buf, fieldnames=[k for k, _ in cols], lineterminator="\n")
     w.writeheader()
     for r in rounded_table(bench):
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k, _ in COLUMNS})
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k, _ in cols})
     return buf.getvalue()
 
 
@@ -430,9 +459,10 @@ def to_html(bench: Mapping[str, Any], title: str | None = None, subtitle: str = 
     the hardware, the figures. ``title`` defaults to ``report_title(bench)`` (the benchmark's model)."""
     title = report_title(bench) if title is None else title
     rows = bench_table(bench)
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in COLUMNS)
+    cols = table_columns(bench)
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt(k, r.get(k)))}</td>" for k, _ in COLUMNS) + "</tr>" for r in rows)
+        "<tr>" + "".join(f"<td>{html.escape(fmt(k, r.get(k)))}</td>" for k, _ in cols) + "</tr>" for r in rows)
     parts = []
     for i, fig in enumerate(figures(bench)):
         parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False,
@@ -483,10 +513,11 @@ def to_markdown(bench: Mapping[str, Any], title: str | None = None, front_rows: 
     calibration), the target sentence, each mode's Pareto front (calibration) and the hardware. ``title``
     defaults to ``report_title(bench)``."""
     lines = [f"# {report_title(bench) if title is None else title}", ""]
-    head = [label for _, label in COLUMNS]
+    cols = table_columns(bench)
+    head = [label for _, label in cols]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in bench_table(bench):
-        lines.append("| " + " | ".join(fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(fmt(k, r.get(k)) for k, _ in cols) + " |")
     lines.append("")
     for t in (target_text(bench), subgraph_text(bench)):
         if t:

@@ -93,7 +93,7 @@ BAD = [
     (("base",), ..., "the benchmark has no 'base' mode with top1 / latency_ms_bs1 / throughput_ips / flops / params"),
     (("base",), "fast", "mode 'base' must be an object, not a string"),
     (("format",), ..., "the benchmark has no 'format' marker (expected 'sinf-bench', as `sinf bench --json` writes)"),
-    (("format",), "sinf-grid", "the benchmark's format is 'sinf-grid', expected 'sinf-bench'"),
+    (("format",), "sinf-grid", "the benchmark's format is 'sinf-grid', expected 'sinf-bench' or 'sinf-bench-runtime'"),
     (("version",), "1", "the benchmark's version is '1', not an integer"),
     (("model",), ..., "the benchmark does not name its model ('model' is None, expected a non-empty string)"),
     (("model",), 56, "the benchmark does not name its model ('model' is 56, expected a non-empty string)"),
@@ -271,7 +271,7 @@ def test_page_shows_the_bundles_own_benchmark_without_a_warning(monkeypatch, tmp
      "bad.json is not a SINF benchmark: mode 'exit': throughput_ips is nan, not a finite number"),
     (b"[1, 2, 3]", "bad.json is not a SINF benchmark: a benchmark must be a JSON object, not a list"),
     (json.dumps({**load(VGG), "format": "sinf-grid"}).encode(),
-     "bad.json is not a SINF benchmark: the benchmark's format is 'sinf-grid', expected 'sinf-bench'"),
+     "bad.json is not a SINF benchmark: the benchmark's format is 'sinf-grid', expected 'sinf-bench' or 'sinf-bench-runtime'"),
     (b"\xff\xfe", "bad.json is not a JSON file"),
 ], ids=["string top1", "NaN throughput", "list", "format", "not utf-8"])
 def test_page_shows_bad_files_as_an_error_box(monkeypatch, tmp_path, data, message):
@@ -300,3 +300,22 @@ def test_page_reports_a_bad_bundle_benchmark(monkeypatch, tmp_path):
     assert errors == ["The bundle's benchmark (bench.json) cannot be read: mode 'base': top1 is 'high', "
                       "not a finite number"], errors
     assert not at.dataframe and "sinf bench cifar100_resnet56 --json" in "\n".join(c.value for c in at.code)
+
+
+def test_a_runtime_benchmark_is_reported_against_both_bases():
+    """`sinf bench --backend openvino --precision int8` output: titled with its runtime, the PyTorch float32
+    reference as a row, and each contender's ratios against the runtime's own base and against the reference."""
+    bench = report.load_bench(load(REPO / "tests" / "data" / "runtime_bench_cifar100_vgg16_bn_sinf.json"))
+    assert report.report_title(bench) == "SINF speed-up report: cifar100_vgg16_bn_sinf on openvino int8"
+    rows = {r["mode"]: r for r in report.bench_table(bench)}
+    assert list(rows)[:2] == ["base", "reference"]
+    assert rows["exit"]["throughput_ratio"] == bench["exit"]["throughput_ratio"]  # vs the int8 base (paired)
+    assert rows["exit"]["throughput_vs_reference"] == bench["exit"]["throughput_ratio_vs_reference"]
+    assert rows["reference"]["throughput_vs_reference"] == 1.0
+    md = report.to_markdown(bench, report.report_title(bench))
+    assert "throughput vs PyTorch fp32 (x)" in md and "| reference |" in md and "filter score" not in md
+    assert "throughput_vs_reference" in report.to_csv(bench).splitlines()[0]
+    # a PyTorch float32 benchmark keeps its table as published
+    assert report.table_columns(load(VGG)) == report.COLUMNS
+    with pytest.raises(SinfError, match="expected 'sinf-bench' or 'sinf-bench-runtime'"):
+        report.load_bench({**bench, "format": "other"})

@@ -64,7 +64,7 @@ for col, r in zip(cols, [r for r in rows if r["mode"] != "base"]):
                delta=None if r.get("delta_top1") is None else f"{r['delta_top1']:+.2f} points top-1",
                delta_color="normal", border=True, help=report.MODE_LABELS.get(r["mode"], r["mode"]))
 
-table = pd.DataFrame([{label: report.fmt(k, r.get(k)) for k, label in report.COLUMNS} for r in rows])
+table = pd.DataFrame([{label: report.fmt(k, r.get(k)) for k, label in report.table_columns(bench)} for r in rows])
 st.dataframe(table, hide_index=True, key="bench_table", column_config=ui.full_width_columns(table))
 target = report.target_text(bench)
 if target:

@@ -55,6 +55,22 @@ def real_env(tmp_path_factory):
             os.environ[k] = v
 
 
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``sinf ARGV`` in-process: (exit code, stdout, stderr); argparse's SystemExit becomes the code."""
+    import contextlib
+    import io
+
+    from sinf_core.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
 def make_tiny_dataset(n_per_class: int = 20, seed: int = 0, size: int = 32) -> ImageDataset:
     """6 classes in 3 clusters of 2; each class has its own colour/stripe pattern plus noise."""
     g = torch.Generator().manual_seed(seed)

@@ -1,26 +1,17 @@
 """`sinf build` and `sinf bench` end to end on models SINF never hand-wrote: torchvision resnet18 and
 mobilenet_v2 and a timm resnet, named by their usual specs, on a tiny synthetic image folder."""
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli as _run
+
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 CLUSTERS = {"warm": ["red", "orange"], "cool": ["blue", "teal"], "grey": ["black", "white"]}
-
-
-def _run(argv):
-    from sinf_core.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,11 @@
 """The `sinf` command line: every help page renders, and bad input gives one clear message, no traceback."""
 
-import contextlib
-import io
 
 import pytest
 
+from conftest import run_cli as _run
 from sinf_core.cli import build_parser, main
 from sinf_core.commands import COMMAND_MODULES
-
-
-def _run(argv: list[str]) -> tuple[int, str, str]:
-    """``sinf ARGV`` in-process: (exit code, stdout, stderr); argparse's SystemExit becomes the code."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _subcommands() -> list[str]:

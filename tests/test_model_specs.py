@@ -3,31 +3,18 @@ output per class of the data set, weights from --checkpoint. Tiny and offline (n
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import sys
 
 import pytest
 import torch
 
+from conftest import run_cli as _run
 from sinf_core.errors import SinfError
 from sinf_core.models import build_model, get_entry, load_model, model_for_classes, parse_spec, same_model
 from sinf_core.models.specs import ModelSpec, folder_name
 
 CLASSES = ["cat", "dog", "eel"]
-
-
-def _run(argv: list[str]) -> tuple[int, str, str]:
-    from sinf_core.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -57,15 +57,7 @@ def _scope(node: fx.Node, depth: int) -> str:
     return stack[depth - 1] if len(stack) >= depth else ""
 
 
-class _Segment:
-    """Nodes of one unit (or the head), in graph order."""
-
-    def __init__(self, nodes: list[fx.Node]):
-        self.nodes = nodes
-
-    @property
-    def last(self) -> fx.Node:
-        return self.nodes[-1]
+Segment = list  # the nodes of one unit (or of the head), in graph order
 
 
 class GraphModel(SinfModel):
@@ -109,7 +101,7 @@ class GraphModel(SinfModel):
         self._prunable = self._find_prunable(segments)
 
     # ------------------------------------------------------------------------------ graph splitting
-    def _split(self, depth: int) -> tuple[list[tuple[str, _Segment]], _Segment]:
+    def _split(self, depth: int) -> tuple[list[tuple[str, Segment]], Segment]:
         nodes = [n for n in self._graph.nodes if n.op not in ("placeholder", "output")]
         inputs = [n for n in self._graph.nodes if n.op == "placeholder"]
         if len(inputs) != 1:
@@ -171,35 +163,36 @@ class GraphModel(SinfModel):
                 name = convs[0]
             if any(name == n for n, _ in out):
                 name = f"{name}@{len(out)}"
-            out.append((name, _Segment(seg)))
-        return out, _Segment(head)
+            out.append((name, seg))
+        return out, head
 
-    def _graph_module(self, seg: _Segment) -> fx.GraphModule:
+    def _graph_module(self, seg: Segment) -> fx.GraphModule:
         """A GraphModule running ``seg``'s nodes on one input (the previous unit's output)."""
         g = fx.Graph()
-        first_inputs = [a for n in seg.nodes for a in n.all_input_nodes if a not in set(seg.nodes)]
+        inside = set(seg)
+        first_inputs = [a for n in seg for a in n.all_input_nodes if a not in inside]
         if len(set(first_inputs)) != 1:
             raise SinfError(f"{self.source_type}: internal error, a unit reads {len(set(first_inputs))} outside values")
         env = {first_inputs[0]: g.placeholder("x")}
-        for n in seg.nodes:
+        for n in seg:
             env[n] = g.node_copy(n, lambda a: env[a])
-        g.output(env[seg.last])
+        g.output(env[seg[-1]])
         return fx.GraphModule(self, g)
 
-    def _find_classifier(self, head: _Segment) -> nn.Linear:
+    def _find_classifier(self, head: Segment) -> nn.Linear:
         named = dict(self.named_modules())
-        linears = [n for n in head.nodes if n.op == "call_module" and isinstance(named.get(n.target), nn.Linear)]
+        linears = [n for n in head if n.op == "call_module" and isinstance(named.get(n.target), nn.Linear)]
         if not linears:
             raise SinfError(f"{self.source_type}: the head (after the last convolution) has no nn.Linear classifier")
         last = linears[-1]
-        after = head.nodes[head.nodes.index(last) + 1 :]
+        after = head[head.index(last) + 1 :]
         if after:
             raise SinfError(f"{self.source_type}: the classifier {last.target!r} is not the network's last step "
                             f"(then: {', '.join(str(n.target) for n in after[:3])})")
         return named[last.target]
 
     # ------------------------------------------------------------------------------ prunable layers
-    def _find_prunable(self, segments: list[tuple[str, _Segment]]) -> list[PrunableLayer]:
+    def _find_prunable(self, segments: list[tuple[str, Segment]]) -> list[PrunableLayer]:
         named = dict(self.named_modules())
         calls: dict[str, int] = {}
         for n in self._graph.nodes:
@@ -207,7 +200,7 @@ class GraphModel(SinfModel):
                 calls[n.target] = calls.get(n.target, 0) + 1
         out = []
         for u, (_, seg) in enumerate(segments):
-            for node in seg.nodes:
+            for node in seg:
                 conv = named.get(node.target) if node.op == "call_module" else None
                 if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or calls[node.target] != 1:
                     continue

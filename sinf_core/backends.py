@@ -25,7 +25,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .engine import EXIT, FALLBACK, MODES, ROUTE, InferenceResult, exit_decision, group_spans, route_decision
+from .engine import (EXIT, FALLBACK, MODES, ROUTE, InferenceResult, exit_decision, group_spans, merge_routes,
+                     route_decision)
 from .errors import SinfError
 from .export import RoutedModel, read_manifest, routing_info
 
@@ -263,12 +264,7 @@ class RuntimeInference:
             hr = h if rest is None else h[rest.numpy()]
             rconf, rcls = _softmax_max(self.sessions["route"](hr), self.route_T)
             g = route_decision(rconf, rcls, self.gamma, self.has_sub)
-            if rest is None:
-                group, route, route_conf = g, rcls, rconf
-            else:
-                group.index_copy_(0, rest, g)
-                route.index_copy_(0, rest, rcls)
-                route_conf.index_copy_(0, rest, rconf)
+            group, route, route_conf = merge_routes((group, route, route_conf), rest, (g, rcls, rconf))
         return h, group, route, route_conf, exit_conf, exit_pred
 
     # -- the back: grouped sessions -------------------------------------------------------------

@@ -88,6 +88,17 @@ def route_decision(route_conf: torch.Tensor, route_cls: torch.Tensor, gamma: flo
     return torch.where(routed & has_sub[route_cls], route_cls, torch.full_like(route_cls, K))
 
 
+def merge_routes(front: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rest: torch.Tensor | None,
+                 routed: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(group, route, route confidence) [N] after the router's decision ``routed`` (its group, cluster and
+    confidence for the inputs ``rest``; None: for all of them) is written into ``front``, in place."""
+    if rest is None:
+        return routed
+    for whole, part in zip(front, routed):
+        whole.index_copy_(0, rest, part)
+    return front
+
+
 def group_spans(group: torch.Tensor, K: int) -> tuple[torch.Tensor, list[int], list[int]]:
     """Groups 0..K-1 (clusters), K (fallback), K+1 (exit) as (order: input indices sorted by group,
     stably; counts per group; starts: group g's inputs are ``order[starts[g]:starts[g + 1]]``)."""
@@ -302,12 +313,7 @@ class SemanticInference:
                 probs = self.router.proba(hr)
                 rconf, rcls = probs.max(1)
                 g = route_decision(rconf, rcls, self.gamma, self._has_sub)
-                if rest is None:
-                    group, route, route_conf = g, rcls, rconf
-                else:
-                    group.index_copy_(0, rest, g)
-                    route.index_copy_(0, rest, rcls)
-                    route_conf.index_copy_(0, rest, rconf)
+                group, route, route_conf = merge_routes((group, route, route_conf), rest, (g, rcls, rconf))
         return h, group, route, route_conf, exit_conf, exit_logits
 
     # -- the back: grouped subgraphs ------------------------------------------------------

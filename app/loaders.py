@@ -37,7 +37,7 @@ from .session import Source
 def _open_experiment(model: str, checkpoint: str | None, dataset: str | None):
     from sinf_core.experiment import open_experiment
 
-    exp = open_experiment(model, dataset=dataset, checkpoint=checkpoint, device="cpu")
+    exp = open_experiment(model, dataset=dataset, checkpoint=checkpoint)  # the default Runtime: picked once, here
     exp.model.eval()
     return exp
 
@@ -214,7 +214,7 @@ def stats(src: Source):
         fit = exp.splits.fit
         progress = Progress("Activation statistics over the fit split (once; cached on disk)")
         try:
-            s, _, _ = cached_stats(src.model, exp.model, exp.train, "fit", indices=fit, batch_size=250,
+            s, _, _ = cached_stats(src.model, exp.model, exp.train, "fit", indices=fit, rt=exp.runtime,
                                    feature_sample=2000, on_batch=counter(progress, len(fit)))
         finally:
             progress.close()
@@ -235,7 +235,7 @@ def calib_stats(src: Source):
         calib = exp.calib_data()
         progress = Progress("Statistics over the calibration split (once; cached on disk)")
         try:
-            s, _, _ = cached_stats(src.model, exp.model, calib, "calib", batch_size=250, feature_sample=0,
+            s, _, _ = cached_stats(src.model, exp.model, calib, "calib", rt=exp.runtime, feature_sample=0,
                                    on_batch=counter(progress, len(calib)))
         finally:
             progress.close()
@@ -376,7 +376,7 @@ def scores(src: Source, method: str) -> dict[int, dict[str, torch.Tensor]]:
         progress = Progress(f"Filter scores: {SCORE_LABELS.get(method, method)} for every cluster (once)")
         try:
             table = compute_all_scores([method], exp.model, None, exp.fit_data(), h, stats=stats(src),
-                                       batch_size=250, on_progress=lambda s, d, n: progress(d, n, s))
+                                       rt=exp.runtime, on_progress=lambda s, d, n: progress(d, n, s))
         finally:
             progress.close()
         return {int(m): {k: v.float() for k, v in layer.items()} for m, layer in table[method].items() if m is not None}

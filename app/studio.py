@@ -201,7 +201,8 @@ def calibration_outputs(src: Source, tap: str):
         progress = Progress(f"Stem, base model and heads over the calibration split at {tap} (once)")
         try:
             return compute_calibration_outputs(exp.model, calib, tap, exp.hierarchy, hd["route"].get(tap),
-                                               hd["exit"].get(tap), on_batch=state.counter(progress, len(calib)))
+                                               hd["exit"].get(tap), exp.runtime,
+                                               on_batch=state.counter(progress, len(calib)))
         finally:
             progress.close()
 
@@ -288,7 +289,7 @@ def evaluation(src: Source, cfg: dict) -> dict:
         sp = specs(src, cfg)
         with st.spinner("Running the subgraphs' tails over the calibration split ..."):
             return evaluate_schedule(exp.model, sp, calibration_outputs(src, cfg["tap"]), exp.hierarchy,
-                                     costs(src), float(cfg["r_M"]), float(cfg["r_L"]), routed=routed,
+                                     costs(src), float(cfg["r_M"]), float(cfg["r_L"]), exp.runtime, routed=routed,
                                      built=_take_built(src, cfg, sp))
 
     return memo((src.key, "evaluation", _cfg_key(cfg, SPEC_KEYS), routed, step_key(src, "scores"),
@@ -321,7 +322,8 @@ def tap_profile(src: Source, tap: str) -> dict:
         net = inference_base(src)
         t = exp.model.unit_index(tap)
         x = prepare_images(state.experiment(src).calib_data().images[:256], src)
-        tp = interleaved_throughput({"full": lambda z: net(z), "stem": lambda z: net.forward_stem(z, t)}, x, reps=5)
+        tp = interleaved_throughput({"full": lambda z: net(z), "stem": lambda z: net.forward_stem(z, t)}, x, reps=5,
+                                    device=exp.device)
         full, front = tp["full"]["median_s"], tp["stem"]["median_s"]
         return {"flops_after": tail.flops / (stem.flops + tail.flops), "time_after": max(0.0, 1.0 - front / full),
                 "stem_flops": stem.flops, "tail_flops": tail.flops, "full_ms": 1000 * full, "stem_ms": 1000 * front}
@@ -331,24 +333,24 @@ def tap_profile(src: Source, tap: str) -> dict:
 
 # ==================================================================================== inference
 def prepare_images(images_u8: torch.Tensor, src: Source) -> torch.Tensor:
-    """uint8 images -> what the base model takes (normalised, channels_last): the same pre-processing
-    the engine does inside ``run``."""
+    """uint8 images -> what the base model takes (on the runtime's device, normalised, in its layout):
+    the same pre-processing the engine does inside ``run``."""
     from sinf_core.data import normalise
 
     exp = state.experiment(src)
-    return normalise(images_u8, exp.train.mean, exp.train.std).contiguous(memory_format=torch.channels_last)
+    return exp.runtime.inputs(normalise(images_u8.to(exp.device), exp.train.mean, exp.train.std))
 
 
-def _ready(module: torch.nn.Module) -> torch.nn.Module:
-    from sinf_core.fusion import prepare_for_inference
-
-    return prepare_for_inference(module, fold_bn=True, channels_last=True)
+def _ready(src: Source, module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` as the app runs it: on the experiment's runtime, BatchNorm folded (``Runtime.ready``,
+    the helper that readies the benchmark's contenders too)."""
+    return state.experiment(src).runtime.ready(module, fold_bn=True)
 
 
 def inference_base(src: Source) -> torch.nn.Module:
-    """The base model as the Live page runs and times it: BatchNorm folded, channels_last, the same
-    helper (``fusion.prepare_for_inference``) that readies SINF's modules and the benchmark's."""
-    return memo((src.key, "inference_base"), lambda: _ready(state.experiment(src).model))
+    """The base model as the Live page runs and times it: readied like SINF's modules and the
+    benchmark's (``_ready``)."""
+    return memo((src.key, "inference_base"), lambda: _ready(src, state.experiment(src).model))
 
 
 def base_predict(src: Source):
@@ -364,7 +366,7 @@ def subgraph_modules(src: Source, cfg: dict) -> dict:
     def compute() -> dict:
         exp = state.experiment(src)
         with st.spinner("Building the pruned subgraphs ..."):
-            return {m: _ready(build_subgraph(exp.model, s)) for m, s in specs(src, cfg).items()}
+            return {m: _ready(src, build_subgraph(exp.model, s)) for m, s in specs(src, cfg).items()}
 
     return memo((src.key, "subgraphs", _cfg_key(cfg, SPEC_KEYS), step_key(src, "scores")), compute)
 
@@ -387,10 +389,10 @@ def engine(src: Source, cfg: dict):
         exp = state.experiment(src)
         subs = subgraph_modules(src, cfg) if mode != "exit" else None
         return SemanticInference(inference_base(src), None if mode == "exit" else memo(
-            (src.key, "ready_head", "route", tap, step_key(src, "studio")), lambda: _ready(route)), subs,
+            (src.key, "ready_head", "route", tap, step_key(src, "studio")), lambda: _ready(src, route)), subs,
             None if mode == "sinf" else memo((src.key, "ready_head", "exit", tap, step_key(src, "studio")),
-                                             lambda: _ready(exit_head)),
-            tap=tap, mode=mode, gamma=float(cfg["gamma"]), tau=float(cfg["tau"]), device="cpu", channels_last=True,
+                                             lambda: _ready(src, exit_head)),
+            tap=tap, mode=mode, gamma=float(cfg["gamma"]), tau=float(cfg["tau"]), rt=exp.runtime,
             input_shape=tuple(exp.train.images.shape[1:]), mean=exp.train.mean, std=exp.train.std, keep_logits=True)
 
     # one engine per thresholds too (its modules are shared): a process serves every browser session, and
@@ -407,7 +409,7 @@ def time_one_image(src: Source, eng, x_u8: torch.Tensor, calls: int = 30) -> dic
     fns = {"base": base_predict(src)}
     if eng is not None:
         fns["sinf"] = eng.run
-    lat = interleaved_latency(fns, x_u8, calls=calls, warmup=3)
+    lat = interleaved_latency(fns, x_u8, calls=calls, warmup=3, device=state.experiment(src).device)
     if eng is not None:
         lat["ratio"] = spread([a / b for a, b in zip(lat["base"]["all_ms"], lat["sinf"]["all_ms"])])
     return lat

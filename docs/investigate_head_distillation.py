@@ -21,7 +21,7 @@ distills = [float(v) for v in (sys.argv[3] if len(sys.argv) > 3 else "0,0.5,0.9"
 torch.set_num_threads(2)
 exp = open_experiment(model_name)
 calib = exp.calib_data()
-feats, base_pred = stem_features(exp.model.eval(), calib, taps, 500, exp.device)
+feats, base_pred = stem_features(exp.model.eval(), calib, taps, exp.runtime.with_(channels_last=False))
 y = calib.labels
 base_acc = 100.0 * float((base_pred == y).double().mean())
 print(f"base model, calibration top-1 {base_acc:.2f} %")
@@ -31,7 +31,7 @@ for d in distills:
     route_heads = RoutePredictor(taps=taps, max_fit_samples=50000, epochs=8, distill=d)
     fit_heads([exit_heads, route_heads], exp.model, exp.fit_data(), calib)
     for t in taps:
-        conf, pred = _head_outputs(exit_heads.heads_[t], feats[t], 500, exp.device, False)
+        conf, pred = _head_outputs(exit_heads.heads_[t], feats[t], exp.runtime)
         shares = []
         for loss in (1.0, 1.5, 2.0):
             best = 0.0

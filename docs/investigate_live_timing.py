@@ -35,7 +35,7 @@ def bench_harness(model_name: str, bundle_dir: Path) -> dict:
     from sinf_core.timing import interleaved_throughput, paired_ratios
     from sinf_core.tuning import STUDIO_HEADS, STUDIO_JSON, heads_from_tensors
 
-    exp = open_experiment(model_name, device="cpu")
+    exp = open_experiment(model_name, runtime="cpu")
     b = Bundle.open(bundle_dir, model=model_name)
     bench, info = b.json("bench.json"), b.json(STUDIO_JSON)
     heads = heads_from_tensors(b.tensors(STUDIO_HEADS), info["heads"], STUDIO_HEADS)
@@ -43,7 +43,7 @@ def bench_harness(model_name: str, bundle_dir: Path) -> dict:
     ready = lambda m: prepare_for_inference(m, fold_bn=True, channels_last=True)  # noqa: E731
     base = ready(exp.model)
     eng = SemanticInference(base, None, None, ready(heads["exit"][p["tap"]]), tap=p["tap"], mode="exit",
-                            tau=p["tau"], channels_last=True)
+                            tau=p["tau"], rt=exp.runtime)
     calib = exp.calib_data()
     pool = normalise(calib.images[:2048], calib.mean, calib.std)
 

@@ -19,7 +19,7 @@ tap = sys.argv[2] if len(sys.argv) > 2 else "layer3.0"
 methods = sys.argv[3].split(",") if len(sys.argv) > 3 else ["dcs_lda", "mean_act", "chip", "l1"]
 splits = sys.argv[4].split(",") if len(sys.argv) > 4 else ["calib", "report"]
 torch.set_num_threads(1)
-exp = open_experiment(model_name, device="cpu")
+exp = open_experiment(model_name, runtime="cpu")
 m = exp.model.eval()
 b = Bundle.open(default_bundle_dir(model_name), model=model_name)
 stats = ActivationStats.from_tensors(b.tensors("stats.safetensors"))
@@ -32,7 +32,7 @@ if missing:  # scores the bundle was built without (e.g. dcs_std, std): same opt
     from sinf_core.scores import compute_all_scores
 
     extra = compute_all_scores(missing, m, None, exp.fit_data(), exp.hierarchy, stats,
-                               {"max_per_class": 30}, batch_size=256)
+                               {"max_per_class": 30}, rt=exp.runtime)
 for meth in methods:
     scores = load_scores(b, meth) if meth in held else extra[meth]
     for r in (0.1, 0.3, 0.5, 0.7, 0.9):
@@ -40,8 +40,8 @@ for meth in methods:
             specs = make_cluster_specs(m, model_name, tap, scores, exp.hierarchy, 0.05, r,
                                        fill_stats=stats if fill == "mean" else None)
             for split in splits:
-                res = evaluate_cluster_subgraphs(m, specs, data[split], exp.hierarchy, 256, torch.device("cpu"),
-                                                 False, stem_cache=caches[split])
+                res = evaluate_cluster_subgraphs(m, specs, data[split], exp.hierarchy, exp.runtime,
+                                                 stem_cache=caches[split])
                 out.setdefault(meth, {}).setdefault(fill, {}).setdefault(split, {})[r] = round(res["mean"]["accuracy"], 2)
         print(meth, r, {f: {s: out[meth][f][s][r] for s in splits} for f in ("zero", "mean")}, flush=True)
 print(json.dumps(out, indent=1))

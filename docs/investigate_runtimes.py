@@ -89,7 +89,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
     t_start = time.perf_counter()
-    exp = open_experiment(args.model, device="cpu")
+    exp = open_experiment(args.model, runtime="cpu")
     bundle = Bundle.open(args.bundle or shipped_bundle_dir(args.model), model=args.model)
     bench = bundle.json("bench.json")
     bs, pool_n = int(bench["options"]["batch_size"]), int(bench["options"]["pool"])

@@ -55,8 +55,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    big = open_experiment("cifar100_resnet56", device="cpu")
-    small = open_experiment("cifar100_resnet20", device="cpu")
+    big = open_experiment("cifar100_resnet56", runtime="cpu")
+    small = open_experiment("cifar100_resnet20", runtime="cpu")
     for split in ("calib", "report"):
         a, b = getattr(big.splits, split), getattr(small.splits, split)
         assert (a == b).all(), f"the two models' {split} splits differ"
@@ -82,7 +82,7 @@ def main() -> None:
     heads = heads_from_tensors(b.tensors(STUDIO_HEADS), info["heads"], STUDIO_HEADS)
     p = bench["exit"]["operating_point"]
     exit_eng = SemanticInference(m56, None, None, ready(heads["exit"][p["tap"]]), tap=p["tap"], mode="exit",
-                                 tau=p["tau"], channels_last=True)
+                                 tau=p["tau"], rt=big.runtime)
 
     out = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "loadavg_start": os.getloadavg(),
            "gate_temperature": gate.temperature, "flops": {"resnet20": f20, "resnet56": f56},

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from .data import ImageDataset
 from .errors import SinfError
 from .models import SinfModel
+from .runtime import Runtime
 from .stats import ActivationStats, collect_stats, feature_sample_positions, is_summable_key, pass_indices
 
 
@@ -83,8 +84,7 @@ def all_reduce_stats(stats: ActivationStats, device: torch.device | str = "cpu")
 
 
 def collect_stats_sharded(model: SinfModel, dataset: ImageDataset, indices: np.ndarray | None = None,
-                          batch_size: int = 256, device: torch.device | str = "cpu", bf16: bool = False, *,
-                          feature_sample: int | np.ndarray = 0, sample_seed: int = 0, **options) -> ActivationStats:
+                          rt: Runtime | None = None, *, feature_sample: int | np.ndarray = 0, sample_seed: int = 0, **options) -> ActivationStats:
     """``collect_stats`` (the same arguments; ``options``: its ``layers`` and ``on_batch``) over this
     rank's shard of ``indices``, all-reduced: every rank returns the statistics of all of ``indices``. The
     feature subsample is chosen over all of ``indices`` before sharding, so it is the one a single process
@@ -92,6 +92,6 @@ def collect_stats_sharded(model: SinfModel, dataset: ImageDataset, indices: np.n
     idx = pass_indices(dataset, indices)
     sample = feature_sample_positions(dataset, idx, feature_sample, sample_seed)
     rank, size = world()
-    part = collect_stats(model, dataset, shard_indices(idx, rank, size), batch_size, device, bf16,
-                         feature_sample=sample, **options)
-    return all_reduce_stats(part, device)
+    rt = Runtime.resolve(rt, model)
+    part = collect_stats(model, dataset, shard_indices(idx, rank, size), rt, feature_sample=sample, **options)
+    return all_reduce_stats(part, rt.device)

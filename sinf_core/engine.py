@@ -27,11 +27,11 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from .device import autocast, pick_device
+from .device import autocast
 from .errors import SinfError
-from .fusion import prepare_for_inference
 from .models import SinfModel
 from .router import ExitPredictor, RouteHead, RoutePredictor, TapHeads
+from .runtime import Runtime
 
 MODES = ("sinf", "exit", "cascade")
 EXIT, ROUTE, FALLBACK = 0, 1, 2
@@ -149,9 +149,9 @@ class SemanticInference:
     (sequence indexed by cluster, or {cluster: module}); a module maps the stem output at the tap to
     global logits [n, classes]; a missing / None entry sends that cluster's inputs to the fallback.
     ``exit_head``: a fitted ``ExitPredictor`` (at the same tap) or a ``RouteHead``.
-    ``gamma`` / ``tau``: route / exit thresholds in [0, 1]. ``device`` is chosen once (model, heads
-    and subgraphs are moved there). ``bf16``: autocast; ``channels_last``: inputs and modules in
-    channels-last layout; ``cuda_streams``: run groups on separate CUDA streams.
+    ``gamma`` / ``tau``: route / exit thresholds in [0, 1]. ``rt``: how it runs (a ``Runtime``: device,
+    bf16 autocast, channels-last layout; default: the model's device): model, heads and subgraphs are
+    moved there once; ``cuda_streams``: run groups on separate CUDA streams.
     ``input_shape``: (C, H, W) the model expects. ``mean`` / ``std``: normalisation, needed to pass
     uint8 images. ``keep_logits``: also return the answering module's logits. ``fold_batchnorm``:
     run on copies of the model, heads and subgraphs with each conv -> BatchNorm pair folded into the
@@ -170,9 +170,7 @@ class SemanticInference:
         mode: str = "sinf",
         gamma: float = 0.5,
         tau: float = 1.0,
-        device: torch.device | str | None = None,
-        bf16: bool = False,
-        channels_last: bool = False,
+        rt: Runtime | None = None,
         cuda_streams: bool = False,
         input_shape: tuple[int, int, int] = (3, 32, 32),
         mean: Sequence[float] | None = None,
@@ -183,8 +181,9 @@ class SemanticInference:
         if mode not in MODES:
             raise SinfError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self.mode = mode
-        self.device = pick_device(None if device is None else str(device))
-        self.bf16, self.channels_last, self.keep_logits = bool(bf16), bool(channels_last), bool(keep_logits)
+        self.rt = rt = Runtime.resolve(rt, model)
+        self.device, self.bf16, self.channels_last = rt.device, rt.bf16, rt.channels_last
+        self.keep_logits = bool(keep_logits)
         self.cuda_streams = bool(cuda_streams) and self.device.type == "cuda"
         if len(input_shape) != 3:
             raise SinfError(f"input_shape must be (channels, height, width), got {input_shape}")
@@ -215,8 +214,7 @@ class SemanticInference:
         self.tap_index = model.unit_index(self.tap)
 
         self.folded = bool(fold_batchnorm)
-        ready = functools.partial(prepare_for_inference, fold_bn=self.folded, channels_last=self.channels_last,
-                                  device=self.device)
+        ready = functools.partial(rt.ready, fold_bn=self.folded)
         self.model = ready(model)
         self.router = None if router_head is None else ready(router_head)
         self.exit_head = None if exit_mod is None else ready(exit_mod)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .data import Hierarchy, ImageDataset, iterate_batches
-from .device import autocast
+from .runtime import Runtime
 
 
 @torch.inference_mode()
@@ -16,17 +16,16 @@ def collect_logits(
     model: torch.nn.Module,
     dataset: ImageDataset,
     indices: np.ndarray | None = None,
-    batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
+    rt: Runtime | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Logits [N, classes] (float32, CPU) of ``model`` over ``dataset[indices]`` in order."""
-    device = torch.device(device)
+    """Logits [N, classes] (float32, CPU) of ``model`` over ``dataset[indices]`` in order, run as ``rt``
+    says (default: the model's device)."""
+    rt = Runtime.resolve(rt, model)
     model.eval()
     out = []
-    for x, _ in iterate_batches(dataset, batch_size, indices, device):
-        with autocast(device, bf16):
+    for x, _ in iterate_batches(dataset, rt.batch_size, indices, rt.device):
+        with rt.autocast():
             out.append(model(x).float().cpu())
         if on_batch:
             on_batch(len(x))

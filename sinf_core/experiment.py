@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from .data import Hierarchy, ImageDataset, Splits, load_dataset, make_splits
-from .device import pick_device
 from .errors import SinfError
 from .models import SinfModel, get_entry, load_model, model_for_classes
 from .models.registry import check_weights_given
+from .runtime import Runtime
 
 
 @dataclass
@@ -22,7 +22,11 @@ class Experiment:
     train: ImageDataset
     test: ImageDataset
     splits: Splits
-    device: torch.device
+    runtime: Runtime  # how every pass over this experiment's data runs (device, precision, layout, batch size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
     @property
     def hierarchy(self) -> Hierarchy:
@@ -43,7 +47,7 @@ class Experiment:
 
     def with_hierarchy(self, hierarchy: Hierarchy) -> "Experiment":
         return Experiment(self.model_name, self.model, self.train.with_hierarchy(hierarchy),
-                          self.test.with_hierarchy(hierarchy), self.splits, self.device)
+                          self.test.with_hierarchy(hierarchy), self.splits, self.runtime)
 
 
 def open_experiment(
@@ -52,7 +56,7 @@ def open_experiment(
     data_dir: str | Path | None = None,
     download: bool = False,
     checkpoint: str | Path | None = None,
-    device: str | None = None,
+    runtime: Runtime | str | None = None,
     protocol: str | None = None,
 ) -> Experiment:
     """Load the model (pretrained or ``checkpoint``) and its data set, and fix the splits.
@@ -62,22 +66,24 @@ def open_experiment(
     canonical spec that records the count (``torchvision:resnet18@10``).
     ``protocol`` defaults to the model's registry entry ('pretrained' for public weights that saw all
     of train, 'heldout' for models trained here); a user checkpoint defaults to 'heldout'.
+    ``runtime``: how everything runs (a device name or None is the default Runtime on that device);
+    the model is moved to its device once, here.
     """
     entry = get_entry(model_name)
     check_weights_given(model_name, checkpoint)
     dataset = dataset or entry.dataset
     if dataset is None:
         raise SinfError(f"{model_name} is not tied to a data set: pass one (--dataset cifar100 or an image-folder path)")
-    dev = pick_device(device)
+    rt = runtime if isinstance(runtime, Runtime) else Runtime.create(runtime)
     train = load_dataset(dataset, "train", data_dir, download)
     test = load_dataset(dataset, "test", data_dir, download)
     check_splits_agree(train, test)
     model_name = model_for_classes(model_name, train.num_classes)
-    model = load_model(model_name, checkpoint=checkpoint).to(dev)
+    model = load_model(model_name, checkpoint=checkpoint).to(rt.device)
     check_model_fits_data(model, model_name, train)
     proto = protocol or ("heldout" if checkpoint else entry.protocol)
     splits = make_splits(train.labels.numpy(), test.labels.numpy(), proto)
-    return Experiment(model_name, model, train, test, splits, dev)
+    return Experiment(model_name, model, train, test, splits, rt)
 
 
 def model_outputs(model: torch.nn.Module) -> int:

@@ -40,8 +40,6 @@ class BuildSettings:
     router: dict = field(default_factory=dict)  # extra RoutePredictor parameters (epochs, max_fit_samples, ...)
     score_options: dict = field(default_factory=dict)
     stats_feature_sample: int = 2000
-    batch_size: int = 256
-    bf16: bool = False
     bench: bool = True
     bench_options: dict = field(default_factory=dict)
 
@@ -123,7 +121,8 @@ def build_bundle(
     check_fill(s.fill)
     check_bn_samples(s.bn_samples)
     prog = on_progress or (lambda stage, done, total: None)
-    model, dev = exp.model.eval(), exp.device
+    rt = exp.runtime.with_(on_progress=prog)  # how every pass of the build runs
+    model = exp.model.eval()
     fit, calib, report = exp.fit_data(), exp.calib_data(), exp.report_data()
     bundle = Bundle.open_or_create(out, exp.model_name, state_dict_sha256(model),
                                    {"dataset": exp.train.name, "protocol": exp.splits.protocol})
@@ -137,25 +136,15 @@ def build_bundle(
         log(f"{name}: {'computed' if fresh else 'cached'} in {timings[name]:.1f} s")
         return key
 
-    def counter(stage: str, total: int) -> Callable[[int], None]:
-        done = [0]
-
-        def on_batch(n: int) -> None:
-            done[0] += n
-            prog(stage, done[0], total)
-
-        return on_batch
-
     # 1. data description
     run("data", {}, lambda: {"data.json": _data_json(exp)})
 
     # 2. statistics over the fit split (and over calibration: its confusion matrix feeds spectral clusters)
-    k_stats = run("stats", {"feature_sample": s.stats_feature_sample, "bs": s.batch_size, "bf16": s.bf16}, lambda: {
-        "stats.safetensors": collect_stats(model, fit, None, s.batch_size, dev, s.bf16,
-                                           on_batch=counter("statistics (fit)", len(fit)),
+    k_stats = run("stats", {"feature_sample": s.stats_feature_sample, "bs": rt.batch_size, "bf16": rt.bf16}, lambda: {
+        "stats.safetensors": collect_stats(model, fit, None, rt, on_batch=rt.counter("statistics (fit)", len(fit)),
                                            feature_sample=s.stats_feature_sample).to_tensors(),
-        "stats_calib.safetensors": collect_stats(model, calib, None, s.batch_size, dev, s.bf16,
-                                                 on_batch=counter("statistics (calib)", len(calib))).to_tensors(),
+        "stats_calib.safetensors": collect_stats(model, calib, None, rt,
+                                                 on_batch=rt.counter("statistics (calib)", len(calib))).to_tensors(),
     })
     stats = ActivationStats.from_tensors(bundle.tensors("stats.safetensors"))
     calib_stats = ActivationStats.from_tensors(bundle.tensors("stats_calib.safetensors"))
@@ -194,8 +183,8 @@ def build_bundle(
 
         router = RoutePredictor(**router_params)
         exit_head = ExitPredictor(**{k: v for k, v in router_params.items() if k != "taps"})
-        fit_router_and_exit(router, exit_head, model, fit, calib, dev, on_progress=prog)
-        rep = router.evaluate(model, report, dev)
+        fit_router_and_exit(router, exit_head, model, fit, calib, rt, on_progress=prog)
+        rep = router.evaluate(model, report, rt)
         files = {}
         with tempfile.TemporaryDirectory() as tmp:
             for name, heads in (("router", router), ("exit", exit_head)):
@@ -212,7 +201,7 @@ def build_bundle(
     # 6. filter scores for every cluster and prunable layer (fit split)
     def scores_step() -> dict:
         tables = compute_all_scores(list(s.methods), model, None, fit, exp.hierarchy, stats, s.score_options,
-                                    batch_size=s.batch_size, device=dev, bf16=s.bf16,
+                                    rt=rt,
                                     on_progress=lambda st, d, t: prog(f"scores: {st}", d, t))
         return {f"scores_{m}.safetensors": {f"{c}|{layer}": v for c, per in tab.items() for layer, v in per.items()}
                 for m, tab in tables.items()}
@@ -221,19 +210,19 @@ def build_bundle(
 
     taps = [tap if t == "router" else t for t in s.grid_taps]
     grid_inputs = {"scores": k_scores, "router": k_router, "r_M": s.r_M, "r_L_grid": list(s.r_L_grid),
-                   "taps": list(s.grid_taps), "bf16": s.bf16, "fill": s.fill}
+                   "taps": list(s.grid_taps), "bf16": rt.bf16, "fill": s.fill}
 
     # 7. BatchNorm re-estimation on or off: decided on the calibration split (oracle routing, one score)
     from .subgraph.batchnorm import BatchNormSamples
 
     # one sample set for the decision and the grid (its stem outputs are computed lazily, once per tap)
-    samples = BatchNormSamples(model, fit, exp.hierarchy, s.bn_samples, batch_size=s.batch_size) if s.bn_samples else None
+    samples = BatchNormSamples(model, fit, exp.hierarchy, s.bn_samples, rt=rt) if s.bn_samples else None
     bn_samples = 0
     if samples is not None:
         def bn_step() -> dict:
             probe = next((m for m in s.methods if m.startswith("dcs")), s.methods[0])
             return {"bn.json": bn_decision(exp, load_scores(bundle, probe), probe, taps[0], s.r_M, s.r_L_grid,
-                                           samples, stats if s.fill == "mean" else None, s.batch_size, prog)}
+                                           samples, stats if s.fill == "mean" else None, prog)}
 
         k_bn = run("bn", {**grid_inputs, "bn_samples": s.bn_samples, "methods": list(s.methods)}, bn_step)
         decision = bundle.json("bn.json")
@@ -259,7 +248,7 @@ def build_bundle(
                     specs = make_cluster_specs(model, exp.model_name, grid_tap, scores, exp.hierarchy, s.r_M, r_L,
                                                fill_stats=stats if s.fill == "mean" else None, bn_samples=bn)
                     for split, data in (("calib", calib), ("report", report)):
-                        res = evaluate_cluster_subgraphs(model, specs, data, exp.hierarchy, s.batch_size, dev, s.bf16,
+                        res = evaluate_cluster_subgraphs(model, specs, data, exp.hierarchy, rt,
                                                          stem_cache=stem_caches[split])
                         rows.append({"tap": grid_tap, "method": m, "r_M": s.r_M, "r_L": r_L, "split": split, "fill": s.fill,
                                      "bn_samples": bn_samples,
@@ -277,14 +266,17 @@ def build_bundle(
     # 9. benchmark: operating points chosen on calibration, reported on the report split, timed side by side
     if s.bench:
         from .bench import BenchOptions, run_benchmark
+        from .bench.options import recorded_options, runtime_overrides
 
         bench_opts = {"score_options": dict(s.score_options), "fill": s.fill, "bn_samples": bn_samples,
                       **s.bench_options}
         if "score" not in s.bench_options and s.methods and not any(m.startswith("dcs") for m in s.methods):
             bench_opts["score"] = s.methods[0]  # no DCS variant built: 'auto' has nothing to choose from
         resolved = BenchOptions.from_dict(bench_opts).validate()  # a bad option fails here, before any work
-        # keyed on every option, defaults included: a changed default reruns the benchmark
-        k_bench = run("bench", {"router": k_router, "scores": k_scores, "options": resolved.to_json()},
+        # keyed on every option and on how it runs, defaults included: a changed default reruns the benchmark
+        bench_rt = exp.runtime.with_(**runtime_overrides(bench_opts))
+        k_bench = run("bench", {"router": k_router, "scores": k_scores,
+                                "options": recorded_options(resolved, bench_rt)},
                       lambda: {"bench.json": run_benchmark(exp, bundle, bench_opts, prog, log)})
 
         # 10. what SINF Studio reads at once: the benchmark's heads and calibration outputs at its points
@@ -298,7 +290,7 @@ def build_bundle(
 
 
 def bn_decision(exp: Experiment, scores, score: str, tap: str, r_M: float, r_L_grid, bn_samples, fill_stats,
-                batch_size: int = 256, prog: ProgressFn | None = None) -> dict:
+                prog: ProgressFn | None = None) -> dict:
     """Whether re-estimating the subgraphs' BatchNorm statistics helps this model, decided on the
     calibration split: oracle-routed mean per-cluster accuracy of ``score``'s subgraphs at ``tap`` over
     the r_L grid, with and without re-estimation (on VGG16-BN it rescues deep cuts; on ResNet-56,
@@ -313,8 +305,7 @@ def bn_decision(exp: Experiment, scores, score: str, tap: str, r_M: float, r_L_g
         for use, out in ((False, off), (True, on)):
             specs = make_cluster_specs(exp.model, exp.model_name, tap, scores, exp.hierarchy, r_M, r_L,
                                        fill_stats=fill_stats, bn_samples=bn_samples if use else None)
-            res = evaluate_cluster_subgraphs(exp.model, specs, calib, exp.hierarchy, batch_size, exp.device,
-                                             stem_cache=cache)
+            res = evaluate_cluster_subgraphs(exp.model, specs, calib, exp.hierarchy, exp.runtime, stem_cache=cache)
             out.append(res["mean"]["accuracy"])
         if prog:
             prog("BatchNorm re-estimation (calibration)", i + 1, len(r_L_grid))

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from .data import ImageDataset, iterate_batches
-from .device import autocast, timed
+from .device import timed
 from .errors import SinfError
 from .hooks import activations
 from .io import CACHE_ENV, cache_dir  # noqa: F401  (re-exported)
 from .models import PrunableLayer, SinfModel
+from .runtime import Runtime
 
 STATS_FORMAT = 1
 _FIXED_KEYS = ("sample_index", "sample_labels")  # identical in every part; not summed
@@ -231,9 +232,7 @@ def collect_stats(
     model: SinfModel,
     dataset: ImageDataset,
     indices: np.ndarray | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
+    rt: Runtime | None = None,
     layers: Sequence[str | PrunableLayer] | None = None,
     on_batch: Callable[[int], None] | None = None,
     feature_sample: int | np.ndarray = 0,
@@ -248,7 +247,8 @@ def collect_stats(
     for the zero fraction, and one [K, N] x [N, 3C] float64 matmul of the batch's one-hot class matrix
     with the per-image values into the class table (``index_add_`` is far slower on CPU).
     """
-    device = torch.device(device)
+    rt = Runtime.resolve(rt, model)
+    device, batch_size = rt.device, rt.batch_size
     model.eval()
     plist = _resolve_layers(model, layers)
     if not plist:
@@ -303,7 +303,7 @@ def collect_stats(
                     sel = torch.as_tensor(slots[hit], device=device)
                     state["slots"] = (sel, torch.as_tensor(hit, device=device))
                     s_seen[sel] = 1.0
-                with autocast(device, bf16):
+                with rt.autocast():
                     logits = model(x).float()
                 count.add_(onehot.sum(1))
                 pred = torch.zeros(len(pos), k, **f64)
@@ -340,16 +340,14 @@ def forward_pass(
     model: torch.nn.Module,
     dataset: ImageDataset,
     indices: np.ndarray | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
+    rt: Runtime | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> None:
     """A plain forward pass over the same batches ``collect_stats`` sees (the timing baseline)."""
-    device = torch.device(device)
+    rt = Runtime.resolve(rt, model)
     model.eval()
-    for x, _ in iterate_batches(dataset, batch_size, indices, device):
-        with autocast(device, bf16):
+    for x, _ in iterate_batches(dataset, rt.batch_size, indices, rt.device):
+        with rt.autocast():
             model(x)
         if on_batch:
             on_batch(len(x))
@@ -359,9 +357,7 @@ def time_stats_vs_forward(
     model: SinfModel,
     dataset: ImageDataset,
     indices: np.ndarray | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
+    rt: Runtime | None = None,
     chunk_batches: int = 2,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[dict, ActivationStats]:
@@ -372,23 +368,24 @@ def time_stats_vs_forward(
 
     Returns (report, stats): report has ``forward_s``, ``stats_s`` (totals), ``ratio`` (their quotient)
     and ``ratio_median`` (median over chunks)."""
-    device = torch.device(device)
+    rt = Runtime.resolve(rt, model)
+    device, batch_size = rt.device, rt.batch_size
     idx = pass_indices(dataset, indices)
     if len(idx) == 0:
         raise SinfError("nothing to time: no images selected")
     step = batch_size * max(1, chunk_batches)
     warm = idx[: min(len(idx), batch_size)]
-    forward_pass(model, dataset, warm, batch_size, device, bf16)  # warm-up, not timed
-    collect_stats(model, dataset, warm, batch_size, device, bf16)
+    forward_pass(model, dataset, warm, rt)  # warm-up, not timed
+    collect_stats(model, dataset, warm, rt)
     fwd, sts, merged = [], [], None
     for i, start in enumerate(range(0, len(idx), step)):
         chunk = idx[start : start + step]
         for which in ((0, 1) if i % 2 == 0 else (1, 0)):
             t0 = timed(device)
             if which == 0:
-                forward_pass(model, dataset, chunk, batch_size, device, bf16)
+                forward_pass(model, dataset, chunk, rt)
             else:
-                part = collect_stats(model, dataset, chunk, batch_size, device, bf16)
+                part = collect_stats(model, dataset, chunk, rt)
                 merged = part if merged is None else merged.merge(part)
             (fwd if which == 0 else sts).append(timed(device) - t0)
         if on_batch:
@@ -402,7 +399,7 @@ def time_stats_vs_forward(
         "ratio": round(sum(sts) / sum(fwd), 3),
         "ratio_median": round(float(np.median(np.array(sts) / np.array(fwd))), 3),
         "threads": torch.get_num_threads(),
-        "bf16": bool(bf16),
+        "bf16": rt.bf16,
     }
     return report, merged
 
@@ -470,9 +467,7 @@ def cached_stats(
     dataset: ImageDataset,
     split: str,
     indices: np.ndarray | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
+    rt: Runtime | None = None,
     feature_sample: int = 2000,
     refresh: bool = False,
     on_batch: Callable[[int], None] | None = None,
@@ -481,7 +476,8 @@ def cached_stats(
 ) -> tuple[ActivationStats, Path, bool]:
     """``collect_stats`` behind the disk cache. Returns (stats, safetensors path, loaded-from-cache).
     A cache entry that cannot be read is recomputed and replaced."""
-    key = stats_cache_key(model_name, model, dataset, split, indices, bf16, feature_sample)
+    rt = Runtime.resolve(rt, model)
+    key = stats_cache_key(model_name, model, dataset, split, indices, rt.bf16, feature_sample)
     path = cache_dir(root) / "stats" / f"{key}.safetensors"
     if path.is_file() and not refresh:
         try:
@@ -490,8 +486,7 @@ def cached_stats(
         except SinfError as exc:
             if on_status:
                 on_status(f"ignoring unreadable cache entry ({exc}); recomputing")
-    stats = collect_stats(model, dataset, indices, batch_size, device, bf16, on_batch=on_batch,
-                          feature_sample=feature_sample)
-    save_stats(path, stats, {"model": model_name, "split": split, "dataset": dataset.name, "bf16": bf16,
+    stats = collect_stats(model, dataset, indices, rt, on_batch=on_batch, feature_sample=feature_sample)
+    save_stats(path, stats, {"model": model_name, "split": split, "dataset": dataset.name, "bf16": rt.bf16,
                              "feature_sample": feature_sample, "key": key})
     return stats, path, False

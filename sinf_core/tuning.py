@@ -27,11 +27,10 @@ from .bench.precompute import _head_outputs
 from .bench.sweep import ScheduleData, TapData, sweep_tap
 from .cost import Cost, module_cost, stem_cost, stem_output, tail_cost
 from .data import Hierarchy, ImageDataset, iterate_batches
-from .device import autocast
 from .errors import SinfError
-from .fusion import prepare_for_inference
 from .models import SinfModel
 from .router import RouteHead
+from .runtime import Runtime
 from .subgraph.slicing import build_subgraph
 from .subgraph.spec import SubgraphSpec
 
@@ -117,26 +116,24 @@ def compute_calibration_outputs(
     hierarchy: Hierarchy,
     route_head: RouteHead | None = None,
     exit_head: RouteHead | None = None,
-    batch_size: int = 250,
-    device: torch.device | str = "cpu",
-    channels_last: bool = True,
+    rt: Runtime | None = None,
     on_batch=None,
 ) -> CalibrationOutputs:
     """One pass over ``data``: the stem at ``tap`` and the tail of the base model (BatchNorm folded,
-    as every contender runs it), then the heads on the stored features."""
+    as every contender runs it), then the heads on the stored features; in float32 (the decisions'
+    precision) whatever ``rt.bf16`` says."""
     if len(data) == 0:
         raise SinfError("no calibration images to compute outputs on")
-    device = torch.device(device)
-    work = prepare_for_inference(model, fold_bn=True, channels_last=channels_last, device=device)
+    rt = Runtime.resolve(rt, model).with_(bf16=False)
+    device = rt.device
+    work = rt.ready(model, fold_bn=True)
     t = model.unit_index(tap)
     members = torch.as_tensor(np.stack([np.isin(np.arange(hierarchy.num_classes), hierarchy.members(m))
                                         for m in range(hierarchy.num_clusters)]), device=device)  # [K, C] bool
     cluster_of = torch.as_tensor(hierarchy.cluster_array(), device=device)
     feats, base, base_cl = [], [], []
-    for x, y in iterate_batches(data, batch_size, None, device):
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        h = work.forward_stem(x, t)
+    for x, y in iterate_batches(data, rt.batch_size, None, device):
+        h = work.forward_stem(rt.layout(x), t)
         z = work.forward_tail(h, t).float()
         feats.append(h.float().contiguous().cpu())
         base.append(z.argmax(1).cpu())
@@ -146,13 +143,10 @@ def compute_calibration_outputs(
             on_batch(int(x.shape[0]))
     h = torch.cat(feats)
     out = CalibrationOutputs(tap, h, data.labels.clone().long(), torch.cat(base), torch.cat(base_cl))
-    hd = h.to(device)
-    if channels_last and hd.ndim == 4:
-        hd = hd.contiguous(memory_format=torch.channels_last)
+    hd = rt.inputs(h)
     for kind, head in (("route", route_head), ("exit", exit_head)):
         if head is not None:
-            ready = prepare_for_inference(head, channels_last=channels_last, device=device)
-            conf, pred = _head_outputs(ready, hd, batch_size, device, False)
+            conf, pred = _head_outputs(rt.ready(head), hd, rt)
             setattr(out, f"{kind}_conf", conf)
             setattr(out, f"{kind}_pred", pred)
     return out
@@ -199,9 +193,7 @@ def evaluate_schedule(
     costs: CostCache,
     r_M: float,
     r_L: float,
-    batch_size: int = 250,
-    device: torch.device | str = "cpu",
-    channels_last: bool = True,
+    rt: Runtime | None = None,
     fold_bn: bool = False,
     routed: bool = True,
     built: Mapping[int, nn.Module] | None = None,
@@ -221,17 +213,18 @@ def evaluate_schedule(
     tap = outputs.tap
     if any(s.tap != tap for s in specs.values()):
         raise SinfError(f"every spec must start after tap {tap!r}")
-    device = torch.device(device)
+    rt = Runtime.resolve(rt, model).with_(bf16=False)
+    device, batch_size = rt.device, rt.batch_size
     stem, tail, _ = costs.tap(tap)
     subs, sub_cost = {}, {}
     for m, s in specs.items():
         sub = built[m] if built is not None and built.get(m) is not None else build_subgraph(model, s)
         sub_cost[m] = costs.subgraph(s, sub)  # counted unfolded, as every cost in the project
         if fold_bn:
-            subs[m] = prepare_for_inference(sub, fold_bn=True, channels_last=channels_last, device=device)
+            subs[m] = rt.ready(sub, fold_bn=True)
         else:  # built here or handed over for this evaluation: readied in place, not copied
             sub = sub.to(device).eval()
-            subs[m] = sub.to(memory_format=torch.channels_last) if channels_last else sub
+            subs[m] = sub.to(memory_format=torch.channels_last) if rt.channels_last else sub
     labels = outputs.labels
     true_cluster = torch.as_tensor(hierarchy.cluster_array())[labels]
     routed_to = outputs.route_pred if outputs.route_pred is not None and routed else torch.full_like(labels, -1)
@@ -245,10 +238,8 @@ def evaluate_schedule(
         preds = torch.empty(idx.shape[0], dtype=torch.long)
         for s in range(0, idx.shape[0], batch_size):
             piece = idx[s : s + batch_size]
-            h = h_all.index_select(0, piece).to(device)
-            if channels_last and h.ndim == 4:
-                h = h.contiguous(memory_format=torch.channels_last)
-            with autocast(device, False):
+            h = rt.inputs(h_all.index_select(0, piece))
+            with rt.autocast():
                 preds[s : s + piece.shape[0]] = sub(h).float().argmax(1).cpu()
         oracle[idx[own[idx]]] = preds[own[idx]]
         routed_pred[idx[(routed_to == m)[idx]]] = preds[(routed_to == m)[idx]]
@@ -347,11 +338,11 @@ def studio_outputs_file(tap: str) -> str:
     return f"studio_calib_{tap}.safetensors"
 
 
-def bn_sample_set(exp, per_cluster: int, seed: int = 0, batch_size: int = 256):
+def bn_sample_set(exp, per_cluster: int, seed: int = 0):
     """The fit images on which subgraph BatchNorm statistics are re-estimated, as the benchmark picks them."""
     from .subgraph.batchnorm import BatchNormSamples
 
-    return BatchNormSamples(exp.model, exp.fit_data(), exp.hierarchy, per_cluster, seed, batch_size)
+    return BatchNormSamples(exp.model, exp.fit_data(), exp.hierarchy, per_cluster, seed, exp.runtime)
 
 
 def heads_to_tensors(heads: Mapping[str, Mapping[str, RouteHead]]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -424,7 +415,7 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
                 on_progress(f"studio: calibration outputs at {tap}", done[0], len(calib))
 
         outs = compute_calibration_outputs(exp.model, calib, tap, exp.hierarchy, route_heads[tap], exit_heads[tap],
-                                           device=exp.device, on_batch=on_batch)
+                                           exp.runtime, on_batch=on_batch)
         files[studio_outputs_file(tap)] = outs.to_tensors()
         log(f"studio: calibration outputs at {tap} (base calibration top-1 {outs.base_top1:.2f} %)")
     files[STUDIO_JSON] = {"format": 1, "taps": taps, "heads": shapes, "points": points, "output_taps": out_taps,

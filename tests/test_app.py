@@ -47,7 +47,7 @@ def tiny_build_settings():
         methods=("dcs", "l1", "random"), r_M=0.05, r_L_grid=(0.3, 0.6), q=25.0, k=3,
         route_target=0.5, taps=("layer1.1", "layer2.0", "layer2.1"),
         router={"epochs": 5, "batch_size": 54, "bf16": False, "channels_last": False, "lr": 2e-2},
-        stats_feature_sample=120, batch_size=64,
+        stats_feature_sample=120,
         bench_options={"budget": 5.0, "schedules": [[0.05, 0.5]], "gammas": [0.0, 0.5, 0.9, 1.0],
                        "taus": [0.5, 0.9, 1.0], "static_scores": ["l1"], "head_fit_samples": 216, "head_epochs": 2,
                        "screen_pool": 24, "screen_reps": 1, "pool": 120, "batch_size": 64, "throughput_reps": 1,
@@ -96,14 +96,14 @@ def _build_tiny_env(root: Path) -> dict[str, str]:
 
     data_dir = write_image_folder(root / "tinydata")
     register_tiny_model(data_dir)
-    exp = open_experiment(TINY, device="cpu", checkpoint=_untrained(root))
+    exp = open_experiment(TINY, runtime="cpu", checkpoint=_untrained(root))
     model = exp.model.train()
     cfg = TrainConfig(model=TINY, epochs=5, batch_size=36, lr=0.1, bf16=False, channels_last=False,
                       label_smoothing=0.0, warmup_epochs=0.5, checkpoint_every=10_000)
     train(model, exp.fit_data(), cfg, root / "train")
     weights = root / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in model.eval().state_dict().items()}, str(weights))
-    exp = open_experiment(TINY, device="cpu", checkpoint=weights)
+    exp = open_experiment(TINY, runtime="cpu", checkpoint=weights)
     build_bundle(exp, root / "bundle", tiny_build_settings())
     return {"SINF_APP_MODEL": TINY, "SINF_APP_CHECKPOINT": str(weights), "SINF_APP_BUNDLE": str(root / "bundle"),
             "SINF_CACHE_DIR": str(root / "cache"), "SINF_TINY_DATA": str(data_dir)}
@@ -267,7 +267,7 @@ def _reference_evaluation(env, cfg):
     from sinf_core.stats import ActivationStats
     from sinf_core.subgraph import evaluate_cluster_subgraphs, make_cluster_specs
 
-    exp = open_experiment(TINY, checkpoint=env["SINF_APP_CHECKPOINT"], device="cpu")
+    exp = open_experiment(TINY, checkpoint=env["SINF_APP_CHECKPOINT"], runtime="cpu")
     b = Bundle.open(env["SINF_APP_BUNDLE"])
     stats = ActivationStats.from_tensors(b.tensors("stats.safetensors")) if cfg["fill"] == "mean" else None
     h = exp.hierarchy
@@ -402,7 +402,7 @@ def test_live_single_image_thresholds_and_batch(tiny_env):
     at.slider(key="batch_n").set_value(100)
     at.button(key="batch_run").click().run()
     no_exception(at)
-    exp = open_experiment(TINY, checkpoint=tiny_env["SINF_APP_CHECKPOINT"], device="cpu")
+    exp = open_experiment(TINY, checkpoint=tiny_env["SINF_APP_CHECKPOINT"], runtime="cpu")
     rep = exp.report_data()
     idx = np.random.default_rng(0).permutation(len(rep))[:100]
     with torch.inference_mode():
@@ -609,7 +609,7 @@ def test_default_resnet56_without_a_bundle(real_env, tmp_path):
         assert "sinf build cifar100_resnet56" in "\n".join(c.value for c in at.code)
         at = open_page("live", timeout=300)
         no_exception(at)
-        exp = open_experiment("cifar100_resnet56", device="cpu")
+        exp = open_experiment("cifar100_resnet56", runtime="cpu")
         rep = exp.report_data()
         i = int(np.random.default_rng(0).choice(np.arange(len(rep))))
         with torch.inference_mode():

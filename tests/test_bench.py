@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_dataset, make_tiny_resnet, make_tiny_vgg
+from sinf_core.runtime import Runtime
 from sinf_core.bench import (CONTENDERS, BenchOptions, PathCosts, StaticNet, candidates_within_budget,
                              channel_step_flops, decision_flops, expected_flops, interleaved_latency,
                              interleaved_throughput, pareto_front, pick_fastest, run_benchmark, static_for_flops,
@@ -65,7 +66,7 @@ def _midpoints(conf: torch.Tensor, qs=(0.3, 0.6, 0.85)) -> list[float]:
 def _tiny_experiment(n_train: int = 20, n_test: int = 10) -> Experiment:
     train, test = make_tiny_dataset(n_per_class=n_train, seed=0), make_tiny_dataset(n_per_class=n_test, seed=1)
     splits = make_splits(train.labels.numpy(), test.labels.numpy(), "pretrained")
-    return Experiment("tiny_resnet", make_tiny_resnet(), train, test, splits, torch.device("cpu"))
+    return Experiment("tiny_resnet", make_tiny_resnet(), train, test, splits, Runtime(device="cpu"))
 
 
 QUICK = {"taps": ["layer2.0", "layer2.1"], "schedules": [(0.1, 0.5)], "multiple_of": None, "score": "l1",
@@ -142,11 +143,11 @@ def test_sweep_points_equal_actual_engine_runs(make):
     router, exit_head = _random_heads(model, tap, x, seed=1)
     scores = _random_scores(model, seed=2)
     bs = 16
-    feats, base_pred = stem_features(model, ds, [tap], bs, torch.device("cpu"))
+    feats, base_pred = stem_features(model, ds, [tap], Runtime(device="cpu", batch_size=bs, channels_last=False))
     with torch.no_grad():
         assert torch.equal(base_pred, model(x).argmax(1))
     td = tap_sweep_data(model, "tiny", tap, feats[tap], router, exit_head, scores, ds.hierarchy, [(0.1, 0.4), (0.3, 0.8)],
-                        batch_size=bs)
+                        rt=Runtime(device="cpu", batch_size=bs, channels_last=False))
     gammas, taus = _midpoints(td.route_conf) + [0.0, 1.0], _midpoints(td.exit_conf) + [1.0]
     points = sweep_tap(y, base_pred, td, gammas, taus)
     assert len(points) == len(taus) + len(td.schedules) * len(gammas) * (1 + len(taus))
@@ -430,15 +431,20 @@ def test_bad_options_and_empty_splits_raise_clear_errors(tmp_path):
     for bad in (-0.5, 2.0, True):
         with pytest.raises(SinfError, match="head_distill"):
             BenchOptions(head_distill=bad).validate()
-    assert BenchOptions().use_channels_last and not BenchOptions(channels_last=False).use_channels_last
+    # how the contenders run is the runtime's: a mapping's runtime fields are taken apart, not options
+    from sinf_core.bench.options import runtime_overrides
+
+    assert BenchOptions.from_dict({"channels_last": False, "batch_size": 8}) == BenchOptions()
+    assert runtime_overrides({"channels_last": False, "batch_size": 8, "budget": 1.0, "threads": None}) == \
+        {"channels_last": False, "batch_size": 8}
     empty = np.zeros(0, dtype=np.int64)
     s = exp.splits
     no_report = Experiment(exp.model_name, exp.model, exp.train, exp.test,
-                           Splits(s.protocol, s.fit, s.calib, empty, s.calib_source), exp.device)
+                           Splits(s.protocol, s.fit, s.calib, empty, s.calib_source), exp.runtime)
     with pytest.raises(SinfError, match="report split is empty"):
         run_benchmark(no_report, None, {**QUICK, "cache_dir": str(tmp_path)})
     no_calib = Experiment(exp.model_name, exp.model, exp.train, exp.test,
-                          Splits(s.protocol, s.fit, empty, s.report, s.calib_source), exp.device)
+                          Splits(s.protocol, s.fit, empty, s.report, s.calib_source), exp.runtime)
     with pytest.raises(SinfError, match="calibration split is empty"):
         run_benchmark(no_calib, None, {**QUICK, "cache_dir": str(tmp_path)})
 
@@ -471,7 +477,7 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
     monkeypatch.setattr(sinf_core.clusters, "cluster_maps", lambda stats, random_state=0: {"classes": np.zeros((6, 2))})
     exp = _tiny_experiment()
     settings = BuildSettings(
-        methods=("l1", "random"), r_L_grid=(0.5,), k=3, stats_feature_sample=30, batch_size=32,
+        methods=("l1", "random"), r_L_grid=(0.5,), k=3, stats_feature_sample=30,
         router={"epochs": 1, "batch_size": 32, "taps": ["layer2.0", "layer2.1"]}, bench=True,
         bench_options={k: v for k, v in QUICK.items() if k not in ("taps", "score")},
     )
@@ -532,13 +538,20 @@ def test_cli_timing_flags_reach_the_options():
     from sinf_core.cli import build_parser
     from sinf_core.commands.bench import _options
 
-    default = BenchOptions.from_dict(_options(build_parser().parse_args(["bench", "m"])))
-    assert default.fold_bn and default.use_channels_last and default.target_ratio == 1.15
-    assert default.head_distill == 0.9
+    from sinf_core.runtime import Runtime, runtime_from_args
+
+    plain = build_parser().parse_args(["bench", "m"])
+    default = BenchOptions.from_dict(_options(plain))
+    assert default.fold_bn and default.target_ratio == 1.15 and default.head_distill == 0.9
+    rt = runtime_from_args(plain)
+    assert (rt.channels_last, rt.bf16, rt.batch_size, rt.threads) == (Runtime.channels_last, Runtime.bf16,
+                                                                     Runtime.batch_size, None)
     args = build_parser().parse_args(["bench", "m", "--no-fold-bn", "--no-channels-last", "--target-ratio", "1.3",
-                                      "--head-distill", "0"])
+                                      "--head-distill", "0", "--batch-size", "64", "--threads", "1", "--bf16"])
     opts = BenchOptions.from_dict(_options(args)).validate()
-    assert not opts.fold_bn and not opts.use_channels_last and opts.target_ratio == 1.3 and opts.head_distill == 0
+    assert not opts.fold_bn and opts.target_ratio == 1.3 and opts.head_distill == 0
+    rt = runtime_from_args(args)
+    assert (rt.channels_last, rt.bf16, rt.batch_size, rt.threads) == (False, True, 64, 1)
 
 
 def test_network_selection_contender(tmp_path, monkeypatch):

@@ -165,7 +165,7 @@ def test_image_folder_whose_class_count_differs_from_the_head(tmp_path):
     folder = _image_folder(tmp_path / "pets", {"train": ["cat", "dog"], "test": ["cat", "dog"]})
     ckpt = _checkpoint(tmp_path)
     with pytest.raises(SinfError) as e:
-        open_experiment("cifar100_resnet20", str(folder), checkpoint=ckpt, device="cpu")
+        open_experiment("cifar100_resnet20", str(folder), checkpoint=ckpt, runtime="cpu")
     assert str(e.value).startswith(f"cifar100_resnet20 predicts 100 classes (its final layer has 100 outputs) but "
                                    f"the data set 'pets' in {folder} has 2 classes")
     _fails(["eval", "cifar100_resnet20", "--dataset", str(folder), "--checkpoint", str(ckpt), "--device", "cpu"],

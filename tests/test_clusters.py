@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_dataset, make_tiny_resnet
+from sinf_core.runtime import Runtime
 from sinf_core.clusters import (adjusted_rand, canonical_labels, class_prototypes, cluster_classes, confusion_affinity,
                                 majority_match, spectral_assignment, umap_map, ward_assignment)
 from sinf_core.data import Hierarchy
@@ -97,7 +98,7 @@ def test_hierarchy_method_and_errors():
 def test_ward_on_real_stats_pass_covers_every_class():
     """End to end on a tiny model: stats -> prototypes -> K clusters, every class in exactly one."""
     model, ds = make_tiny_resnet(), make_tiny_dataset(n_per_class=6)
-    st = collect_stats(model, ds, batch_size=12)
+    st = collect_stats(model, ds, rt=Runtime(device="cpu", batch_size=12))
     h = cluster_classes("ward", ds.class_names, k=3, fit_stats=st)
     assert sorted(c for m in range(3) for c in h.members(m)) == list(range(6))
     rows = majority_match(h, ds.hierarchy)
@@ -127,14 +128,14 @@ def test_resnet56_data_driven_clusters_agree_with_superclasses(real_env):
     from sinf_core.data.splits import stratified_split
     from sinf_core.experiment import open_experiment
 
-    exp = open_experiment("cifar100_resnet56", device="cpu")
+    exp = open_experiment("cifar100_resnet56", runtime="cpu")
     _, fit_idx = stratified_split(exp.train.labels.numpy(), 0.04, seed=0)
-    fit = collect_stats(exp.model, exp.train, fit_idx, batch_size=250)
+    fit = collect_stats(exp.model, exp.train, fit_idx, rt=Runtime(device="cpu", batch_size=250))
     ward = cluster_classes("ward", exp.hierarchy.class_names, 20, fit_stats=fit)
     assert adjusted_rand(ward, exp.hierarchy) > 0.3
     calib_data = exp.calib_data()
     _, calib_idx = stratified_split(calib_data.labels.numpy(), 0.4, seed=0)  # 20 of the 50 per class
-    calib = collect_stats(exp.model, calib_data, calib_idx, batch_size=250)
+    calib = collect_stats(exp.model, calib_data, calib_idx, rt=Runtime(device="cpu", batch_size=250))
     spec = cluster_classes("spectral", exp.hierarchy.class_names, 20, calib_stats=calib)
     assert adjusted_rand(spec, exp.hierarchy) > 0.2
 

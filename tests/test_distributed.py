@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sinf_core.runtime import Runtime
 from test_stats import one_thread  # noqa: F401  (autouse fixture)
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +43,7 @@ def worker(data_path: str, model_path: str, out_path: str) -> None:
     assert size == 2, size
     model, ds = _load(data_path, model_path)
     seen = []
-    st = distributed.collect_stats_sharded(model, ds, INDICES, batch_size=8, device=device, feature_sample=SAMPLE,
+    st = distributed.collect_stats_sharded(model, ds, INDICES, rt=Runtime(device=device, batch_size=8), feature_sample=SAMPLE,
                                            on_batch=seen.append)
     assert sum(seen) == len(distributed.shard_indices(INDICES, rank, size))
     if distributed.is_main():
@@ -71,8 +72,8 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     two, meta = load_stats(out)
     assert meta["world"] == 2 and meta["shard"] == len(shard_indices(INDICES, 0, 2))
 
-    one = collect_stats(model, ds, INDICES, batch_size=8, feature_sample=SAMPLE)
-    assert collect_stats_sharded(model, ds, INDICES, batch_size=8, feature_sample=SAMPLE).to_tensors().keys() \
+    one = collect_stats(model, ds, INDICES, rt=Runtime(device="cpu", batch_size=8), feature_sample=SAMPLE)
+    assert collect_stats_sharded(model, ds, INDICES, rt=Runtime(device="cpu", batch_size=8), feature_sample=SAMPLE).to_tensors().keys() \
         == one.to_tensors().keys()  # single-process fallback of the sharded call
     t1, t2 = one.to_tensors(), two.to_tensors()
     assert t1.keys() == t2.keys()

@@ -12,6 +12,7 @@ from conftest import make_tiny_bottleneck, make_tiny_dataset, make_tiny_resnet, 
 from sinf_core.data import iterate_batches
 from sinf_core.engine import EXIT, FALLBACK, MODE_NAMES, ROUTE, SemanticInference
 from sinf_core.errors import SinfError
+from sinf_core.runtime import Runtime
 from sinf_core.router import RouteHead
 
 MAKERS = {"resnet": make_tiny_resnet, "bottleneck": make_tiny_bottleneck, "vgg": make_tiny_vgg}
@@ -274,10 +275,10 @@ def test_bf16_and_channels_last_run():
     _, x, _ = _images()
     with torch.no_grad():
         base = model(x)
-    cl = SemanticInference(model, router, [FullTail(model, tap)] * 3, tap=tap, gamma=0.0, channels_last=True,
+    cl = SemanticInference(model, router, [FullTail(model, tap)] * 3, tap=tap, gamma=0.0, rt=Runtime(device="cpu", channels_last=True),
                            keep_logits=True).run(x)
     torch.testing.assert_close(cl.logits, base, rtol=1e-4, atol=1e-4)
-    bf = SemanticInference(model, router, [FullTail(model, tap)] * 3, tap=tap, gamma=0.0, bf16=True,
+    bf = SemanticInference(model, router, [FullTail(model, tap)] * 3, tap=tap, gamma=0.0, rt=Runtime(device="cpu", bf16=True),
                            keep_logits=True).run(x)
     assert bf.logits.dtype == torch.float32
     assert (bf.pred == base.argmax(1)).float().mean() > 0.8

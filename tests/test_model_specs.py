@@ -149,9 +149,9 @@ def test_a_spec_without_a_checkpoint_says_weights_are_needed(folder):
         load_model("torchvision:resnet18@3")
     assert "no registered weights" in str(e.value) and "--checkpoint FILE" in str(e.value)
     with pytest.raises(SinfError, match="--checkpoint FILE"):  # before any data is read
-        open_experiment("torchvision:resnet18", str(folder / "missing"), device="cpu")
+        open_experiment("torchvision:resnet18", str(folder / "missing"), runtime="cpu")
     with pytest.raises(SinfError, match=r"is not tied to a data set: pass one \(--dataset"):
-        open_experiment("torchvision:resnet18", None, checkpoint=str(folder / "x.pt"), device="cpu")
+        open_experiment("torchvision:resnet18", None, checkpoint=str(folder / "x.pt"), runtime="cpu")
     code, out, err = _run(["eval", "torchvision:resnet18", "--dataset", str(folder)])
     assert code == 2 and "--checkpoint FILE" in err and "Traceback" not in err
 
@@ -170,7 +170,7 @@ def test_a_plain_library_checkpoint_loads_with_the_data_sets_class_count(folder,
     plain = build(len(CLASSES)).eval()
     ckpt = tmp_path / "plain.pt"
     torch.save(plain.state_dict(), ckpt)  # a plain state dict, as torchvision / timm users save them
-    exp = open_experiment(spec, str(folder), checkpoint=str(ckpt), device="cpu")
+    exp = open_experiment(spec, str(folder), checkpoint=str(ckpt), runtime="cpu")
     assert exp.model_name == f"{spec}@3" and isinstance(exp.model, SinfModel)
     assert exp.splits.protocol == "heldout"
     x = _test_batch(exp)
@@ -192,7 +192,7 @@ def test_a_safetensors_checkpoint_of_another_class_count_is_refused_with_the_rea
     ckpt = tmp_path / "imagenet_head.safetensors"
     save_file(torchvision.models.get_model("resnet18", num_classes=1000).state_dict(), str(ckpt))
     with pytest.raises(SinfError) as e:
-        open_experiment("torchvision:resnet18", str(folder), checkpoint=str(ckpt), device="cpu")
+        open_experiment("torchvision:resnet18", str(folder), checkpoint=str(ckpt), runtime="cpu")
     msg = str(e.value)
     assert "fc.weight: checkpoint (1000, 512) vs model (3, 512)" in msg
     assert "torchvision:resnet18@3 was built for 3 classes" in msg
@@ -205,13 +205,13 @@ def test_a_user_callable_is_built_for_the_data_set(folder, tmp_path, user_module
     plain = build_module(parse("user_nets:small@3")).eval()
     ckpt = tmp_path / "small.pt"
     torch.save(plain.state_dict(), ckpt)
-    exp = open_experiment("user_nets:small", str(folder), checkpoint=str(ckpt), device="cpu")
+    exp = open_experiment("user_nets:small", str(folder), checkpoint=str(ckpt), runtime="cpu")
     assert exp.model_name == "user_nets:small@3"
     x = _test_batch(exp)
     with torch.no_grad():
         assert torch.equal(exp.model(x), plain(x))
     # a callable without num_classes keeps its own head; the data-set check says whether it fits
-    fixed = open_experiment("user_nets:fixed", str(folder), checkpoint=str(ckpt), device="cpu")
+    fixed = open_experiment("user_nets:fixed", str(folder), checkpoint=str(ckpt), runtime="cpu")
     assert fixed.model_name == "user_nets:fixed"
 
 

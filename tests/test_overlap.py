@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from sinf_core.runtime import Runtime
 from sinf_core.data import Hierarchy
 from sinf_core.errors import SinfError
 from test_stats import one_thread  # noqa: F401  (autouse fixture)
@@ -111,9 +112,9 @@ def test_resnet56_depth_profile_last_stage(real_env):
     from sinf_core.data.splits import stratified_split
     from sinf_core.stats import collect_stats
 
-    exp = open_experiment("cifar100_resnet56", device="cpu")
+    exp = open_experiment("cifar100_resnet56", runtime="cpu")
     _, idx = stratified_split(exp.train.labels.numpy(), 0.04, seed=0)  # 20 per class
-    st = collect_stats(exp.model, exp.train, idx, batch_size=250)
+    st = collect_stats(exp.model, exp.train, idx, rt=Runtime(device="cpu", batch_size=250))
     rep = filter_overlap(st, exp.hierarchy, q=20)
     last = [r for r in rep.profile if r["layer"].startswith("layer3.")]
     assert len(rep.profile) == 27 and len(last) == 9

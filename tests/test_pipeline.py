@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_dataset, make_tiny_resnet
+from sinf_core.runtime import Runtime
 from sinf_core.bundle import Bundle
 from sinf_core.data import make_splits
 from sinf_core.experiment import Experiment
@@ -11,7 +12,7 @@ from sinf_core.pipeline import BuildSettings, build_bundle, load_scores
 
 QUICK = BuildSettings(
     methods=("dcs", "l1", "random"), r_L_grid=(0.3, 0.7), k=3, stats_feature_sample=30,
-    router={"epochs": 1, "batch_size": 32, "taps": ["layer2.0", "layer2.1"]}, bench=False, batch_size=32,
+    router={"epochs": 1, "batch_size": 32, "taps": ["layer2.0", "layer2.1"]}, bench=False,
 )
 
 
@@ -20,7 +21,7 @@ def tiny_experiment() -> Experiment:
     splits = make_splits(train.labels.numpy(), test.labels.numpy(), "pretrained")
     import torch
 
-    return Experiment("tiny_resnet", make_tiny_resnet(), train, test, splits, torch.device("cpu"))
+    return Experiment("tiny_resnet", make_tiny_resnet(), train, test, splits, Runtime(device="cpu", batch_size=32))
 
 
 def test_build_writes_the_contract_and_caches(tmp_path):
@@ -59,10 +60,10 @@ def test_stem_cache_gives_identical_evaluation():
     model = exp.model
     specs = {m: SubgraphSpec("tiny", "layer2.0", {"layer3.0.conv1": [0, 2, 5], "layer3.1.conv1": [1]},
                              exp.hierarchy.members(m)) for m in range(3)}
-    plain = evaluate_cluster_subgraphs(model, specs, exp.test, batch_size=7)
+    plain = evaluate_cluster_subgraphs(model, specs, exp.test, rt=Runtime(device="cpu", batch_size=7))
     cache: dict = {}
-    first = evaluate_cluster_subgraphs(model, specs, exp.test, batch_size=7, stem_cache=cache)
-    again = evaluate_cluster_subgraphs(model, specs, exp.test, batch_size=7, stem_cache=cache)
+    first = evaluate_cluster_subgraphs(model, specs, exp.test, rt=Runtime(device="cpu", batch_size=7), stem_cache=cache)
+    again = evaluate_cluster_subgraphs(model, specs, exp.test, rt=Runtime(device="cpu", batch_size=7), stem_cache=cache)
     assert "layer2.0" in cache and cache["layer2.0"].shape[0] == len(exp.test)
     for res in (first, again):
         assert [r["accuracy"] for r in res["clusters"]] == [r["accuracy"] for r in plain["clusters"]]

@@ -264,7 +264,7 @@ def test_resnet56_router_at_layer3_beats_chance_by_far(real_env):
 
     from sinf_core.experiment import open_experiment
 
-    exp = open_experiment("cifar100_resnet56", device="cpu")
+    exp = open_experiment("cifar100_resnet56", runtime="cpu")
     calib = exp.calib_data()
     calib = calib.subset(np.arange(0, len(calib), 5))
     router = RoutePredictor(taps=["layer3.4"], max_fit_samples=3000, epochs=6, random_state=0)

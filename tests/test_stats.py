@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_bottleneck, make_tiny_dataset, make_tiny_resnet, make_tiny_vgg
+from sinf_core.runtime import Runtime
 from sinf_core.errors import SinfError
 from sinf_core.stats import (ActivationStats, cached_stats, collect_stats, load_stats, model_fingerprint, save_stats,
                              stats_cache_key)
@@ -63,10 +64,10 @@ def test_merge_of_two_halves_equals_one_pass(make):
     model, ds = make(), make_tiny_dataset(n_per_class=15)
     n = len(ds)
     sample = np.array([3, 17, 40, 41, 88])
-    full = collect_stats(model, ds, batch_size=16, feature_sample=sample)
+    full = collect_stats(model, ds, rt=Runtime(device="cpu", batch_size=16), feature_sample=sample)
     # halves made of the same batches as the one pass: the accumulation itself is exact in float64
-    h1 = collect_stats(model, ds, np.arange(48), batch_size=16, feature_sample=sample)
-    h2 = collect_stats(model, ds, np.arange(48, n), batch_size=16, feature_sample=sample)
+    h1 = collect_stats(model, ds, np.arange(48), rt=Runtime(device="cpu", batch_size=16), feature_sample=sample)
+    h2 = collect_stats(model, ds, np.arange(48, n), rt=Runtime(device="cpu", batch_size=16), feature_sample=sample)
     merged = h1.merge(h2)
     all_close(full, merged, 1e-10)
     assert merged.total == n and torch.equal(merged.sample_seen, torch.ones(len(sample), dtype=torch.float64))
@@ -77,9 +78,9 @@ def test_merge_of_arbitrary_parts_matches_to_float32_rounding():
     """Shuffled parts with other batch sizes: per-image activations may differ in the last float32 bit
     (kernels pick other blockings per batch size), the sums agree to float32 precision."""
     model, ds = make_tiny_resnet(), make_tiny_dataset(n_per_class=15)
-    full = collect_stats(model, ds, batch_size=16)
+    full = collect_stats(model, ds, rt=Runtime(device="cpu", batch_size=16))
     perm = np.random.default_rng(1).permutation(len(ds))
-    parts = [collect_stats(model, ds, p, batch_size=b) for p, b in ((perm[:37], 10), (perm[37:70], 13), (perm[70:], 7))]
+    parts = [collect_stats(model, ds, p, rt=Runtime(device="cpu", batch_size=b)) for p, b in ((perm[:37], 10), (perm[37:70], 13), (perm[70:], 7))]
     merged = parts[0].merge(parts[1]).merge(parts[2])
     all_close(full, merged, 1e-5)
     assert torch.equal(merged.count, full.count) and torch.equal(merged.confusion, full.confusion)
@@ -88,7 +89,7 @@ def test_merge_of_arbitrary_parts_matches_to_float32_rounding():
 @pytest.mark.parametrize("make", MAKERS)
 def test_class_means_match_manual_forward(make):
     model, ds = make(), make_tiny_dataset(n_per_class=12)
-    st = collect_stats(model, ds, batch_size=20, feature_sample=np.array([0, 5, 30]))
+    st = collect_stats(model, ds, rt=Runtime(device="cpu", batch_size=20), feature_sample=np.array([0, 5, 30]))
     a, z, pen, logits = manual_capture(model, ds)
     y = ds.labels.numpy()
     assert st.layers == [l.name for l in model.prunable_layers()]
@@ -123,7 +124,7 @@ def test_zero_fraction_of_constant_channels():
     with torch.no_grad():  # channel 0: BN output -1 everywhere (always zero after ReLU); channel 1: +2.5
         layer.bn.weight[0], layer.bn.bias[0] = 0.0, -1.0
         layer.bn.weight[1], layer.bn.bias[1] = 0.0, 2.5
-    st = collect_stats(model, ds, batch_size=8)
+    st = collect_stats(model, ds, rt=Runtime(device="cpu", batch_size=8))
     zf, mean = st.class_zero_fraction(layer.name), st.class_mean(layer.name)
     assert torch.all(zf[:, 0] == 1.0) and torch.all(mean[:, 0] == 0.0)
     assert torch.all(zf[:, 1] == 0.0) and torch.allclose(mean[:, 1], torch.full((6,), 2.5, dtype=torch.float64))
@@ -144,13 +145,13 @@ def test_hooks_removed_after_exception():
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError, match="interrupted"):
-        collect_stats(model, ds, batch_size=8, on_batch=boom)
+        collect_stats(model, ds, rt=Runtime(device="cpu", batch_size=8), on_batch=boom)
     assert _hook_counts(model) == before == 0
     # a model that fails inside the forward pass (mismatched image size for the VGG head)
     vgg = make_tiny_vgg()
     bad = make_tiny_dataset(n_per_class=2, size=16)
     with pytest.raises(RuntimeError):
-        collect_stats(vgg, bad, batch_size=4)
+        collect_stats(vgg, bad, rt=Runtime(device="cpu", batch_size=4))
     assert _hook_counts(vgg) == 0
 
 
@@ -183,7 +184,7 @@ def test_group_errors_and_unseen_classes():
 def test_bf16_close_to_float32():
     model, ds = make_tiny_resnet(), make_tiny_dataset(n_per_class=6)
     f32 = collect_stats(model, ds)
-    b16 = collect_stats(model, ds, bf16=True)
+    b16 = collect_stats(model, ds, rt=Runtime(device="cpu", bf16=True))
     for name in f32.layers:
         ref = f32.class_mean(name)
         assert torch.allclose(b16.class_mean(name), ref, rtol=0.05, atol=0.05 * float(ref.abs().max()))
@@ -213,9 +214,9 @@ def test_save_load_roundtrip_and_bad_files(tmp_path):
 def test_cache_reuses_and_keys_on_weights(tmp_path):
     model, ds = make_tiny_resnet(), make_tiny_dataset(n_per_class=4)
     calls = []
-    s1, p1, hit1 = cached_stats("tiny", model, ds, "fit", batch_size=8, feature_sample=4, root=tmp_path,
+    s1, p1, hit1 = cached_stats("tiny", model, ds, "fit", rt=Runtime(device="cpu", batch_size=8), feature_sample=4, root=tmp_path,
                                 on_batch=calls.append)
-    s2, p2, hit2 = cached_stats("tiny", model, ds, "fit", batch_size=8, feature_sample=4, root=tmp_path,
+    s2, p2, hit2 = cached_stats("tiny", model, ds, "fit", rt=Runtime(device="cpu", batch_size=8), feature_sample=4, root=tmp_path,
                                 on_batch=calls.append)
     assert (hit1, hit2) == (False, True) and p1 == p2 and sum(calls) == len(ds)
     all_close(s1, s2, 0.0)
@@ -225,7 +226,7 @@ def test_cache_reuses_and_keys_on_weights(tmp_path):
     assert stats_cache_key("tiny", model, ds, "fit", np.arange(10), False, 4) != stats_cache_key("tiny", model, ds, "fit", None, False, 4)
     # a corrupted entry is recomputed, not trusted
     p1.write_bytes(b"xx")
-    s3, _, hit3 = cached_stats("tiny", model, ds, "fit", batch_size=8, feature_sample=4, root=tmp_path)
+    s3, _, hit3 = cached_stats("tiny", model, ds, "fit", rt=Runtime(device="cpu", batch_size=8), feature_sample=4, root=tmp_path)
     assert not hit3
     all_close(s1, s3, 0.0)
 
@@ -240,7 +241,7 @@ def tiny_experiment(monkeypatch, *modules):
 
     train, test = make_tiny_dataset(n_per_class=12, seed=0), make_tiny_dataset(n_per_class=6, seed=1)
     exp = Experiment("tiny", make_tiny_resnet(), train, test,
-                     make_splits(train.labels.numpy(), test.labels.numpy(), "heldout"), torch.device("cpu"))
+                     make_splits(train.labels.numpy(), test.labels.numpy(), "heldout"), Runtime(device="cpu"))
     for name in modules:
         monkeypatch.setattr(importlib.import_module(f"sinf_core.commands.{name}"), "open_from_args", lambda args: exp)
     return exp
@@ -262,7 +263,7 @@ def test_stats_command_caches_and_times(monkeypatch, capsys, tmp_path):
     assert out["samples"] == len(exp.splits.fit) and not out["cached"] and len(out["layers"]) == 6
     st, meta = load_stats(out["cache"])
     assert meta["split"] == "fit" and meta["feature_sample"] == 2000
-    ref = collect_stats(exp.model, exp.train, exp.splits.fit, batch_size=16)
+    ref = collect_stats(exp.model, exp.train, exp.splits.fit, rt=Runtime(device="cpu", batch_size=16))
     for name in ref.layers:
         assert torch.allclose(st.class_mean(name), ref.class_mean(name), atol=1e-6)
     zero = ref.group_zero_fraction(ref.layers[2], list(range(6)))
@@ -275,7 +276,7 @@ def test_stats_command_caches_and_times(monkeypatch, capsys, tmp_path):
     assert t["images"] == len(exp.test) and t["forward_s"] > 0 and t["ratio"] == pytest.approx(
         t["stats_s"] / t["forward_s"], rel=0.01)
     timed_stats, _ = load_stats(timed_out["cache"])  # the timed chunks merged = the statistics of the split
-    all_close(timed_stats, collect_stats(exp.model, exp.test, batch_size=8), 1e-5)
+    all_close(timed_stats, collect_stats(exp.model, exp.test, rt=Runtime(device="cpu", batch_size=8)), 1e-5)
 
 
 def test_stats_command_expands_a_home_folder_in_the_cache_dir(monkeypatch, capsys, tmp_path):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from conftest import _randomise_bn, make_tiny_bottleneck, make_tiny_dataset, make_tiny_resnet, make_tiny_vgg
+from sinf_core.runtime import Runtime
 from sinf_core.cost import module_cost
 from sinf_core.errors import SinfError
 from sinf_core.models.vgg_cifar import CifarVGG
@@ -406,7 +407,7 @@ def test_evaluate_cluster_subgraphs_matches_independent_count(kind):
     specs = make_cluster_specs(m, "tiny", tap, {k: l1_scores(m) for k in range(3)}, hier, 0.1, 0.6,
                                overrides={2: (0.0, 0.2)})
     assert specs[2].kept_counts() != specs[0].kept_counts()
-    res = evaluate_cluster_subgraphs(m, specs, data, batch_size=9, baseline=True)
+    res = evaluate_cluster_subgraphs(m, specs, data, rt=Runtime(device="cpu", batch_size=9), baseline=True)
 
     from sinf_core.data import iterate_batches
     x, y = next(iterate_batches(data, len(data)))
@@ -439,7 +440,7 @@ def test_cluster_specs_fill_with_cluster_mean_activation_and_bad_fill_errors():
     m = make_tiny_resnet()
     data = make_tiny_dataset(n_per_class=5)
     hier = data.hierarchy
-    stats = collect_stats(m, data, batch_size=8)
+    stats = collect_stats(m, data, rt=Runtime(device="cpu", batch_size=8))
     tap = m.unit_names()[1]
     specs = make_cluster_specs(m, "tiny", tap, {k: l1_scores(m) for k in range(3)}, hier, 0.1, 0.6, fill_stats=stats)
     from sinf_core.data import iterate_batches
@@ -467,7 +468,7 @@ def test_evaluate_empty_cluster_and_names():
     data = data.subset(np.flatnonzero(data.labels.numpy() < 4))  # cluster k2 has no samples
     specs = {name: SubgraphSpec("tiny", "layer2.0", {}, data.hierarchy.members(i))
              for i, name in enumerate(data.hierarchy.cluster_names)}
-    res = evaluate_cluster_subgraphs(m, specs, data, batch_size=5)
+    res = evaluate_cluster_subgraphs(m, specs, data, rt=Runtime(device="cpu", batch_size=5))
     rows = {r["cluster"]: r for r in res["clusters"]}
     assert rows["k2"]["n"] == 0 and rows["k2"]["accuracy"] is None
     assert res["empty_clusters"] == ["k2"]
@@ -486,8 +487,8 @@ def test_compare_tail_speed_reports_flops_and_times():
     assert res["tail_ms"] > 0 and res["subgraph_ms"] > 0
     assert res["subgraph_flops"] < res["tail_flops"]
     assert res["flop_ratio"] == pytest.approx(res["subgraph_flops"] / res["tail_flops"])
-    res_cl = compare_tail_speed(m, spec, torch.randn(2, 3, 32, 32), reps=2, channels_last=True, bf16=True)
-    res_fold = compare_tail_speed(m, spec, torch.randn(2, 3, 32, 32), reps=2, channels_last=True, fold_bn=True)
+    res_cl = compare_tail_speed(m, spec, torch.randn(2, 3, 32, 32), reps=2, rt=Runtime(device="cpu", channels_last=True, bf16=True))
+    res_fold = compare_tail_speed(m, spec, torch.randn(2, 3, 32, 32), reps=2, rt=Runtime(device="cpu", channels_last=True), fold_bn=True)
     assert res_fold["fold_bn"] and res_fold["flop_ratio"] == pytest.approx(res["flop_ratio"])
     assert res_cl["flop_ratio"] == pytest.approx(res["flop_ratio"])
 
@@ -533,8 +534,8 @@ def test_resnet56_cluster_evaluation_matches_collect_logits(real_env):
     test = load_dataset("cifar100", "test", real_env["data"]).subset(np.arange(600))
     hier = test.hierarchy
     specs = {k: SubgraphSpec("cifar100_resnet56", "layer3.3", {}, hier.members(k)) for k in range(hier.num_clusters)}
-    res = evaluate_cluster_subgraphs(m, specs, test, batch_size=200, baseline=True)
-    logits = collect_logits(m, test, batch_size=200)
+    res = evaluate_cluster_subgraphs(m, specs, test, rt=Runtime(device="cpu", batch_size=200), baseline=True)
+    logits = collect_logits(m, test, rt=Runtime(device="cpu", batch_size=200))
     cl = hier.cluster_array()[test.labels.numpy()]
     for row in res["clusters"]:
         k, members = row["index"], hier.members(row["index"])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_dataset, make_tiny_resnet
+from sinf_core.runtime import Runtime
 from sinf_core.train import CHECKPOINT, FINAL, TrainConfig, lr_at, train
 
 
@@ -63,14 +64,14 @@ def test_publish_copies_weights_with_a_card_that_eval_reproduces(tmp_path, monke
 
     def measure(path):
         m = load_model("tiny", checkpoint=path)
-        return accuracy_report(collect_logits(m, data, batch_size=32).argmax(1).numpy(), data.labels.numpy(), data.hierarchy)
+        return accuracy_report(collect_logits(m, data, rt=Runtime(device="cpu", batch_size=32)).argmax(1).numpy(), data.labels.numpy(), data.hierarchy)
 
     card = publish_weights(tmp_path / "run", "tiny", tmp_path / "assets", measure)
     weights = tmp_path / "assets" / "tiny.safetensors"
     assert card["sha256"] == sha256_file(weights) and card["epochs"] == 1 and card["recipe"]["lr"] == 0.05
     assert json.loads((tmp_path / "assets" / "tiny.json").read_text()) == card
     by_name = load_model("tiny")  # from assets/, no network, strict
-    pred = collect_logits(by_name, data, batch_size=32).argmax(1)
+    pred = collect_logits(by_name, data, rt=Runtime(device="cpu", batch_size=32)).argmax(1)
     assert card["test_top1"] == round(100.0 * float((pred == data.labels).double().mean()), 2)
     for k, v in model.state_dict().items():
         assert torch.equal(v.float(), by_name.state_dict()[k].float()), k

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_dataset, make_tiny_resnet, make_tiny_vgg
+from sinf_core.runtime import Runtime
 from sinf_core import timing, tuning
 from sinf_core.bench import routed_predictions
 from sinf_core.data import iterate_batches
@@ -38,7 +39,7 @@ def test_calibration_outputs_equal_the_model_and_heads(make, tap):
     ds = make_tiny_dataset(n_per_class=8, seed=3)
     x, y = next(iterate_batches(ds, len(ds)))
     route, exit_head = _random_heads(model, tap, x, seed=1)
-    out = tuning.compute_calibration_outputs(model, ds, tap, ds.hierarchy, route, exit_head, batch_size=7)
+    out = tuning.compute_calibration_outputs(model, ds, tap, ds.hierarchy, route, exit_head, rt=Runtime(device="cpu", batch_size=7))
     with torch.no_grad():
         logits = model(x)
         h = model.forward_stem(x, tap)
@@ -62,7 +63,7 @@ def _tiny_outputs(ds_seed: int, head_seed: int, batch_size: int = 250):
     ds = make_tiny_dataset(n_per_class=10, seed=ds_seed)
     x, y = next(iterate_batches(ds, len(ds)))
     route, exit_head = _random_heads(model, tap, x, seed=head_seed)
-    out = tuning.compute_calibration_outputs(model, ds, tap, ds.hierarchy, route, exit_head, batch_size=batch_size)
+    out = tuning.compute_calibration_outputs(model, ds, tap, ds.hierarchy, route, exit_head, rt=Runtime(device="cpu", batch_size=batch_size))
     with torch.no_grad():
         out.features = model.forward_stem(x, tap)
     return model, tap, ds, x, y, route, exit_head, out
@@ -73,7 +74,7 @@ def test_evaluate_schedule_equals_the_oracle_evaluation_and_the_routed_predictio
     scores = _random_scores(model, seed=3)
     specs = make_cluster_specs(model, "tiny", tap, scores, ds.hierarchy, 0.2, 0.7, overrides={1: (0.0, 0.3)})
     costs = tuning.CostCache(model, (3, 32, 32))
-    ev = tuning.evaluate_schedule(model, specs, out, ds.hierarchy, costs, 0.2, 0.7, batch_size=9, channels_last=False)
+    ev = tuning.evaluate_schedule(model, specs, out, ds.hierarchy, costs, 0.2, 0.7, rt=Runtime(device="cpu", batch_size=9, channels_last=False))
     ref = evaluate_cluster_subgraphs(model, specs, ds, ds.hierarchy, baseline=True)
     for a, b in zip(ev["clusters"], ref["clusters"]):
         assert (a["cluster"], a["n"], a["flops"], a["params"], a["flops_with_stem"]) == \
@@ -81,14 +82,14 @@ def test_evaluate_schedule_equals_the_oracle_evaluation_and_the_routed_predictio
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-9)
         assert a["base_accuracy"] == pytest.approx(b["base_accuracy"], abs=1e-9)
     subs = {m: build_subgraph(model, s).eval() for m, s in specs.items()}
-    expected = routed_predictions(subs, out.features, out.route_pred, 5, torch.device("cpu"))
+    expected = routed_predictions(subs, out.features, out.route_pred, Runtime(device="cpu", batch_size=5))
     assert torch.equal(ev["schedule"].pred, expected)
     assert ev["mean"]["accuracy"] == pytest.approx(ref["mean"]["accuracy"])
     # subgraphs handed in (as make_cluster_specs(..., built=) fills them) give the same evaluation
     built: dict = {}
     again = make_cluster_specs(model, "tiny", tap, scores, ds.hierarchy, 0.2, 0.7, overrides={1: (0.0, 0.3)}, built=built)
     assert again == specs
-    ev2 = tuning.evaluate_schedule(model, specs, out, ds.hierarchy, costs, 0.2, 0.7, batch_size=9, channels_last=False,
+    ev2 = tuning.evaluate_schedule(model, specs, out, ds.hierarchy, costs, 0.2, 0.7, rt=Runtime(device="cpu", batch_size=9, channels_last=False),
                                    built=built)
     assert ev2["clusters"] == ev["clusters"] and torch.equal(ev2["schedule"].pred, ev["schedule"].pred)
 
@@ -97,7 +98,7 @@ def test_threshold_curves_follow_the_engine():
     model, tap, ds, x, y, route, exit_head, out = _tiny_outputs(6, 4)
     specs = make_cluster_specs(model, "tiny", tap, _random_scores(model, seed=5), ds.hierarchy, 0.1, 0.5)
     costs = tuning.CostCache(model, (3, 32, 32))
-    ev = tuning.evaluate_schedule(model, specs, out, ds.hierarchy, costs, 0.1, 0.5, channels_last=False)
+    ev = tuning.evaluate_schedule(model, specs, out, ds.hierarchy, costs, 0.1, 0.5, Runtime(device="cpu", channels_last=False))
     subs = [build_subgraph(model, specs[m]) for m in range(3)]
     for mode, gamma, tau in (("sinf", 0.5, None), ("cascade", 0.4, 0.3), ("exit", None, 0.2), ("sinf", 1.0, None),
                              ("cascade", 0.33, 0.57)):  # off the grid: the current setting is computed exactly

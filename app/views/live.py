@@ -192,7 +192,8 @@ if go and eng is not None:
         if "ratio" in part.get("sinf", {}):
             live.caption(f"so far: {part['sinf']['ratio']['median']:.2f}x base (median of {done} paired batches)")
 
-    tp = paired_stream({"base": base_fn, "sinf": eng.run}, batches, "base", rounds=2, warmup=1, on_batch=on_batch)
+    tp = paired_stream({"base": base_fn, "sinf": eng.run}, batches, "base", rounds=2, warmup=1, on_batch=on_batch,
+                       device=exp.device)
     bar.progress(1.0, text="accuracy ...")
     with torch.inference_mode():
         base_pred = torch.cat([base_fn(xb).argmax(1) for xb in batches])

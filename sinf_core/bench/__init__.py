@@ -47,7 +47,7 @@ from .inputs import _cluster_scores, _fit_stats, _global_scores, resolve_bn_samp
 from .metrics import _per_cluster, result_metrics  # noqa: F401
 from .options import (BENCH_FORMAT, BENCH_VERSION, CONTENDERS, MODES, BenchOptions, LogFn,  # noqa: F401
                       ProgressFn)
-from .precompute import (_head_outputs, _prep, build_subgraphs, routed_predictions, stem_features,  # noqa: F401
+from .precompute import (_head_outputs, build_subgraphs, routed_predictions, stem_features,  # noqa: F401
                          tap_sweep_data)
 from .run import BenchRun, _run, run_benchmark  # noqa: F401
 from .static import StaticNet, _schedule_flops, _static_calib_top1, channel_step_flops, static_for_flops  # noqa: F401

@@ -96,7 +96,7 @@ def fit_bench_heads(
             preds.append(ExitPredictor(taps=todo_exit, hidden=options.exit_hidden, **params))
         if todo_route:
             preds.append(RoutePredictor(taps=todo_route, **params))
-        fit_heads(preds, model, exp.fit_data(), exp.calib_data(), exp.device, on_progress)
+        fit_heads(preds, model, exp.fit_data(), exp.calib_data(), exp.runtime, on_progress)
         for p in preds:
             (exit_src if isinstance(p, ExitPredictor) else route_src).update({t: p for t in p.taps_})
         log(f"heads: fitted {len(todo_exit)} exit + {len(todo_route)} route heads in {time.perf_counter() - t0:.0f} s")

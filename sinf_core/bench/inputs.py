@@ -38,8 +38,9 @@ def resolve_score(bundle, score: str) -> str:
     return choose_dcs_variant(calib) or "dcs"
 
 
-def _fit_stats(exp, bundle, opts: BenchOptions, prog: ProgressFn):
-    """``ActivationStats`` of the fit split: the bundle's, else the disk cache (computed when missing)."""
+def _fit_stats(exp, bundle, opts: BenchOptions, rt, prog: ProgressFn):
+    """``ActivationStats`` of the fit split: the bundle's, else the disk cache (computed when missing, in
+    float32 on ``rt``'s device)."""
     from ..stats import ActivationStats, cached_stats
 
     if bundle is not None and bundle.has("stats"):
@@ -51,12 +52,13 @@ def _fit_stats(exp, bundle, opts: BenchOptions, prog: ProgressFn):
         done[0] += n
         prog("statistics (fit)", done[0], len(fit))
 
-    stats, _, _ = cached_stats(exp.model_name, exp.model, exp.train, "fit", indices=fit, batch_size=opts.batch_size,
-                               device=exp.device, on_batch=on_batch, root=opts.cache_dir)
+    stats, _, _ = cached_stats(exp.model_name, exp.model, exp.train, "fit", indices=fit, rt=rt.with_(bf16=False),
+                               on_batch=on_batch, root=opts.cache_dir)
     return stats
 
 
-def _cluster_scores(exp, bundle, score: str, opts: BenchOptions, prog: ProgressFn) -> dict[int, dict[str, torch.Tensor]]:
+def _cluster_scores(exp, bundle, score: str, opts: BenchOptions, rt,
+                    prog: ProgressFn) -> dict[int, dict[str, torch.Tensor]]:
     """{cluster: {layer: Tensor[C]}} of ``score``: the bundle's when it has them, else the score
     cache (computed on the fit split when missing)."""
     from ..bundle import load_scores, score_methods
@@ -66,18 +68,18 @@ def _cluster_scores(exp, bundle, score: str, opts: BenchOptions, prog: ProgressF
     from ..scores.cache import load_or_compute_scores
 
     res = load_or_compute_scores([score], exp.model, exp.model_name, exp.fit_data(), "fit", exp.hierarchy,
-                                 options=opts.score_options or None, root=opts.cache_dir, batch_size=opts.batch_size,
-                                 device=exp.device, on_progress=lambda s, d, t: prog(f"scores: {s}", d, t))
+                                 options=opts.score_options or None, root=opts.cache_dir, rt=rt.with_(bf16=False),
+                                 on_progress=lambda s, d, t: prog(f"scores: {s}", d, t))
     table = res[score]["scores"]
     return {int(m): table[m] for m in table}
 
 
-def _global_scores(exp, opts: BenchOptions, prog: ProgressFn) -> dict[str, dict[str, torch.Tensor]]:
+def _global_scores(exp, opts: BenchOptions, rt, prog: ProgressFn) -> dict[str, dict[str, torch.Tensor]]:
     """{method: {layer: Tensor[C]}} of every global (all-classes) score in ``opts.static_scores``."""
     from ..scores.cache import load_or_compute_scores
 
     res = load_or_compute_scores(list(opts.static_scores), exp.model, exp.model_name, exp.fit_data(), "fit",
                                  exp.hierarchy, options=opts.score_options or None, targets=[None],
-                                 root=opts.cache_dir, batch_size=opts.batch_size, device=exp.device,
+                                 root=opts.cache_dir, rt=rt.with_(bf16=False),
                                  on_progress=lambda s, d, t: prog(f"global scores: {s}", d, t))
     return {m: res[m]["scores"][None] for m in opts.static_scores}

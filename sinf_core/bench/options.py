@@ -17,6 +17,19 @@ BENCH_VERSION = 1
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 LogFn = Callable[[str], None]
+# the Runtime fields a mapping of benchmark options may set for the run, and the result records with the options
+RUNTIME_KEYS = ("bf16", "channels_last", "batch_size", "threads")
+
+
+def runtime_overrides(options: Mapping[str, Any] | None) -> dict:
+    """The Runtime fields a mapping of benchmark options sets (None values: not set)."""
+    return {k: options[k] for k in RUNTIME_KEYS if isinstance(options, Mapping) and options.get(k) is not None}
+
+
+def recorded_options(opts: "BenchOptions", rt) -> dict:
+    """The options a result records (and a bundle keys its benchmark step on): the benchmark's and how
+    it ran."""
+    return {**opts.to_json(), **{k: rt.to_json()[k] for k in RUNTIME_KEYS}}
 
 
 @dataclass
@@ -45,14 +58,14 @@ class BenchOptions:
     distillation from the base model in the heads' loss (``TapHeads.distill``); on VGG16-BN at features.24,
     0.9 let 87 % of calibration images exit within 1.5 points of the base, against 78 % with labels only.
     ``candidates_per_mode``: front points timed per mode; ``screen_pool`` / ``screen_reps``: their
-    throughput screening on calibration images. ``pool`` / ``batch_size`` / ``throughput_reps``: the
+    throughput screening on calibration images. ``pool`` / ``throughput_reps``: the
     final throughput run (report images); ``latency_calls`` / ``latency_warmup``: batch-size-1 calls.
-    ``bf16``: autocast for every contender; ``channels_last``: channels-last tensors for every contender
-    (None: yes; on CPU it is faster in float32 too, 1.2-1.4x on the CIFAR models here). ``fold_bn``: every
+    How the contenders run (device, bf16, channels-last layout, the batch size of the throughput runs, CPU
+    threads) is the experiment's ``Runtime``, the same for every contender; a mapping of options may
+    override its fields (``RUNTIME_KEYS``), and the result records them with the options. ``fold_bn``: every
     contender (base, static and the engines' model, heads and subgraphs) runs with its BatchNorms
     folded into the preceding convs (``fusion.fold_batchnorm``); decisions are made unfolded.
-    ``threads``: torch CPU threads during the benchmark (None: leave as is). ``cache``: keep fitted
-    heads under ``cache_dir`` (default $SINF_CACHE_DIR or ~/.cache/sinf) / bench.
+    ``cache``: keep fitted heads under ``cache_dir`` (default $SINF_CACHE_DIR or ~/.cache/sinf) / bench.
     ``score_options``: options of the filter scores (as in ``compute_all_scores``).
     ``chain``: registry names of cheaper networks run before this one, cheapest first (network selection,
     the ``select`` contender: each answers what its calibrated confidence is sure of); () = no ``select``.
@@ -80,14 +93,10 @@ class BenchOptions:
     screen_pool: int = 512
     screen_reps: int = 4
     pool: int = 2048
-    batch_size: int = 256
     throughput_reps: int = 6
     latency_calls: int = 200
     latency_warmup: int = 20
-    bf16: bool = False
-    channels_last: bool | None = None
     fold_bn: bool = True
-    threads: int | None = None
     cache: bool = True
     cache_dir: str | None = None
     score_options: dict = field(default_factory=dict)
@@ -96,7 +105,9 @@ class BenchOptions:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "BenchOptions":
-        d = dict(d or {})
+        """The options of a mapping (a command's, a bundle's, a recorded result's); its runtime fields
+        (``RUNTIME_KEYS``) are the runtime's: see ``runtime_overrides``."""
+        d = {k: v for k, v in dict(d or {}).items() if k not in RUNTIME_KEYS}
         known = {f.name for f in fields(cls)}
         bad = sorted(set(d) - known)
         if bad:
@@ -110,10 +121,6 @@ class BenchOptions:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-    @property
-    def use_channels_last(self) -> bool:
-        return True if self.channels_last is None else bool(self.channels_last)
 
     def validate(self) -> "BenchOptions":
         """Raise SinfError for any value the benchmark cannot use; returns self."""
@@ -143,7 +150,7 @@ class BenchOptions:
         if self.multiple_of is not None and int(self.multiple_of) < 1:
             raise SinfError(f"multiple_of must be a positive integer or None, got {self.multiple_of}")
         positive = ("head_fit_samples", "head_epochs", "exit_hidden", "candidates_per_mode", "screen_pool",
-                    "screen_reps", "pool", "batch_size", "throughput_reps", "latency_calls")
+                    "screen_reps", "pool", "throughput_reps", "latency_calls")
         for name in positive:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -153,8 +160,6 @@ class BenchOptions:
         if isinstance(self.head_distill, bool) or not isinstance(self.head_distill, (int, float)) \
                 or not 0.0 <= float(self.head_distill) <= 1.0:
             raise SinfError(f"head_distill is a weight in [0, 1], got {self.head_distill!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise SinfError(f"threads must be a positive integer, got {self.threads!r}")
         if self.static_match not in ("best",) + MODES:
             raise SinfError(f"static_match must be 'best' or one of {MODES}, got {self.static_match!r}")
         if not 0.0 <= float(self.route_target) <= 1.0:

@@ -10,30 +10,24 @@ from torch import nn
 
 from ..cost import module_cost, stem_cost, stem_output, tail_cost
 from ..data import ImageDataset, iterate_batches
-from ..device import autocast
 from ..errors import SinfError
-from ..fusion import prepare_for_inference
 from ..models import SinfModel
 from ..router import RouteHead, forward_taps
+from ..runtime import Runtime
 from ..subgraph.batchnorm import BatchNormSamples
 from ..subgraph.schedule import make_cluster_specs
 from ..subgraph.slicing import build_subgraph
 from ..subgraph.spec import SubgraphSpec
 from .costs import head_cost
-from .options import ProgressFn
 from .sweep import ScheduleData, TapData
 
 
-def _prep(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 @torch.inference_mode()
-def stem_features(model: SinfModel, data: ImageDataset, taps: Sequence[str], batch_size: int,
-                  device: torch.device, bf16: bool = False, channels_last: bool = False,
-                  on_progress: ProgressFn | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One pass over ``data``: the stem output at every tap ({tap: [N, ...]} on ``device``) and the base
-    model's predictions [N] (CPU), the tail run from the deepest tap."""
+def stem_features(model: SinfModel, data: ImageDataset, taps: Sequence[str],
+                  rt: Runtime | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One pass over ``data``: the stem output at every tap ({tap: [N, ...]} on ``rt.device``) and the
+    base model's predictions [N] (CPU), the tail run from the deepest tap; progress as 'stem features'."""
+    rt = Runtime.resolve(rt, model)
     if len(data) == 0:
         raise SinfError("no samples to run the stem on")
     units = sorted({model.unit_index(t) for t in taps})
@@ -41,27 +35,25 @@ def stem_features(model: SinfModel, data: ImageDataset, taps: Sequence[str], bat
     feats: dict[int, list[torch.Tensor]] = {u: [] for u in units}
     preds = []
     done = 0
-    for x, _ in iterate_batches(data, batch_size, None, device):
-        with autocast(device, bf16):
-            hs = forward_taps(model, _prep(x, channels_last), units)
+    for x, _ in iterate_batches(data, rt.batch_size, None, rt.device):
+        with rt.autocast():
+            hs = forward_taps(model, rt.layout(x), units)
             for u, h in zip(units, hs):
                 feats[u].append(h)
             preds.append(model.forward_tail(hs[-1], units[-1]).float().argmax(1).cpu())
         done += x.shape[0]
-        if on_progress:
-            on_progress("stem features", done, len(data))
+        rt.progress("stem features", done, len(data))
     return {names[u]: torch.cat(v) for u, v in feats.items()}, torch.cat(preds)
 
 
 @torch.inference_mode()
-def _head_outputs(head: RouteHead, h: torch.Tensor, batch_size: int, device: torch.device,
-                  bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _head_outputs(head: RouteHead, h: torch.Tensor, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """Calibrated top probability and argmax [N] (CPU), computed exactly as the engine does."""
     confs, preds = [], []
-    head = head.to(device).eval()
-    for s in range(0, h.shape[0], batch_size):
-        with autocast(device, bf16):
-            z = head(h[s : s + batch_size]).float()
+    head = head.to(rt.device).eval()
+    for b in rt.batches(h.shape[0]):
+        with rt.autocast():
+            z = head(h[b]).float()
         p = torch.softmax(z / head.temperature.float(), dim=1)
         c, k = p.max(1)
         confs.append(c.cpu())
@@ -71,24 +63,22 @@ def _head_outputs(head: RouteHead, h: torch.Tensor, batch_size: int, device: tor
 
 @torch.inference_mode()
 def routed_predictions(subgraphs: Mapping[int, nn.Module], h: torch.Tensor, route: torch.Tensor,
-                       batch_size: int, device: torch.device, bf16: bool = False) -> torch.Tensor:
+                       rt: Runtime) -> torch.Tensor:
     """For every sample i, the prediction [N] (CPU) of ``subgraphs[route[i]]`` on ``h[i]``, run in
-    groups of one cluster (``batch_size`` at a time); -1 where the cluster has no subgraph."""
+    groups of one cluster (``rt.batch_size`` at a time); -1 where the cluster has no subgraph."""
     out = torch.full((h.shape[0],), -1, dtype=torch.long)
     route_dev = route.to(h.device)
     for m, sub in subgraphs.items():
         idx = (route_dev == int(m)).nonzero().flatten()
-        for piece in idx.split(batch_size):
-            with autocast(device, bf16):
+        for piece in idx.split(rt.batch_size):
+            with rt.autocast():
                 z = sub(h.index_select(0, piece)).float()
             out[piece.cpu()] = z.argmax(1).cpu()
     return out
 
 
-def build_subgraphs(model: SinfModel, specs: Mapping[int, SubgraphSpec], device: torch.device,
-                    channels_last: bool = False) -> dict[int, nn.Module]:
-    return {m: prepare_for_inference(build_subgraph(model, s), channels_last=channels_last, device=device)
-            for m, s in specs.items()}
+def build_subgraphs(model: SinfModel, specs: Mapping[int, SubgraphSpec], rt: Runtime) -> dict[int, nn.Module]:
+    return {m: rt.ready(build_subgraph(model, s)) for m, s in specs.items()}
 
 
 def tap_sweep_data(
@@ -102,10 +92,7 @@ def tap_sweep_data(
     hierarchy,
     schedules: Sequence[tuple[float, float]],
     multiple_of: int | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
-    channels_last: bool = False,
+    rt: Runtime | None = None,
     work: SinfModel | None = None,
     input_shape: Sequence[int] = (3, 32, 32),
     fill_stats=None,
@@ -118,19 +105,19 @@ def tap_sweep_data(
     channels_last); costs are counted on ``model``. ``fill_stats``: fit-split ``ActivationStats`` for
     mean replacement of removed channels (None: zero). ``bn_samples``: fit samples on which each
     subgraph's BatchNorm statistics are re-estimated (None: the base model's)."""
-    device = torch.device(device)
+    rt = Runtime.resolve(rt, model)
     work = model if work is None else work
     input_shape = tuple(input_shape)
-    rc, rp = _head_outputs(route_head, h, batch_size, device, bf16)
-    ec, ep = _head_outputs(exit_head, h, batch_size, device, bf16)
+    rc, rp = _head_outputs(route_head, h, rt)
+    ec, ep = _head_outputs(exit_head, h, rt)
     td = TapData(tap, rc, rp, ec, ep, stem_cost(model, tap, input_shape), tail_cost(model, tap, input_shape),
                  head_cost(route_head, model, tap, input_shape), head_cost(exit_head, model, tap, input_shape))
     example = stem_output(model, tap, input_shape)
     for r_M, r_L in schedules:
         specs = make_cluster_specs(model, model_name, tap, cluster_scores, hierarchy, r_M, r_L, multiple_of,
                                    fill_stats=fill_stats, bn_samples=bn_samples)
-        subs = build_subgraphs(work, specs, device, channels_last)
+        subs = build_subgraphs(work, specs, rt)
         costs = tuple(module_cost(subs[m], example) for m in range(hierarchy.num_clusters))
-        pred = routed_predictions(subs, h, rp, batch_size, device, bf16)
+        pred = routed_predictions(subs, h, rp, rt)
         td.schedules.append(ScheduleData(float(r_M), float(r_L), specs, costs, pred))
     return td

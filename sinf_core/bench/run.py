@@ -18,9 +18,9 @@ from ..data import ImageDataset
 from ..device import hardware_info
 from ..engine import SemanticInference
 from ..errors import SinfError
-from ..fusion import prepare_for_inference
 from ..models import SinfModel
 from ..router import RouteHead, RoutePredictor
+from ..runtime import Runtime
 from ..subgraph.batchnorm import BatchNormSamples
 from ..subgraph.schedule import first_pruned_index
 from ..subgraph.slicing import build_subgraph
@@ -30,7 +30,8 @@ from .costs import PathCosts
 from .heads import default_bench_taps, fit_bench_heads
 from .inputs import _cluster_scores, _fit_stats, _global_scores, resolve_bn_samples, resolve_score
 from .metrics import _per_cluster, result_metrics
-from .options import BENCH_FORMAT, BENCH_VERSION, CONTENDERS, MODES, BenchOptions, LogFn, ProgressFn
+from .options import (BENCH_FORMAT, BENCH_VERSION, CONTENDERS, MODES, BenchOptions, LogFn, ProgressFn, recorded_options,
+                      runtime_overrides)
 from .precompute import stem_features, tap_sweep_data
 from .select import SELECT, run_select
 from .static import StaticNet, _static_calib_top1, static_for_flops
@@ -51,13 +52,9 @@ def run_benchmark(
     operating point), the Pareto fronts, the timing screen and ``hardware``."""
     opts = options if isinstance(options, BenchOptions) else BenchOptions.from_dict(options)
     opts.validate()
-    old_threads = torch.get_num_threads()
-    if opts.threads is not None:
-        torch.set_num_threads(opts.threads)
-    try:
-        return _run(exp, bundle, opts, on_progress or (lambda s, d, t: None), log)
-    finally:
-        torch.set_num_threads(old_threads)
+    rt = exp.runtime.with_(**runtime_overrides(options))  # every contender runs on it
+    with rt.applied():
+        return _run(exp, bundle, opts, rt, on_progress or (lambda s, d, t: None), log)
 
 
 @dataclass
@@ -67,10 +64,10 @@ class BenchRun:
     exp: Any
     bundle: Any
     opts: BenchOptions
+    rt: Runtime
     prog: ProgressFn
     log: LogFn
     model: SinfModel
-    dev: torch.device
     calib: ImageDataset
     report: ImageDataset
     input_shape: tuple
@@ -124,16 +121,8 @@ class BenchRun:
         return self.exp.hierarchy
 
     @property
-    def bf16(self) -> bool:
-        return self.opts.bf16
-
-    @property
-    def cl(self) -> bool:
-        return self.opts.use_channels_last
-
-    @property
-    def bs(self) -> int:
-        return self.opts.batch_size
+    def dev(self) -> torch.device:
+        return self.rt.device
 
     @property
     def z(self) -> float:
@@ -145,8 +134,8 @@ class BenchRun:
         self.t0 = time.perf_counter()
 
 
-def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
-    r = _start(exp, bundle, opts, prog, log)
+def _run(exp, bundle, opts: BenchOptions, rt: Runtime, prog: ProgressFn, log: LogFn) -> dict:
+    r = _start(exp, bundle, opts, rt, prog, log)
     _heads(r)
     _scores(r)
     _precompute(r)
@@ -160,7 +149,7 @@ def _run(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> dict:
     return _summary(r, tp, lat)
 
 
-def _start(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> BenchRun:
+def _start(exp, bundle, opts: BenchOptions, rt: Runtime, prog: ProgressFn, log: LogFn) -> BenchRun:
     t_start = time.perf_counter()
     model: SinfModel = exp.model.eval()
     calib, report = exp.calib_data(), exp.report_data()
@@ -170,8 +159,8 @@ def _start(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> Ben
         raise SinfError("the report split is empty: there is nothing to report the benchmark on")
     if len(exp.splits.fit) == 0:
         raise SinfError("the fit split is empty: the heads are trained on it")
-    return BenchRun(exp, bundle, opts, prog, log, model, exp.device, calib, report, tuple(calib.images.shape[1:]),
-                    hardware_info(exp.device), t_start)
+    return BenchRun(exp, bundle, opts, rt, prog, log, model, calib, report, tuple(calib.images.shape[1:]),
+                    hardware_info(rt.device), t_start)
 
 
 def _heads(r: BenchRun) -> None:
@@ -198,11 +187,11 @@ def _scores(r: BenchRun) -> None:
     """The subgraphs' cluster scores, the fill statistics and the BatchNorm samples."""
     exp, opts = r.exp, r.opts
     r.score_name = resolve_score(r.bundle, opts.score)
-    r.cluster_scores = _cluster_scores(exp, r.bundle, r.score_name, opts, r.prog)
-    r.fill_stats = _fit_stats(exp, r.bundle, opts, r.prog) if opts.fill == "mean" else None
+    r.cluster_scores = _cluster_scores(exp, r.bundle, r.score_name, opts, r.rt, r.prog)
+    r.fill_stats = _fit_stats(exp, r.bundle, opts, r.rt, r.prog) if opts.fill == "mean" else None
     n_bn = resolve_bn_samples(r.bundle, opts.bn_samples)
     r.opts = opts = replace(opts, bn_samples=n_bn)  # recorded as used
-    r.bn_samples = BatchNormSamples(r.model, exp.fit_data(), r.hier, n_bn, opts.seed, r.bs) if n_bn else None
+    r.bn_samples = BatchNormSamples(r.model, exp.fit_data(), r.hier, n_bn, opts.seed, r.rt) if n_bn else None
     r.log(f"subgraph score: {r.score_name}; removed channels filled with {opts.fill}; BatchNorm statistics "
           + (f"re-estimated on {n_bn} fit images per cluster" if r.bn_samples else "of the base model"))
     r.lap("scores")
@@ -210,16 +199,15 @@ def _scores(r: BenchRun) -> None:
 
 def _precompute(r: BenchRun) -> None:
     """On calibration: the stem features, the base model's predictions and every tap's sweep data."""
-    model, opts, cl = r.model, r.opts, r.cl
-    r.work = prepare_for_inference(model, channels_last=True) if cl else model  # a copy unless already so
+    model, opts, rt = r.model, r.opts, r.rt
+    r.work = rt.ready(model)  # a copy unless already so
     r.labels = r.calib.labels.clone()
-    r.feats, r.base_pred = stem_features(r.work, r.calib, r.taps, r.bs, r.dev, r.bf16, cl, r.prog)
+    r.feats, r.base_pred = stem_features(r.work, r.calib, r.taps, rt.with_(on_progress=r.prog))
     r.base_top1_calib = 100.0 * float((r.base_pred == r.labels).double().mean())
     for i, tap in enumerate(r.taps):
         r.tap_data[tap] = tap_sweep_data(
-            model, r.exp.model_name, tap, r.feats[tap], prepare_for_inference(r.route_heads[tap], channels_last=cl),
-            prepare_for_inference(r.exit_heads[tap], channels_last=cl),
-            r.cluster_scores, r.hier, opts.schedules, opts.multiple_of, r.bs, r.dev, r.bf16, cl, r.work,
+            model, r.exp.model_name, tap, r.feats[tap], rt.ready(r.route_heads[tap]), rt.ready(r.exit_heads[tap]),
+            r.cluster_scores, r.hier, opts.schedules, opts.multiple_of, rt, r.work,
             r.input_shape, r.fill_stats, r.bn_samples)
         r.prog("sweep subgraphs (calibration)", i + 1, len(r.taps))
     r.lap("precompute")
@@ -254,7 +242,7 @@ def _make_engine(r: BenchRun, p: dict) -> tuple[SemanticInference, PathCosts]:
         r.served, r.served_route[p["tap"]] if mode != "exit" else None, subs,
         r.served_exit[p["tap"]] if mode != "sinf" else None, tap=p["tap"], mode=mode,
         gamma=p["gamma"] if p["gamma"] is not None else 1.0, tau=p["tau"] if p["tau"] is not None else 1.0,
-        device=r.dev, bf16=r.bf16, channels_last=r.cl, input_shape=r.input_shape)
+        rt=r.rt, input_shape=r.input_shape)
     costs = PathCosts(td.stem, td.tail, td.router if mode != "exit" else None, td.exit if mode != "sinf" else None,
                       sd.costs if sd is not None else ())
     return eng, costs
@@ -263,7 +251,7 @@ def _make_engine(r: BenchRun, p: dict) -> tuple[SemanticInference, PathCosts]:
 def _screen(r: BenchRun) -> None:
     """Engines for the candidates; their throughput screened on calibration images; each mode's choice."""
     opts, z = r.opts, r.z
-    C = r.contenders = _Contenders(r.dev, r.bf16, r.cl, r.bs, opts.fold_bn)
+    C = r.contenders = _Contenders(r.rt, opts.fold_bn)
     r.served = C.ready(r.work)  # the base model as every contender runs it, readied once and shared
     r.served_route = {t: C.ready(h) for t, h in r.route_heads.items()}
     r.served_exit = {t: C.ready(h) for t, h in r.exit_heads.items()}
@@ -304,7 +292,7 @@ def _static(r: BenchRun) -> None:
     if match in chosen:
         cp = chosen[match]
         tap = cp["tap"]
-        glob = _global_scores(r.exp, opts, r.prog)
+        glob = _global_scores(r.exp, opts, r.rt, r.prog)
         glob_fill = None if r.fill_stats is None else {
             l.name: r.fill_stats.group_mean(l.name, range(r.hier.num_classes)) for l in model.prunable_layers()}
         trials = []
@@ -313,8 +301,8 @@ def _static(r: BenchRun) -> None:
                                   fill=glob_fill)
             if r.bn_samples is not None:  # on every cluster's samples: the static network serves all classes
                 st["spec"] = r.bn_samples.estimate(st["spec"])
-            tail = prepare_for_inference(build_subgraph(r.work, st["spec"]), channels_last=r.cl, device=r.dev)
-            acc = _static_calib_top1(tail, r.feats[tap], r.labels, r.bs, r.dev, r.bf16)
+            tail = r.rt.ready(build_subgraph(r.work, st["spec"]))
+            acc = _static_calib_top1(tail, r.feats[tap], r.labels, r.rt)
             trials.append({"score": method, "r": round(st["r"], 6), "flops": st["flops"], "calib_top1": round(acc, 4),
                            "reachable": st["reachable"], "_spec": st["spec"], "_tail": tail})
         best = max(trials, key=lambda t: t["calib_top1"])
@@ -349,7 +337,7 @@ def _report_accuracy(r: BenchRun) -> None:
         if m not in r.chosen:
             continue
         eng, costs = r.engines[r.chosen[m]["engine"]]
-        res = eng.run_pool(x_report, r.bs)
+        res = eng.run_pool(x_report, r.rt.batch_size)
         results[m] = result_metrics(res, labels_r, clusters_r, hier.cluster_names, costs)
         op = {k: v for k, v in r.chosen[m].items() if k not in ("engine",)}
         results[m]["operating_point"] = _round_point(op)
@@ -427,7 +415,7 @@ def _summary(r: BenchRun, tp: dict, lat: dict) -> dict:
     except OSError:
         pass
     hardware["threads"] = torch.get_num_threads()
-    hardware.update({"bf16": r.bf16, "channels_last": r.cl, "fold_bn": opts.fold_bn})
+    hardware.update({"bf16": r.rt.bf16, "channels_last": r.rt.channels_last, "fold_bn": opts.fold_bn})
     r.seconds["total"] = round(time.perf_counter() - r.t_start, 2)
     return {
         "format": BENCH_FORMAT, "version": BENCH_VERSION,
@@ -443,10 +431,10 @@ def _summary(r: BenchRun, tp: dict, lat: dict) -> dict:
                   "pareto": {m: [_round_point(p) for p in r.fronts[m]] for m in MODES},
                   "cheapest_within_budget_per_tap": r.per_tap,
                   "screen": r.screen},
-        "timing": {"pool": r.pool_size, "batch_size": r.bs, "throughput_reps": opts.throughput_reps,
+        "timing": {"pool": r.pool_size, "batch_size": r.rt.batch_size, "throughput_reps": opts.throughput_reps,
                    "latency_calls": opts.latency_calls, "latency_warmup": opts.latency_warmup,
                    "screen_pool": opts.screen_pool, "screen_reps": opts.screen_reps},
-        "options": opts.to_json(),
+        "options": recorded_options(opts, r.rt),
         "subgraph_score": r.score_name,
         "flops_unit": "FLOPs per image = 2 x MACs (torch.utils.flop_counter)",
         "seconds": r.seconds,

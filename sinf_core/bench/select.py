@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import statistics
 
-import torch
 from torch import nn
 
 from ..cost import model_cost
-from ..device import autocast
 from ..errors import SinfError
 from ..evaluate import collect_logits
-from ..fusion import prepare_for_inference
 from ..selection import Gate, NetworkSelection, Stage, fit_gate, sweep_chain
 from ..timing import interleaved_throughput, paired_ratios
 from .metrics import _per_cluster
-from .precompute import _prep
 from .sweep import _round_point, candidates_within_budget, pick_fastest
 
 SELECT = "select"
@@ -57,14 +53,15 @@ def run_select(r) -> None:
     opts = r.opts
     if not opts.chain:
         return
-    C, dev, bs, cl, bf16 = r.contenders, r.dev, r.bs, r.cl, r.bf16
-    nets = chain_networks(r.exp, opts.chain, dev)
+    C, rt = r.contenders, r.rt
+    bs = rt.batch_size
+    nets = chain_networks(r.exp, opts.chain, rt.device)
     labels = r.calib.labels.clone()
     costs = [model_cost(m, r.input_shape) for _, m in nets]
     base_cost = model_cost(r.model, r.input_shape)
     stages, gates = [], []
     for (name, m), c in zip(nets, costs):  # decisions on the unfolded networks, as for every mode
-        lg = collect_logits(prepare_for_inference(m, channels_last=cl), r.calib, batch_size=bs, device=dev, bf16=bf16)
+        lg = collect_logits(rt.ready(m), r.calib, rt=rt)
         g = fit_gate(lg, labels)
         conf, pred = g.confidence(lg)
         stages.append(Stage(name, pred, float(c.flops), conf))
@@ -77,7 +74,7 @@ def run_select(r) -> None:
         return
     def logits_of(net: nn.Module):
         def f(x):
-            with autocast(dev, bf16):
+            with rt.autocast():
                 return net(x).float()
         return f
 
@@ -90,10 +87,10 @@ def run_select(r) -> None:
     chains = [chain_of(p) for p in cands]
 
     def pool_fn(ch):
-        return lambda x: ch.run_pool(_prep(x, cl), bs).pred
+        return lambda x: ch.run_pool(rt.layout(x), bs).pred
 
     fns = {"base": r.base_fns[0], **{f"{SELECT}#{i}": pool_fn(ch) for i, ch in enumerate(chains)}}
-    tp = interleaved_throughput(fns, r.screen_pool, opts.screen_reps, 1, dev, r.prog)
+    tp = interleaved_throughput(fns, r.screen_pool, opts.screen_reps, 1, rt.device, r.prog)
     ratios = [statistics.median(paired_ratios(tp, f"{SELECT}#{i}")) for i in range(len(cands))]
     r.screen[SELECT] = [{**_round_point(p), "ips": round(tp[f"{SELECT}#{i}"]["ips"], 2), "ratio_to_base": round(v, 4)}
                         for i, (p, v) in enumerate(zip(cands, ratios))]
@@ -102,7 +99,7 @@ def run_select(r) -> None:
         return
     chosen, chain = cands[k], chains[k]
     labels_r, clusters_r = r.report.labels.clone(), r.report.cluster_labels.clone()
-    res = chain.run_pool(_prep(r.x_report, cl), bs)
+    res = chain.run_pool(rt.layout(r.x_report), bs)
     shares = res.shares() + [0.0] * (len(stages) - len(res.shares()))
     # every network counts for the inputs that reached it: 1 - the shares answered before it
     flops = sum((1.0 - sum(shares[:k])) * s.flops for k, s in enumerate(stages))
@@ -114,7 +111,7 @@ def run_select(r) -> None:
         "gate_temperatures": [round(g.temperature, 4) for g in gates],
         "operating_point": {**_round_point(chosen), "screen_ratio": round(ratios[k], 4)},
         "calib_top1": round(chosen["top1"], 4), "calib_flops": round(chosen["flops"], 1), "n": len(labels_r)}
-    r.finals[SELECT] = (pool_fn(chain), lambda x: chain.run(_prep(x, cl)).pred)
+    r.finals[SELECT] = (pool_fn(chain), lambda x: chain.run(rt.layout(x)).pred)
     r.log(f"chosen select: thresholds {chosen['thresholds']}, calibration top-1 {chosen['top1']:.2f} % "
           f"(standard error of the difference from base {chosen['top1_se']:.2f}), {chosen['flops'] / 1e6:.1f} MFLOPs, "
           f"screened {ratios[k]:.3f}x base; report top-1 {r.results[SELECT]['top1']:.2f} %")

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..cost import count_flops, stem_cost, stem_output, tail_cost
-from ..device import autocast
 from ..models import SinfModel
+from ..runtime import Runtime
 from ..subgraph.schedule import first_pruned_index, keep_indices, model_schedule
 from ..subgraph.slicing import build_subgraph
 from ..subgraph.spec import SubgraphSpec
@@ -132,10 +132,9 @@ def channel_step_flops(model: SinfModel, tap: str | None, input_shape: Sequence[
 
 
 @torch.inference_mode()
-def _static_calib_top1(tail: nn.Module, h: torch.Tensor, labels: torch.Tensor, bs: int, dev: torch.device,
-                       bf16: bool) -> float:
+def _static_calib_top1(tail: nn.Module, h: torch.Tensor, labels: torch.Tensor, rt: Runtime) -> float:
     preds = []
-    for s in range(0, h.shape[0], bs):
-        with autocast(dev, bf16):
-            preds.append(tail(h[s : s + bs]).float().argmax(1).cpu())
+    for b in rt.batches(h.shape[0]):
+        with rt.autocast():
+            preds.append(tail(h[b]).float().argmax(1).cpu())
     return 100.0 * float((torch.cat(preds) == labels).double().mean())

@@ -17,7 +17,11 @@ HELP = "benchmark base / SINF / early exit / cascade / static pruning side by si
 
 
 def add_arguments(p) -> None:
-    add_model_options(p)
+    add_model_options(p, ("bf16", "channels_last", "batch_size", "threads"),
+                      {"bf16": "bf16 autocast for every contender",
+                       "channels_last": "run every contender on contiguous (NCHW) tensors (default: channels_last, faster on CPU)",
+                       "batch_size": "batch size of every pass and of the throughput runs",
+                       "threads": "torch CPU threads for the whole benchmark (1 is steadier on a busy machine)"})
     p.add_argument("--budget", type=float, default=2.0,
                    help="accuracy budget: points of calibration top-1 below the base model (default 2.0)")
     p.add_argument("--bundle", help="a `sinf build` bundle folder whose router and scores to reuse")
@@ -33,9 +37,6 @@ def add_arguments(p) -> None:
                    help="whose expected FLOPs the static network matches (default: the fastest chosen mode)")
     p.add_argument("--bn-samples", type=int, default=None,
                    help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; 0: keep the base model's; default: the bundle's decision, made on calibration by `sinf build`, else 256)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for every contender")
-    p.add_argument("--no-channels-last", action="store_true",
-                   help="run every contender on contiguous (NCHW) tensors (default: channels_last, faster on CPU)")
     p.add_argument("--budget-z", type=float, default=1.645,
                    help="standard errors of a point's calibration difference from base that must also fit the "
                         "budget (default 1.645: one-sided 95 %%; 0: the plain estimate)")
@@ -43,9 +44,7 @@ def add_arguments(p) -> None:
                    help="throughput ratio to base the best mode is checked against (default 1.15)")
     p.add_argument("--no-fold-bn", action="store_true",
                    help="run every contender with its BatchNorms as separate layers (default: folded into the convs)")
-    p.add_argument("--threads", type=int, help="torch CPU threads for the whole benchmark (1 is steadier on a busy machine)")
     p.add_argument("--pool", type=int, default=2048, help="report images in the throughput pool (default 2048)")
-    p.add_argument("--batch-size", type=int, default=256, help="batch size of the throughput runs (default 256)")
     p.add_argument("--reps", type=int, default=6, help="interleaved throughput repetitions (default 6)")
     p.add_argument("--latency-calls", type=int, default=200, help="timed batch-size-1 calls per contender (default 200)")
     p.add_argument("--candidates", type=int, default=3, help="front points timed per mode before choosing (default 3)")
@@ -74,10 +73,8 @@ def _options(args) -> dict:
 
     opts: dict = {"budget": args.budget, "budget_z": args.budget_z, "target_ratio": args.target_ratio,
                   "multiple_of": args.multiple_of or None, "score": args.score,
-                  "static_match": args.static_match, "bf16": args.bf16,
-                  "channels_last": not args.no_channels_last,
-                  "fold_bn": not args.no_fold_bn, "threads": args.threads, "pool": args.pool,
-                  "batch_size": args.batch_size, "throughput_reps": args.reps, "latency_calls": args.latency_calls,
+                  "static_match": args.static_match,
+                  "fold_bn": not args.no_fold_bn, "pool": args.pool, "throughput_reps": args.reps, "latency_calls": args.latency_calls,
                   "candidates_per_mode": args.candidates, "head_fit_samples": args.head_samples,
                   "head_epochs": args.head_epochs, "head_distill": args.head_distill, "cache_dir": args.cache_dir,
                   "bn_samples": args.bn_samples,
@@ -105,7 +102,7 @@ def _run_on_runtime(args) -> int:
     exp = open_from_args(args)
     bundle = Bundle.open(args.bundle or default_bundle_dir(args.model), model=args.model)
     bars = StageProgress(quiet=args.json)
-    result = run_runtime_benchmark(exp, bundle, args.backend, args.precision, threads=args.threads,
+    result = run_runtime_benchmark(exp, bundle, args.backend, args.precision, threads=exp.runtime.threads,
                                    reference_rows=not args.no_reference_rows, on_progress=bars, log=bars.log)
     bars.close()
     if args.out:

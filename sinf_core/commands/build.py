@@ -13,7 +13,7 @@ HELP = "run the whole SINF analysis (stats, clusters, overlap, router, scores, g
 
 
 def add_arguments(p) -> None:
-    add_model_options(p)
+    add_model_options(p, ("bf16", "batch_size"), {"bf16": "bf16 autocast for the analysis passes"})
     p.add_argument("--out", help="bundle folder (default: $SINF_CACHE_DIR/bundles/<model>)")
     p.add_argument("--methods", help="comma-separated filter scores (default: all)")
     p.add_argument("--r-m", type=float, default=0.05, help="removed fraction at the first pruned layer")
@@ -32,7 +32,6 @@ def add_arguments(p) -> None:
                         "into the next layer (mean replacement, default), or zero")
     p.add_argument("--bn-samples", type=int, default=DEFAULT_BN_SAMPLES,
                    help="fit images per cluster on which each subgraph's BatchNorm statistics are re-estimated (the pruning-induced shift, measured on the cluster's own images; default %(default)s; 0: off). The build keeps it only if it wins on the calibration split (step 'bn', bn.json)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the analysis passes")
     p.add_argument("--json", action="store_true", help="print the manifest's step summary as JSON")
 
 
@@ -47,7 +46,7 @@ def run(args) -> int:
             raise SinfError(f"not a comma-separated list of numbers: {text!r}") from exc
 
     settings = BuildSettings(r_M=args.r_m, r_L_grid=floats(args.r_l_grid), route_target=args.route_target,
-                             bench=not args.no_bench, bf16=args.bf16, fill=args.fill,
+                             bench=not args.no_bench, fill=args.fill,
                              bn_samples=args.bn_samples)
     if args.methods:
         settings.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())

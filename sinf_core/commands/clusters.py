@@ -12,7 +12,7 @@ HELP = "semantic clusters: the data set's hierarchy, Ward on class prototypes, o
 
 
 def add_arguments(p) -> None:
-    add_model_options(p)
+    add_model_options(p, ("bf16", "batch_size"), {"bf16": "bf16 autocast for the statistics pass"})
     add_stats_options(p)
     p.add_argument("--method", choices=["hierarchy", "ward", "spectral", "all"], default="hierarchy",
                    help="'all' runs every method (and spectral on soft confusions) and compares them")

@@ -19,20 +19,28 @@ MODEL_HELP = ("registered model name (see `sinf models`), or torchvision:NAME, t
               "(built with one output per class of the data set; its weights from --checkpoint)")
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser, runtime: tuple[str, ...] = ("device",),
+                      runtime_help: dict[str, str] | None = None) -> None:
+    """The model, its checkpoint, its data, and the flags of the ``runtime`` fields it runs with
+    (``runtime.add_runtime_options``; ``runtime_help`` words a flag for this command)."""
+    from ..runtime import add_runtime_options
+
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--checkpoint", help="weights file (.safetensors or .pt state dict) instead of the registered ones")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    add_runtime_options(p, ("device",) + tuple(n for n in runtime if n != "device"), runtime_help)
     add_data_options(p)
 
 
-def open_from_args(args: argparse.Namespace):
-    """The experiment of the command's model options. ``args.model`` becomes the experiment's canonical
+def open_from_args(args: argparse.Namespace, on_progress=None):
+    """The experiment of the command's model options, running on the Runtime of its flags (created
+    here, once; ``on_progress``: its progress callback). ``args.model`` becomes the experiment's canonical
     name (a spec gets its class count: ``torchvision:resnet18@10``), so whatever the command records
     (outputs, cache keys, subgraph specs) names the model as the experiment does."""
     from ..experiment import open_experiment
+    from ..runtime import runtime_from_args
 
-    exp = open_experiment(args.model, args.dataset, args.data_dir, args.download, args.checkpoint, args.device)
+    exp = open_experiment(args.model, args.dataset, args.data_dir, args.download, args.checkpoint,
+                          runtime_from_args(args, on_progress))
     args.model = exp.model_name
     return exp
 

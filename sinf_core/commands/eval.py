@@ -11,11 +11,9 @@ HELP = "evaluate a model: top-1, superclass accuracy of the prediction, per-clus
 
 
 def add_arguments(p) -> None:
-    add_model_options(p)
+    add_model_options(p, ("bf16", "batch_size"))
     p.add_argument("--split", choices=["test", "calib", "report"], default="test",
                    help="test = the whole official test split (default; compare with published accuracy)")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on AMX CPUs; may change a few predictions)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -32,7 +30,7 @@ def run(args) -> int:
                         f"{len(exp.test)} test images in {exp.test.meta.get('source', exp.test.name)}); "
                         "use --split test or a larger data set")
     bar = progress(len(data), f"eval {args.model}", quiet=args.json)
-    logits = collect_logits(exp.model, data, None, args.batch_size, exp.device, args.bf16, on_batch=bar.update)
+    logits = collect_logits(exp.model, data, None, exp.runtime, on_batch=bar.update)
     bar.close()
     rep = accuracy_report(logits.argmax(1).numpy(), data.labels.numpy(), data.hierarchy)
     rep.update({"model": args.model, "split": args.split, "seconds": round(time.perf_counter() - t0, 1)})

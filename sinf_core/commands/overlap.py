@@ -12,7 +12,7 @@ HELP = "filter overlap: Jaccard of top-q% channel sets per layer, within- vs bet
 
 
 def add_arguments(p) -> None:
-    add_model_options(p)
+    add_model_options(p, ("bf16", "batch_size"), {"bf16": "bf16 autocast for the statistics pass"})
     add_stats_options(p)
     p.add_argument("--q", type=float, default=20.0, help="top q %% of channels per class / cluster (default 20)")
     p.add_argument("--clusters", choices=["hierarchy", "ward", "spectral"], default="hierarchy",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..runtime import add_runtime_options
 from .common import add_data_options, emit, progress
 
 NAME = "publish"
@@ -21,7 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("run_dir", help="the --out folder of a finished `sinf train` run (holds summary.json)")
     p.add_argument("model", help="registered model whose weights file (Weights.file, in assets/) the weights become")
     p.add_argument("--assets-dir", help="target folder (default: the project's assets/)")
-    p.add_argument("--batch-size", type=int, default=500)
+    add_runtime_options(p, ("batch_size",))
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                    help="how the weights are stored (float16: half the file, loaded as float32)")
     add_data_options(p)
@@ -32,14 +33,16 @@ def run(args) -> int:
     from ..evaluate import accuracy_report, collect_logits
     from ..experiment import open_experiment
     from ..models.registry import ASSETS_DIR, publish_weights
+    from ..runtime import Runtime
 
     run_dir = Path(args.run_dir)
     assets = Path(args.assets_dir) if args.assets_dir else ASSETS_DIR
 
     def measure(weights: Path) -> dict:
-        exp = open_experiment(args.model, args.dataset, args.data_dir, args.download, str(weights), "cpu")
+        exp = open_experiment(args.model, args.dataset, args.data_dir, args.download, str(weights),
+                              Runtime.create("cpu", batch_size=args.batch_size))
         bar = progress(len(exp.test), f"eval {args.model}", quiet=args.json)
-        logits = collect_logits(exp.model, exp.test, None, args.batch_size, exp.device, False, on_batch=bar.update)
+        logits = collect_logits(exp.model, exp.test, None, exp.runtime, on_batch=bar.update)
         bar.close()
         return accuracy_report(logits.argmax(1).numpy(), exp.test.labels.numpy(), exp.test.hierarchy)
 

@@ -12,7 +12,7 @@ HELP = "compute and cache filter scores (DCS and the baselines) for every cluste
 
 
 def add_arguments(p) -> None:
-    add_model_options(p)
+    add_model_options(p, ("bf16", "batch_size"), {"bf16": "bf16 autocast for the feature pass"})
     p.add_argument("--methods", default="all",
                    help="comma-separated score names, or 'all' (default): dcs,l1,bn_gamma,mean_act,apoz,taylor,"
                         "hrank,chip,tvs,random")
@@ -23,8 +23,6 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, help="sampling / random-score seed (default 0)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other score option, e.g. chip_per_class=10 or tvs_measure=bhattacharyya (repeatable)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the feature pass")
     p.add_argument("--cache-dir", help="cache root (default $SINF_CACHE_DIR or ~/.cache/sinf)")
     p.add_argument("--recompute", action="store_true", help="ignore cached scores and compute them again")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -72,7 +70,7 @@ def run(args) -> int:
         bar.refresh()
 
     res = load_or_compute_scores(methods, exp.model, args.model, data, "fit", exp.hierarchy, None, opts, None, None,
-                                 args.cache_dir, args.recompute, args.batch_size, exp.device, args.bf16, on_progress)
+                                 args.cache_dir, args.recompute, exp.runtime, on_progress)
     for bar in bars.values():
         bar.close()
     layers = [l.name for l in exp.model.prunable_layers()]

@@ -16,7 +16,7 @@ SPLITS = ("fit", "calib", "report", "test", "train")
 
 
 def add_arguments(p) -> None:
-    add_model_options(p)
+    add_model_options(p, ("bf16", "batch_size"), {"bf16": "bf16 autocast for the statistics pass"})
     add_stats_options(p)
     p.add_argument("--split", choices=SPLITS, default="fit",
                    help="images to run over (default fit: what statistics may look at, METHOD.md section 0)")
@@ -28,8 +28,6 @@ def add_arguments(p) -> None:
 
 def add_stats_options(p) -> None:
     """Options every command that needs statistics shares."""
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the statistics pass")
     p.add_argument("--feature-sample", type=int,
                    help="per-image penultimate features kept for the UMAP map (default 2000 on fit/train, else 0)")
     p.add_argument("--cache-dir", help="cache root (default $SINF_CACHE_DIR or ~/.cache/sinf)")
@@ -68,8 +66,7 @@ def stats_for(exp, args, split: str, quiet: bool, refresh: bool = False):
         bars[0].update(k)
 
     try:
-        return cached_stats(exp.model_name, exp.model, data, split, idx, args.batch_size, exp.device, args.bf16,
-                            sample, refresh, on_batch=on_batch, root=args.cache_dir)
+        return cached_stats(exp.model_name, exp.model, data, split, idx, exp.runtime, sample, refresh, on_batch=on_batch, root=args.cache_dir)
     finally:
         for bar in bars:
             bar.close()
@@ -82,7 +79,7 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     exp = open_from_args(args)
-    exp.device = distributed.init_distributed(exp.device)
+    exp.runtime = exp.runtime.with_(device=distributed.init_distributed(exp.device))
     exp.model.to(exp.device)
     rank, world = distributed.world()
     if args.time and world > 1:
@@ -95,8 +92,7 @@ def run(args) -> int:
             data, idx = split_data(exp, args.split)
             n = len(data) if idx is None else len(idx)
             bar = progress(n, f"time stats vs forward [{args.split}]", quiet=quiet)
-            report, st = time_stats_vs_forward(exp.model, data, idx, args.batch_size, exp.device, args.bf16,
-                                               on_batch=bar.update)
+            report, st = time_stats_vs_forward(exp.model, data, idx, exp.runtime, on_batch=bar.update)
             bar.close()
             out["timing"] = report
             if rank == 0:
@@ -125,8 +121,8 @@ def _sharded(exp, args):
     rank, world = distributed.world()
     n = len(data) if idx is None else len(idx)
     bar = progress((n + world - 1 - rank) // world, f"stats rank {rank}/{world}", quiet=args.json or rank != 0)
-    st = distributed.collect_stats_sharded(exp.model, data, idx, args.batch_size, exp.device, args.bf16,
-                                           on_batch=bar.update, feature_sample=sample)
+    st = distributed.collect_stats_sharded(exp.model, data, idx, exp.runtime, on_batch=bar.update,
+                                           feature_sample=sample)
     bar.close()
     path = _save(exp, args, data, idx, st, sample, world_size=world) if rank == 0 else None
     return st, path
@@ -137,9 +133,9 @@ def _save(exp, args, data, idx, st, sample: int, **meta):
     from ..io import cache_dir
     from ..stats import save_stats, stats_cache_key
 
-    key = stats_cache_key(args.model, exp.model, data, args.split, idx, args.bf16, sample)
+    key = stats_cache_key(args.model, exp.model, data, args.split, idx, exp.runtime.bf16, sample)
     path = cache_dir(args.cache_dir) / "stats" / f"{key}.safetensors"  # the folder ``cached_stats`` reads
-    return save_stats(path, st, {"model": args.model, "split": args.split, "dataset": data.name, "bf16": args.bf16,
+    return save_stats(path, st, {"model": args.model, "split": args.split, "dataset": data.name, "bf16": exp.runtime.bf16,
                                  "feature_sample": sample, "key": key, **meta})
 
 

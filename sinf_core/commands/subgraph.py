@@ -14,7 +14,8 @@ HELP = "build per-cluster pruned subgraphs (score + schedule), evaluate them and
 
 
 def add_arguments(p) -> None:
-    add_model_options(p)
+    add_model_options(p, ("bf16", "channels_last", "batch_size", "threads"),
+                      {"channels_last": "time with the default NCHW layout instead of channels-last"})
     p.add_argument("--tap", required=True, help="unit where the shared stem ends, e.g. layer2.8 (see the model's units)")
     p.add_argument("--score", default="l1", help="filter score used to pick kept channels (default l1; see `sinf scores`)")
     p.add_argument("--r-m", type=float, default=0.05, help="removed fraction at the first layer after the tap (default 0.05)")
@@ -32,12 +33,8 @@ def add_arguments(p) -> None:
                    help="also time cluster --speed-cluster's subgraph against the unpruned tail at these batch sizes")
     p.add_argument("--speed-cluster", type=int, default=0, help="cluster index timed by --speed (default 0)")
     p.add_argument("--reps", type=int, default=20, help="timed repetitions per batch size (median reported)")
-    p.add_argument("--channels-last", action="store_true", help="time with channels_last tensors")
     p.add_argument("--fold-bn", action="store_true", help="time with BatchNorms folded into the convs (as `sinf bench` does)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a busy machine)")
     p.add_argument("--out", help="write the subgraph specs (JSON) here")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--cache-dir", help="score cache root (default $SINF_CACHE_DIR or ~/.cache/sinf)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -55,43 +52,46 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def run(args) -> int:
+    from ..scores import get_score
+
+    t0 = time.perf_counter()
+    get_score(args.score)
+    sizes = _batch_sizes(args.speed)
+    exp = open_from_args(args)
+    with exp.runtime.applied():
+        return _run(args, exp, sizes, t0)
+
+
+def _run(args, exp, sizes, t0) -> int:
     import torch
 
     from ..data import iterate_batches
     from ..errors import SinfError
-    from ..scores import get_score
     from ..scores.cache import load_or_compute_scores
     from ..subgraph.batchnorm import BatchNormSamples, check_bn_samples
     from ..subgraph.evaluate import compare_tail_speed, evaluate_cluster_subgraphs
     from ..subgraph.schedule import make_cluster_specs
     from ..subgraph.spec import save_subgraphs
 
-    t0 = time.perf_counter()
-    get_score(args.score)
-    sizes = _batch_sizes(args.speed)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SinfError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
-    exp = open_from_args(args)
+    rt = exp.runtime
     model, hier = exp.model, exp.hierarchy
     model.unit_index(args.tap)  # a clear error before any work
     if not 0 <= args.speed_cluster < hier.num_clusters:
         raise SinfError(f"--speed-cluster must be in 0..{hier.num_clusters - 1}")
     res = load_or_compute_scores([args.score], model, args.model, exp.fit_data(), "fit", hier, None, None, None, None,
-                                 args.cache_dir, False, args.batch_size, exp.device, args.bf16)
+                                 args.cache_dir, False, rt)
     table = res[args.score]["scores"]
     fill_stats = None
     if args.fill == "mean":
         from ..stats import cached_stats
 
         fill_stats, _, _ = cached_stats(args.model, model, exp.train, "fit", indices=exp.splits.fit,
-                                        batch_size=args.batch_size, device=exp.device, root=args.cache_dir)
+                                        rt=rt, root=args.cache_dir)
     specs = make_cluster_specs(model, args.model, args.tap, {m: table[m] for m in range(hier.num_clusters)}, hier,
                                args.r_m, args.r_l, args.multiple_of, restricted=not args.full_head,
                                fill_stats=fill_stats,
                                bn_samples=BatchNormSamples(model, exp.fit_data(), hier, check_bn_samples(args.bn_samples),
-                                                           batch_size=args.batch_size) if args.bn_samples else None)
+                                                           rt=rt) if args.bn_samples else None)
     out: dict = {"model": args.model, "tap": args.tap, "score": args.score, "r_M": args.r_m, "r_L": args.r_l,
                  "fill": args.fill, "bn_samples": args.bn_samples,
                  "multiple_of": args.multiple_of, "restricted_head": not args.full_head, "split": args.split}
@@ -102,7 +102,7 @@ def run(args) -> int:
     if args.split != "none":
         data = exp.calib_data() if args.split == "calib" else exp.report_data()
         bar = progress(len(data), f"evaluate on {args.split}", quiet=args.json)
-        ev = evaluate_cluster_subgraphs(model, specs, data, hier, args.batch_size, exp.device, args.bf16, baseline=True,
+        ev = evaluate_cluster_subgraphs(model, specs, data, hier, rt, baseline=True,
                                         on_batch=bar.update)
         bar.close()
         out["evaluation"] = ev
@@ -124,8 +124,8 @@ def run(args) -> int:
             if b > len(src):
                 raise SinfError(f"batch size {b} is larger than the {len(src)} images available")
             x, _ = next(iterate_batches(src, b, None, exp.device))
-            speed.append(compare_tail_speed(model, specs[args.speed_cluster], x, args.reps, bf16=args.bf16,
-                                            channels_last=args.channels_last, fold_bn=args.fold_bn))
+            speed.append(compare_tail_speed(model, specs[args.speed_cluster], x, args.reps, rt=rt,
+                                            fold_bn=args.fold_bn))
         out["speed"] = {"cluster": hier.cluster_names[args.speed_cluster], "threads": torch.get_num_threads(),
                         "runs": speed}
         lines.append(f"  speed, cluster {hier.cluster_names[args.speed_cluster]} "

@@ -12,13 +12,14 @@ from typing import Sequence
 import torch
 
 from ..data import ImageDataset
-from ..device import module_device, resolve_bf16
+
 from ..errors import SinfError
 from ..io import atomic_write, sha256_file, write_json
 from ..models import SinfModel
+from ..runtime import Runtime
 from .heads import FORMAT, FORMAT_VERSION, TARGETS, ProgressFn, RouteHead, _targets, choose_tap, default_taps, \
     fit_temperature, nll
-from .training import _collect_head_logits, _HeadTrainer, fit_heads
+from .training import _collect_head_logits, _HeadTrainer, fit_heads, heads_bf16
 
 
 class TapHeads:
@@ -116,12 +117,12 @@ class TapHeads:
         model: SinfModel,
         fit_data: ImageDataset,
         calib_data: ImageDataset,
-        device: torch.device | str | None = None,
+        rt: Runtime | None = None,
         on_progress: ProgressFn | None = None,
     ) -> "TapHeads":
         """Train heads at every candidate tap on ``fit_data`` (base frozen), temperature-scale them and
-        pick the attachment point on ``calib_data``. Returns self."""
-        fit_heads([self], model, fit_data, calib_data, device, on_progress)
+        pick the attachment point on ``calib_data``, on ``rt`` (default: the model's device). Returns self."""
+        fit_heads([self], model, fit_data, calib_data, rt, on_progress)
         return self
 
     def _resolve_taps(self, model: SinfModel) -> list[tuple[str, int]]:
@@ -164,7 +165,7 @@ class TapHeads:
         self,
         model: SinfModel,
         data: ImageDataset,
-        device: torch.device | str | None = None,
+        rt: Runtime | None = None,
         taps: Sequence[str] | None = None,
     ) -> dict[str, dict[str, float]]:
         """Accuracy (fraction) and calibrated NLL per tap on ``data`` (e.g. the report split).
@@ -175,10 +176,11 @@ class TapHeads:
         taps = list(self.taps_ if taps is None else taps)
         for t in taps:
             self.head(t)
-        dev = module_device(model) if device is None else torch.device(device)
-        bf16 = self.bf16_ if getattr(self, "bf16_", None) is not None else resolve_bf16(self.bf16, dev)
+        rt = Runtime.resolve(rt, model)
+        bf16 = self.bf16_ if getattr(self, "bf16_", None) is not None else heads_bf16(self, rt)
         logits = _collect_head_logits(model, [(self.heads_[t], model.unit_index(t)) for t in taps], data,
-                                      self.eval_batch_size, dev, bf16, self.channels_last)
+                                      rt.with_(batch_size=self.eval_batch_size, channels_last=self.channels_last,
+                                               bf16=bf16))
         y = _targets(data, self.target)
         out: dict[str, dict[str, float]] = {"accuracy": {}, "nll": {}}
         for t, z in zip(taps, logits):
@@ -339,7 +341,7 @@ def fit_router_and_exit(
     model: SinfModel,
     fit_data: ImageDataset,
     calib_data: ImageDataset,
-    device: torch.device | str | None = None,
+    rt: Runtime | None = None,
     on_progress: ProgressFn | None = None,
 ) -> tuple[RoutePredictor, ExitPredictor]:
     """Fit the router at its candidate taps, choose the attachment point on ``calib_data``, then fit
@@ -348,7 +350,7 @@ def fit_router_and_exit(
     augmentation, precision) follows the router's parameters; ``exit.taps`` is ignored."""
     router._validate_params()
     exit._validate_params()
-    trainer = _HeadTrainer(model, fit_data, router, router._resolve_taps(model), device, on_progress,
+    trainer = _HeadTrainer(model, fit_data, router, router._resolve_taps(model), rt, on_progress,
                            soft_targets=router.distill > 0 or exit.distill > 0)
     trainer.train([router])
     trainer.calibrate([router], calib_data)

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageDataset, augment_crop_flip, iterate_batches, normalise, stratified_split
-from ..device import autocast, module_device, resolve_bf16
+from ..device import autocast, resolve_bf16
 from ..errors import SinfError
 from ..models import SinfModel
+from ..runtime import Runtime
 from .heads import TARGETS, ProgressFn, RouteHead, _output_names, _targets, forward_taps
 
 
@@ -44,25 +45,29 @@ def _prep(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def heads_bf16(lead: "TapHeads", rt: Runtime) -> bool:
+    """Whether heads train and run in bf16: the predictor's ``bf16`` when set, else on when the runtime
+    runs in bf16 or where bf16 is fast on its device (``device.bf16_is_fast``)."""
+    return bool(lead.bf16) if lead.bf16 is not None else (rt.bf16 or resolve_bf16(None, rt.device))
+
+
 def _collect_head_logits(
     model: SinfModel,
     heads: list[tuple[RouteHead, int]],
     data: ImageDataset,
-    batch_size: int,
-    device: torch.device,
-    bf16: bool,
-    channels_last: bool,
+    rt: Runtime,
 ) -> list[torch.Tensor]:
-    """Raw logits (float32, CPU) of each (head, unit) over ``data`` in order; one stem pass per batch."""
+    """Raw logits (float32, CPU) of each (head, unit) over ``data`` in order, run as ``rt`` says; one
+    stem pass per batch."""
     model.eval()
     for head, _ in heads:
         head.eval()
     units = sorted({u for _, u in heads})
     outs: list[list[torch.Tensor]] = [[] for _ in heads]
     with torch.inference_mode():
-        for x, _ in iterate_batches(data, batch_size, None, device):
-            with autocast(device, bf16):
-                feats = dict(zip(units, forward_taps(model, _prep(x, channels_last), units)))
+        for x, _ in iterate_batches(data, rt.batch_size, None, rt.device):
+            with rt.autocast():
+                feats = dict(zip(units, forward_taps(model, rt.layout(x), units)))
                 for i, (head, u) in enumerate(heads):
                     outs[i].append(head(feats[u]).float().cpu())
     return [torch.cat(o) if o else torch.zeros(0, head.num_outputs) for o, (head, _) in zip(outs, heads)]
@@ -103,12 +108,15 @@ class _HeadTrainer:
     """
 
     def __init__(self, model: SinfModel, fit_data: ImageDataset, lead: TapHeads, taps: list[tuple[str, int]],
-                 device: torch.device | str | None, on_progress: ProgressFn | None, soft_targets: bool = False):
+                 rt: Runtime | None, on_progress: ProgressFn | None, soft_targets: bool = False):
         if len(fit_data) == 0:
             raise SinfError("no fit samples to train the heads on")
         self.model, self.data, self.lead = model.eval(), fit_data, lead
-        self.dev = module_device(model) if device is None else torch.device(device)
-        self.bf16 = resolve_bf16(lead.bf16, self.dev)  # what runs; each trained predictor records it as ``bf16_``
+        rt = Runtime.resolve(rt, model)
+        self.dev = rt.device
+        self.bf16 = heads_bf16(lead, rt)  # what runs; each trained predictor records it as ``bf16_``
+        # the calibration passes: the predictor's batch size and layout, the heads' precision
+        self.eval_rt = rt.with_(batch_size=lead.eval_batch_size, channels_last=lead.channels_last, bf16=self.bf16)
         self.progress = on_progress or (lambda stage, done, total: None)
         self.t0 = time.perf_counter()
         self.units = sorted({u for _, u in taps})
@@ -250,8 +258,7 @@ class _HeadTrainer:
         pairs = [(p, t) for p in predictors for t in p.taps_]
         self.progress("calibrate", 0, len(calib_data))
         logits = _collect_head_logits(self.model, [(p.heads_[t], self.model.unit_index(t)) for p, t in pairs],
-                                      calib_data, self.lead.eval_batch_size, self.dev, self.bf16,
-                                      self.lead.channels_last)
+                                      calib_data, self.eval_rt)
         self.progress("calibrate", len(calib_data), len(calib_data))
         now = time.perf_counter()
         elapsed, self.t0 = round(now - self.t0, 2), now  # time since the previous calibration (or start)
@@ -269,7 +276,7 @@ def fit_heads(
     model: SinfModel,
     fit_data: ImageDataset,
     calib_data: ImageDataset,
-    device: torch.device | str | None = None,
+    rt: Runtime | None = None,
     on_progress: ProgressFn | None = None,
 ) -> None:
     """Train every predictor's heads in one loop (one stem pass / cache feeds all their taps), then
@@ -280,7 +287,7 @@ def fit_heads(
     for p in predictors:
         p._validate_params()
     taps = sorted({tu for p in predictors for tu in p._resolve_taps(model)}, key=lambda tu: tu[1])
-    trainer = _HeadTrainer(model, fit_data, predictors[0], taps, device, on_progress,
+    trainer = _HeadTrainer(model, fit_data, predictors[0], taps, rt, on_progress,
                            soft_targets=any(p.distill > 0 for p in predictors))
     trainer.train(predictors)
     trainer.calibrate(predictors, calib_data)

@@ -23,6 +23,7 @@ import torch
 from ..data import Hierarchy, ImageDataset
 from ..errors import SinfError
 from ..models import PrunableLayer, SinfModel
+from ..runtime import Runtime
 from . import baselines as _b
 from . import dcs as _dcs
 from .base import LayerScores, ScoreJob, ScoreSpec, ScoreTable, Target, check_targets_have_data, no_reducers
@@ -135,9 +136,7 @@ def compute_all_scores(
     stats: Any = None,
     options: dict[str, Any] | None = None,
     targets: Sequence[Target] | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
+    rt: Runtime | None = None,
     on_progress: ProgressFn | None = None,
     timings: dict[str, float] | None = None,
 ) -> dict[str, ScoreTable]:
@@ -158,13 +157,12 @@ def compute_all_scores(
     if not lay:
         raise SinfError("the model has no prunable layers to score")
     tg = _resolve_targets(clusters, targets)
-    device = torch.device(device)
+    rt = Runtime.resolve(rt, model)
     jobs: dict[str, ScoreJob] = {}
     shared: dict[str, Any] = {}
     own: dict[str, list[str]] = {}
     for spec in specs:
-        job = ScoreJob(model, lay, data, clusters, tg, resolve_options(spec.name, options), stats, device,
-                       batch_size, bf16, on_progress)
+        job = ScoreJob(model, lay, data, clusters, tg, resolve_options(spec.name, options), stats, rt, on_progress)
         if spec.data_dependent:
             check_targets_have_data(job)
         jobs[spec.name] = job
@@ -182,7 +180,7 @@ def compute_all_scores(
             if on_progress:
                 on_progress("features", done[0], n_rows)
 
-        stream(model, lay, data, list(shared.values()), batch_size, device, bf16, on_batch)
+        stream(model, lay, data, list(shared.values()), rt, on_batch)
     if timings is not None:
         timings["features"] = time.perf_counter() - t0
         timings["features.reducers"] = sum(r.seconds for r in shared.values())
@@ -208,14 +206,11 @@ def compute_scores(
     cluster: int | None = None,
     stats: Any = None,
     options: dict[str, Any] | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
+    rt: Runtime | None = None,
     on_progress: ProgressFn | None = None,
 ) -> LayerScores:
     """One score for one cluster (``None``: all classes, not cluster-conditioned): {layer: Tensor[C]}."""
-    table = compute_all_scores([method], model, layers, data, clusters, stats, options, [cluster], batch_size,
-                               device, bf16, on_progress)
+    table = compute_all_scores([method], model, layers, data, clusters, stats, options, [cluster], rt, on_progress)
     return table[method][cluster]
 
 

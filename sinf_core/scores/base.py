@@ -19,6 +19,7 @@ import torch
 from ..data import Hierarchy, ImageDataset
 from ..errors import SinfError
 from ..models import PrunableLayer, SinfModel
+from ..runtime import Runtime
 
 if TYPE_CHECKING:  # the statistics pass lives in sinf_core.stats (imported lazily)
     from ..stats import ActivationStats
@@ -43,10 +44,12 @@ class ScoreJob:
     targets: list[Target]
     options: dict[str, Any]
     stats: "ActivationStats | None" = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    batch_size: int = 256
-    bf16: bool = False
+    rt: Runtime = field(default_factory=Runtime)
     on_progress: Callable[[str, int, int], None] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.rt.device
 
     def classes_of(self, target: Target) -> list[int]:
         """Fine classes a target covers: a cluster's members, or every class (``None``)."""

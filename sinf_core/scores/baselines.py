@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from ..data import iterate_batches
-from ..device import autocast
 from ..errors import SinfError
 from .base import COMMON_DEFAULTS, ScoreJob, ScoreTable, class_group, normalise_max
 from .feature_maps import ClassMapSums, ClassVectorSums, rows_key
@@ -244,10 +243,10 @@ def taylor_pass(job: ScoreJob, rows: np.ndarray, restrict: bool) -> dict[str, tu
     done = 0
     try:
         with torch.enable_grad():
-            for x, y in iterate_batches(job.data, min(job.batch_size, 128), rows, device):
+            for x, y in iterate_batches(job.data, min(job.rt.batch_size, 128), rows, device):
                 captured.clear()
                 x = x.requires_grad_(True)
-                with autocast(device, job.bf16):
+                with job.rt.autocast():
                     logits = model(x)
                 logits = logits.float()
                 if restrict:

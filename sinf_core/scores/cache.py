@@ -19,6 +19,7 @@ from ..bundle import Bundle, sha256_json, state_dict_sha256
 from ..data import Hierarchy, ImageDataset
 from ..io import cache_dir  # noqa: F401  (re-exported)
 from ..models import SinfModel
+from ..runtime import Runtime
 from . import ScoreTable, compute_all_scores, get_score, resolve_layers, resolve_options
 from .base import Target
 
@@ -59,9 +60,7 @@ def load_or_compute_scores(
     stats: Any = None,
     root: str | Path | None = None,
     recompute: bool = False,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
+    rt: Runtime | None = None,
     on_progress=None,
 ) -> dict[str, dict]:
     """{method: {"scores": ScoreTable, "cached": bool, "seconds": float, "file": Path, "options": dict,
@@ -92,8 +91,7 @@ def load_or_compute_scores(
     if todo:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        tables = compute_all_scores(todo, model, lay, data, clusters, stats, options, tg, batch_size, device, bf16,
-                                    on_progress, timings)
+        tables = compute_all_scores(todo, model, lay, data, clusters, stats, options, tg, rt, on_progress, timings)
         wall = time.perf_counter() - t0
         for m in todo:
             name, inputs = steps[m]

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageDataset, iterate_batches
-from ..device import autocast
 from ..models import PrunableLayer, SinfModel
+from ..runtime import Runtime
 
 
 def sample_indices(labels: np.ndarray, classes: Sequence[int], cap: int | None, seed: int = 0) -> np.ndarray:
@@ -193,9 +193,7 @@ def stream(
     layers: Sequence[PrunableLayer],
     data: ImageDataset,
     reducers: Sequence[Reducer],
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
+    rt: Runtime | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> None:
     """Run the model once over the union of the reducers' rows, feeding each reducer its rows' z_l for
@@ -203,7 +201,8 @@ def stream(
     reducers = [r for r in reducers if len(r.rows) and r.layers]
     if not reducers:
         return
-    device = torch.device(device)
+    rt = Runtime.resolve(rt, model)
+    device = rt.device
     by_name = {l.name: l for l in layers}
     wanted = sorted({n for r in reducers for n in r.layers}, key=lambda n: by_name[n].unit)
     last_unit = max(by_name[n].unit for n in wanted)
@@ -239,14 +238,14 @@ def stream(
         for name in wanted:
             handles.append(by_name[name].bn.register_forward_hook(hook_for(name)))
         start = 0
-        for x, y in iterate_batches(data, batch_size, union, device):
+        for x, y in iterate_batches(data, rt.batch_size, union, device):
             idx = union[start : start + len(x)]
             start += len(x)
             for i, m in enumerate(masks):
                 sel = m[idx]
                 batch_masks[i] = torch.as_tensor(sel, device=device) if sel.any() else None
             batch_labels[0] = y
-            with autocast(device, bf16):
+            with rt.autocast():
                 model.forward_stem(x, last_unit)
             if on_batch:
                 on_batch(len(x))

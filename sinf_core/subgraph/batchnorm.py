@@ -11,9 +11,9 @@ from torch import nn
 
 from ..config import DEFAULT_BN_SAMPLES  # written once, in the light config module (the CLI's flags read it)
 from ..data import Hierarchy, ImageDataset, iterate_batches
-from ..device import module_device
 from ..errors import SinfError
 from ..models import SinfModel
+from ..runtime import Runtime
 from .slicing import Subgraph, build_subgraph
 from .spec import SubgraphSpec, _tail_batchnorm_kept
 
@@ -104,11 +104,11 @@ class BatchNormSamples:
     (every cluster, for a network that serves all classes)."""
 
     def __init__(self, model: SinfModel, data: ImageDataset, hierarchy: Hierarchy | None = None,
-                 per_cluster: int = DEFAULT_BN_SAMPLES, seed: int = 0, batch_size: int = 256):
+                 per_cluster: int = DEFAULT_BN_SAMPLES, seed: int = 0, rt: Runtime | None = None):
         if check_bn_samples(per_cluster) == 0:
             raise SinfError("BatchNorm re-estimation needs at least 2 samples per cluster, got 0")
         hierarchy = hierarchy or data.hierarchy
-        self.model, self.data, self.batch_size = model, data, int(batch_size)
+        self.model, self.data, self.rt = model, data, Runtime.resolve(rt, model)
         self.per_cluster = int(per_cluster)
         cluster = hierarchy.cluster_array()[data.labels.numpy()]
         rng = np.random.default_rng(seed)
@@ -120,11 +120,11 @@ class BatchNormSamples:
     @torch.no_grad()
     def _at(self, tap: str | None) -> tuple[torch.Tensor, dict[int, slice]]:
         if tap not in self._stem:
-            device = module_device(self.model)
+            device = self.rt.device
             was_training = self.model.training
             self.model.eval()
             parts = [x if tap is None else self.model.forward_stem(x, tap)
-                     for x, _ in iterate_batches(self.data, self.batch_size, self.order(), device)]
+                     for x, _ in iterate_batches(self.data, self.rt.batch_size, self.order(), device)]
             self.model.train(was_training)
             self.set_features(tap, torch.cat(parts))
         return self._stem[tap]
@@ -161,5 +161,5 @@ class BatchNormSamples:
         h = self.features(spec.tap, cluster)
         key = (spec.tap, None if cluster is None else int(cluster))
         if key not in self._unpruned:
-            self._unpruned[key] = unpruned_batch_statistics(self.model, spec.tap, h, self.batch_size)
-        return estimate_bn_stats_built(self.model, spec, h, self.batch_size, self._unpruned[key])
+            self._unpruned[key] = unpruned_batch_statistics(self.model, spec.tap, h, self.rt.batch_size)
+        return estimate_bn_stats_built(self.model, spec, h, self.rt.batch_size, self._unpruned[key])

@@ -11,10 +11,10 @@ import torch
 
 from ..cost import count_flops, module_cost, stem_cost, stem_output, tail_cost
 from ..data import Hierarchy, ImageDataset, iterate_batches
-from ..device import autocast, timed
+from ..device import timed
 from ..errors import SinfError
-from ..fusion import prepare_for_inference
 from ..models import SinfModel
+from ..runtime import Runtime
 from .slicing import Subgraph, build_subgraph
 from .spec import SubgraphSpec
 
@@ -40,9 +40,7 @@ def evaluate_cluster_subgraphs(
     specs_by_cluster: Mapping[int | str, SubgraphSpec],
     data: ImageDataset,
     hierarchy: Hierarchy | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    bf16: bool = False,
+    rt: Runtime | None = None,
     baseline: bool = False,
     on_batch: Callable[[int], None] | None = None,
     stem_cache: dict | None = None,
@@ -69,7 +67,8 @@ def evaluate_cluster_subgraphs(
         raise SinfError("the hierarchy is for a different set of classes than the data")
     if not specs_by_cluster:
         raise SinfError("no subgraph specs to evaluate")
-    device = torch.device(device)
+    rt = Runtime.resolve(rt, model)
+    device, batch_size, bf16 = rt.device, rt.batch_size, rt.bf16
     model = model.to(device).eval()
     specs = {_resolve_cluster(k, hierarchy): s for k, s in specs_by_cluster.items()}
     subs = {m: build_subgraph(model, s).to(device).eval() for m, s in specs.items()}
@@ -89,14 +88,12 @@ def evaluate_cluster_subgraphs(
     base_correct = {m: 0 for m in specs}
     count = {m: 0 for m in specs}
     cl_t = torch.as_tensor(cl_of_sample)
-    if batch_size < 1:
-        raise SinfError("batch size must be at least 1")
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         x, y = next(iterate_batches(data, len(idx), idx, device))
         cl = cl_t[torch.as_tensor(idx)].to(device)
         present = sorted(int(m) for m in torch.unique(cl).tolist())
-        with torch.inference_mode(), autocast(device, bf16):
+        with torch.inference_mode(), rt.autocast():
             for tap in taps:
                 members = [m for m in present if specs[m].tap == tap]
                 if not members:
@@ -168,14 +165,14 @@ def compare_tail_speed(
     x: torch.Tensor | None = None,
     reps: int = 20,
     warmup: int = 3,
-    bf16: bool = False,
-    channels_last: bool = False,
+    rt: Runtime | None = None,
     subgraph: Subgraph | None = None,
     fold_bn: bool = False,
 ) -> dict:
     """Wall-clock of the unpruned tail versus the subgraph on the same stem features, side by side.
 
-    ``x``: a normalised image batch [N, 3, H, W] on the model's device; the stem runs once, then the
+    ``x``: a normalised image batch [N, 3, H, W] on ``rt``'s device (bf16 and channels-last from ``rt``;
+    default: the model's device, NCHW); the stem runs once, then the
     two tails alternate (ABBA order over repetitions, so drift hits both alike). Reports medians in
     ms, ``time_ratio`` = subgraph / tail (< 1: the subgraph is faster), ``speedup`` = tail / subgraph,
     and per-image FLOPs with ``flop_ratio`` = subgraph / tail. ``fold_bn``: both tails run with their
@@ -192,14 +189,13 @@ def compare_tail_speed(
         subgraph = build_subgraph(model, spec)
     tap = subgraph.tap
     subgraph = subgraph.eval()
-    device = x.device
+    rt = rt or Runtime(device=x.device, channels_last=False)
+    device, bf16, channels_last = rt.device, rt.bf16, rt.channels_last
     base = model
     if fold_bn or channels_last:  # on copies (folding makes its own): the caller's modules stay as they are
-        base, subgraph = (prepare_for_inference(m, fold_bn, channels_last)
-                          for m in (model, subgraph))
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast(device, bf16):
+        base, subgraph = (rt.ready(m, fold_bn) for m in (model, subgraph))
+    x = rt.inputs(x)
+    with torch.inference_mode(), rt.autocast():
         h = x if tap is None else base.forward_stem(x, tap)
     tail_fn = run_tail_fn(base, tap)
 
@@ -212,7 +208,7 @@ def compare_tail_speed(
     def clock(fn: Callable[[], torch.Tensor]) -> float:
         with torch.inference_mode():
             t0 = timed(device)
-            with autocast(device, bf16):
+            with rt.autocast():
                 fn()
             return (timed(device) - t0) * 1000.0
 

@@ -22,7 +22,8 @@ import numpy as np
 import streamlit as st
 import torch
 
-from sinf_core.bundle import MANIFEST, Bundle
+from sinf_core import artifacts as A
+from sinf_core.bundle import Bundle
 from sinf_core.data import Hierarchy
 from sinf_core.errors import SinfError
 from sinf_core.models import get_entry
@@ -61,7 +62,7 @@ def _open_bundle(path: str, model: str, manifest_mtime: float) -> Bundle:
 
 
 def _manifest_mtime(path: str) -> float | None:
-    p = Path(path) / MANIFEST
+    p = Path(path) / A.MANIFEST
     return p.stat().st_mtime if p.is_file() else None
 
 
@@ -172,7 +173,7 @@ def hierarchy(src: Source) -> Hierarchy:
 
 def data_info(src: Source) -> dict:
     """data.json of the bundle, else the same facts from the loaded data."""
-    info = bundle_json(src, "data.json")
+    info = bundle_json(src, A.DATA)
     if info is not None:
         return info
     exp = experiment(src)
@@ -207,7 +208,7 @@ def stats(src: Source):
     from sinf_core.stats import ActivationStats, cached_stats
 
     def compute():
-        t = bundle_tensors(src, "stats.safetensors")
+        t = bundle_tensors(src, A.STATS)
         if t is not None:
             return ActivationStats.from_tensors(t)
         exp = experiment(src)
@@ -228,7 +229,7 @@ def calib_stats(src: Source):
     from sinf_core.stats import ActivationStats, cached_stats
 
     def compute():
-        t = bundle_tensors(src, "stats_calib.safetensors")
+        t = bundle_tensors(src, A.STATS_CALIB)
         if t is not None:
             return ActivationStats.from_tensors(t)
         exp = experiment(src)
@@ -269,7 +270,7 @@ def clustering(src: Source, method: str, k: int) -> Clustering:
     h = hierarchy(src)
     if method == "hierarchy":
         return Clustering(method, h.num_clusters, h, None, False)
-    saved = (bundle_json(src, "clusters.json") or {}).get(method)
+    saved = (bundle_json(src, A.CLUSTERS) or {}).get(method)
     if saved and int(saved.get("k", -1)) == int(k) and len(saved.get("assignment", [])) == h.num_classes:
         found = assignment_hierarchy(h.class_names, saved["assignment"], method)
         return Clustering(method, k, found, adjusted_rand(found, h), True)
@@ -287,7 +288,7 @@ def clustering(src: Source, method: str, k: int) -> Clustering:
 def maps(src: Source) -> dict:
     """UMAP maps: ``classes`` [K, 2] of the class prototypes and, when available, ``samples`` [S, 2] with
     ``sample_labels`` [S] (the bundle's clusters.json, else computed once from the statistics)."""
-    saved = bundle_json(src, "clusters.json") or {}
+    saved = bundle_json(src, A.CLUSTERS) or {}
     if saved.get("umap_classes"):
         out = {"classes": np.asarray(saved["umap_classes"], dtype=float)}
         smp = saved.get("umap_samples")
@@ -338,10 +339,11 @@ def score_methods() -> list[str]:
 def _parse_score_tensors(t: dict[str, torch.Tensor], h: Hierarchy) -> dict[int, dict[str, torch.Tensor]]:
     out: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in t.items():
-        if "|" not in key:
+        try:
+            c, layer = A.parse_score_key(key)
+        except ValueError:
             continue
-        c, layer = key.split("|", 1)
-        m = int(c) if c.lstrip("-").isdigit() else (h.cluster_names.index(c) if c in h.cluster_names else None)
+        m = c if isinstance(c, int) else (h.cluster_names.index(c) if c in h.cluster_names else None)
         if m is None:
             continue
         out.setdefault(m, {})[layer] = v
@@ -357,7 +359,7 @@ def scores_ready(src: Source, method: str) -> bool:
         b = bundle(src)
     except SinfError:
         return False
-    return b is not None and _has_file(b, f"scores_{method}.safetensors")
+    return b is not None and _has_file(b, A.scores_file(method))
 
 
 def scores(src: Source, method: str) -> dict[int, dict[str, torch.Tensor]]:
@@ -367,7 +369,7 @@ def scores(src: Source, method: str) -> dict[int, dict[str, torch.Tensor]]:
 
     def compute():
         h = hierarchy(src)
-        t = bundle_tensors(src, f"scores_{method}.safetensors")
+        t = bundle_tensors(src, A.scores_file(method))
         if t is not None:
             parsed = _parse_score_tensors(t, h)
             if parsed:
@@ -388,24 +390,24 @@ def scores(src: Source, method: str) -> dict[int, dict[str, torch.Tensor]]:
 def _load_heads(src: Source, kind: str):
     from sinf_core.router import ExitPredictor, RoutePredictor
 
-    cls = RoutePredictor if kind == "router" else ExitPredictor
+    cls = RoutePredictor if kind == A.ROUTER else ExitPredictor
     try:
         b = bundle(src)
     except SinfError:
         return None
-    if b is None or not _has_file(b, f"{kind}.json"):
+    if b is None or not _has_file(b, A.file_pair(kind)[0]):
         return None
     return memo((src.key, kind, step_key(src, "router")), lambda: cls.load(b.root, kind))
 
 
 def router(src: Source):
     """The bundle's fitted ``RoutePredictor``, or None (``sinf build`` trains it)."""
-    return _load_heads(src, "router")
+    return _load_heads(src, A.ROUTER)
 
 
 def exit_heads(src: Source):
     """The bundle's fitted ``ExitPredictor``, or None."""
-    return _load_heads(src, "exit")
+    return _load_heads(src, A.EXIT)
 
 
 def default_tap(src: Source) -> str:
@@ -433,7 +435,7 @@ def grid(src: Source) -> list[dict] | None:
     """The build's oracle-routing grid (every score x r_L, calibration and report splits), one dict per
     row with ``flops`` / ``params`` as the mean over clusters of the subgraph-with-stem figures (the grid
     stores them per cluster), or None without a grid."""
-    g = bundle_json(src, "grid.json")
+    g = bundle_json(src, A.GRID)
     if g is None:
         return None
     rows = []
@@ -450,4 +452,4 @@ def grid(src: Source) -> list[dict] | None:
 
 
 def bench(src: Source) -> dict | None:
-    return bundle_json(src, "bench.json")
+    return bundle_json(src, A.BENCH)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from sinf_core.bundle import MANIFEST
+from sinf_core.artifacts import BENCH, MANIFEST
 from sinf_core.data import Hierarchy
 from sinf_core.models import MODELS
 
@@ -102,7 +102,7 @@ def model_table() -> list[dict]:
             folder = shipped_bundle_dir(r["name"])
         measured = None
         try:
-            bench = json.loads((folder / "bench.json").read_text()) if (folder / "bench.json").is_file() else None
+            bench = json.loads((folder / BENCH).read_text()) if (folder / BENCH).is_file() else None
             measured = (bench or {}).get("base", {}).get("top1")
         except (OSError, ValueError, AttributeError):
             measured = None

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 import torch
 
+from sinf_core import artifacts as A
 from sinf_core.config import default_config, validate_config
 from sinf_core.errors import SinfError
 
@@ -30,24 +32,22 @@ MODE_LABELS = {"sinf": "SINF (route / fall back)", "cascade": "cascade (exit, ro
 
 # ==================================================================================== bundle parts
 def studio_info(src: Source) -> dict | None:
-    from sinf_core.tuning import STUDIO_JSON
-
-    return state.bundle_json(src, STUDIO_JSON)
+    return state.bundle_json(src, A.STUDIO)
 
 
 def heads(src: Source) -> dict[str, dict[str, Any]]:
     """{"route": {tap: RouteHead}, "exit": {tap: RouteHead}}: the benchmark's heads (studio step) and
     the bundle router's / exit predictor's at their other taps."""
-    from sinf_core.tuning import STUDIO_HEADS, heads_from_tensors
+    from sinf_core.tuning import heads_from_tensors
 
     def compute() -> dict:
         out: dict[str, dict[str, Any]] = {"route": {}, "exit": {}}
         for kind, pred in (("route", state.router(src)), ("exit", state.exit_heads(src))):
             if pred is not None:
                 out[kind].update({t: pred.head(t) for t in pred.taps_})
-        info, t = studio_info(src), state.bundle_tensors(src, STUDIO_HEADS)
+        info, t = studio_info(src), state.bundle_tensors(src, A.STUDIO_HEADS)
         if info is not None and t is not None:
-            for kind, per_tap in heads_from_tensors(t, info.get("heads", {}), STUDIO_HEADS).items():
+            for kind, per_tap in heads_from_tensors(t, info.get("heads", {}), A.STUDIO_HEADS).items():
                 out.setdefault(kind, {}).update(per_tap)
         return out
 
@@ -121,16 +121,16 @@ def config(src: Source) -> dict:
     """The configuration of this session (see the module docstring)."""
     key = _session_key(src)
     if key not in st.session_state:
-        saved = state.bundle_json(src, "config.json")
+        saved = state.bundle_json(src, A.CONFIG)
         cfg = None
         if isinstance(saved, dict):
             try:
-                cfg = validate_config(saved, f"{src.bundle}/config.json")
+                cfg = validate_config(saved, str(Path(src.bundle) / A.CONFIG))
             except SinfError as exc:
                 st.warning(f"The saved configuration is ignored: {exc}")
         if cfg is None:
             cfg = default_config()
-            decided = state.bundle_json(src, "bn.json")  # `sinf build` decides re-estimation on calibration
+            decided = state.bundle_json(src, A.BN)  # `sinf build` decides re-estimation on calibration
             if isinstance(decided, dict) and "use" in decided:
                 cfg["bn"] = bool(decided["use"])
             mode = best_mode(src)
@@ -170,8 +170,8 @@ def save_config(src: Source, cfg: dict):
     if b is None:
         b = Bundle.open_or_create(src.bundle, exp.model_name, state_dict_sha256(exp.model),
                                   {"dataset": exp.train.name, "created_by": "SINF Studio"})
-    b.put("config", {"config.json": validate_config(cfg, "the configuration")})
-    return b.root / "config.json"
+    b.put("config", {A.CONFIG: validate_config(cfg, "the configuration")})
+    return b.root / A.CONFIG
 
 
 def _cfg_key(cfg: dict, keys: tuple[str, ...]) -> str:
@@ -189,12 +189,12 @@ SPEC_KEYS = ("tap", "method", "r_M", "r_L", "overrides", "fill", "bn", "multiple
 # ==================================================================================== calibration outputs
 def calibration_outputs(src: Source, tap: str):
     """``CalibrationOutputs`` at ``tap``: the bundle's (studio step), else computed once with a bar."""
-    from sinf_core.tuning import CalibrationOutputs, compute_calibration_outputs, studio_outputs_file
+    from sinf_core.tuning import CalibrationOutputs, compute_calibration_outputs
 
     def compute():
-        t = state.bundle_tensors(src, studio_outputs_file(tap))
+        t = state.bundle_tensors(src, A.studio_calib_file(tap))
         if t is not None:
-            return CalibrationOutputs.from_tensors(tap, t, studio_outputs_file(tap))
+            return CalibrationOutputs.from_tensors(tap, t, A.studio_calib_file(tap))
         exp = state.experiment(src)
         calib = exp.calib_data()
         hd = heads(src)

@@ -19,13 +19,13 @@ from typing import Any, Callable
 import torch
 
 from . import __version__
+from .artifacts import JSON, MANIFEST, SAFETENSORS, parse_score_key, scores_file, scores_method
 from .config import CONFIG_FILE, config_from_json, default_config, validate_config
 from .errors import SinfError
 from .io import atomic_write, sha256_file, write_json
 
 FORMAT = "sinf-bundle"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 Artefacts = dict[str, Any]  # file name -> bytes (stored as is), JSON-able object (".json") or dict[str, Tensor] (".safetensors")
 
@@ -201,9 +201,9 @@ class Bundle:
         path = self.root / fname
         if isinstance(obj, bytes):  # a file written by another component, stored as is
             atomic_write(path, lambda p: p.write_bytes(obj))
-        elif fname.endswith(".json"):
+        elif fname.endswith(JSON):
             write_json(path, obj)
-        elif fname.endswith(".safetensors"):
+        elif fname.endswith(SAFETENSORS):
             from safetensors.torch import save_file
 
             tensors = {k: v.detach().cpu().contiguous() for k, v in obj.items()}
@@ -238,16 +238,21 @@ def score_methods(bundle: Bundle) -> set[str]:
     """The filter scores a bundle holds (its ``scores_<method>.safetensors`` files)."""
     if not bundle.has("scores"):
         return set()
-    return {f[len("scores_"):-len(".safetensors")] for f in bundle.files_of("scores")}
+    return {m for m in map(scores_method, bundle.files_of("scores")) if m}
 
 
 def load_scores(bundle: Bundle, method: str) -> dict[int, dict[str, torch.Tensor]]:
     """{cluster: {layer: Tensor[C]}} of one score method from a bundle."""
-    fname = f"scores_{method}.safetensors"
+    fname = scores_file(method)
     if fname not in bundle.files_of("scores"):
         raise SinfError(f"bundle {bundle.root} has no scores for {method!r}")
     out: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in bundle.tensors(fname).items():
-        c, layer = key.split("|", 1)
-        out.setdefault(int(c), {})[layer] = v
+        try:
+            c, layer = parse_score_key(key)
+        except ValueError as exc:
+            raise SinfError(f"bundle {bundle.root}: {fname} holds {exc}; rebuild its scores step") from None
+        if not isinstance(c, int):
+            raise SinfError(f"bundle {bundle.root}: {fname} holds scores of no cluster index ({key!r}); rebuild its scores step")
+        out.setdefault(c, {})[layer] = v
     return out

@@ -25,9 +25,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .artifacts import CONFIG as CONFIG_FILE  # noqa: F401  (re-exported)
 from .errors import SinfError
 
-CONFIG_FILE = "config.json"
 CONFIG_STEP = "config"  # the bundle step that stores it
 
 DEFAULT_CONFIG: dict[str, Any] = {

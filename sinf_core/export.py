@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .artifacts import BENCH, ROUTING, STATS, STUDIO, STUDIO_HEADS, onnx_file
 from .errors import SinfError
 from .fusion import prepare_for_inference
 from .io import atomic_write, sha256_file, write_json
@@ -42,7 +43,7 @@ from .models import SinfModel
 
 FORMAT = "sinf-routed-onnx"
 FORMAT_VERSION = 1
-MANIFEST = "routing.json"
+MANIFEST = ROUTING  # the export folder's manifest (re-exported)
 OPSET = 18
 PRECISIONS = ("fp32", "int8")
 FIXED_PIECES = ("base", "stem", "route", "exit", "tail")
@@ -175,12 +176,12 @@ def routed_model_from_bundle(exp, bundle, mode: str | None = None) -> RoutedMode
     schedule, rounding, mean replacement and BatchNorm re-estimation, exactly as the app builds them."""
     from .stats import ActivationStats
     from .subgraph import build_subgraph, make_cluster_specs
-    from .tuning import STUDIO_HEADS, STUDIO_JSON, bn_sample_set, chosen_points, heads_from_tensors
+    from .tuning import bn_sample_set, chosen_points, heads_from_tensors
 
     if not bundle.has("bench") or not bundle.has("studio"):
         raise SinfError(f"bundle {bundle.root} has no benchmark (bench and studio steps); run `sinf build "
                         f"{bundle.manifest.get('model')}` with the benchmark first")
-    bench, info = bundle.json("bench.json"), bundle.json(STUDIO_JSON)
+    bench, info = bundle.json(BENCH), bundle.json(STUDIO)
     points = chosen_points(bench)
     mode = mode or bench.get("best_mode") or next(iter(points), None)
     if mode not in points:
@@ -195,7 +196,7 @@ def routed_model_from_bundle(exp, bundle, mode: str | None = None) -> RoutedMode
         from .pipeline import load_scores
 
         opts = info.get("options") or {}
-        fill = ActivationStats.from_tensors(bundle.tensors("stats.safetensors")) if opts.get("fill", "mean") == "mean" \
+        fill = ActivationStats.from_tensors(bundle.tensors(STATS)) if opts.get("fill", "mean") == "mean" \
             else None
         n_bn = int(opts.get("bn_samples") or 0)
         bn = bn_sample_set(exp, n_bn, int(info.get("bn_seed", 0))) if n_bn else None
@@ -297,7 +298,7 @@ def export_onnx(rm: RoutedModel, out: str | Path, precision: str = "fp32",
         for i, (name, module) in enumerate(pieces.items()):
             inp = rm.piece_input(name)
             oname = "h" if name == "stem" else "logits"
-            fname = f"{name}.onnx"
+            fname = onnx_file(name)
             if precision == "fp32":
                 export_module(module, _example(shapes[inp]), out / fname, inp, oname)
             else:

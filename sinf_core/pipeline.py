@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import artifacts as A
 from .bundle import Bundle, load_scores, score_methods, state_dict_sha256  # noqa: F401  (re-exported)
 from .config import DEFAULT_BN_SAMPLES
 from .experiment import Experiment
@@ -50,28 +51,25 @@ class BuildSettings:
 def shipped_bundle_dir(model_name: str) -> Path:
     """Where the project ships a prebuilt bundle of a model: ``assets/bundles/<model>``."""
     from .models.registry import ASSETS_DIR
-    from .models.specs import folder_name
 
-    return ASSETS_DIR / "bundles" / folder_name(model_name)
+    return ASSETS_DIR / A.BUNDLES / A.folder_name(model_name)
 
 
 def default_bundle_dir(model_name: str, seed_from_assets: bool = True) -> Path:
     """``$SINF_CACHE_DIR/bundles/<model>``, where ``sinf build`` writes by default. When it holds no
     bundle and the project ships one in ``assets/bundles/<model>``, the shipped bundle is copied there
     first (atomically: a temp folder renamed into place), so later writes never touch ``assets/``.
-    A spec's folder is named without its class count (``models.specs.folder_name``: ``torchvision-resnet18``),
+    A spec's folder is named without its class count (``artifacts.folder_name``: ``torchvision-resnet18``),
     so ``sinf report torchvision:resnet18`` finds what ``sinf build torchvision:resnet18 ...`` wrote."""
     import shutil
     import tempfile
 
-    from .bundle import MANIFEST
     from .io import cache_dir
-    from .models.specs import folder_name
 
-    model_name = folder_name(model_name)
-    target = cache_dir() / "bundles" / model_name
+    model_name = A.folder_name(model_name)
+    target = cache_dir() / A.BUNDLES / model_name
     shipped = shipped_bundle_dir(model_name)
-    if seed_from_assets and not (target / MANIFEST).is_file() and (shipped / MANIFEST).is_file():
+    if seed_from_assets and not (target / A.MANIFEST).is_file() and (shipped / A.MANIFEST).is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{model_name}.", dir=target.parent))
         try:
@@ -137,17 +135,17 @@ def build_bundle(
         return key
 
     # 1. data description
-    run("data", {}, lambda: {"data.json": _data_json(exp)})
+    run("data", {}, lambda: {A.DATA: _data_json(exp)})
 
     # 2. statistics over the fit split (and over calibration: its confusion matrix feeds spectral clusters)
     k_stats = run("stats", {"feature_sample": s.stats_feature_sample, "bs": rt.batch_size, "bf16": rt.bf16}, lambda: {
-        "stats.safetensors": collect_stats(model, fit, None, rt, on_batch=rt.counter("statistics (fit)", len(fit)),
+        A.STATS: collect_stats(model, fit, None, rt, on_batch=rt.counter("statistics (fit)", len(fit)),
                                            feature_sample=s.stats_feature_sample).to_tensors(),
-        "stats_calib.safetensors": collect_stats(model, calib, None, rt,
+        A.STATS_CALIB: collect_stats(model, calib, None, rt,
                                                  on_batch=rt.counter("statistics (calib)", len(calib))).to_tensors(),
     })
-    stats = ActivationStats.from_tensors(bundle.tensors("stats.safetensors"))
-    calib_stats = ActivationStats.from_tensors(bundle.tensors("stats_calib.safetensors"))
+    stats = ActivationStats.from_tensors(bundle.tensors(A.STATS))
+    calib_stats = ActivationStats.from_tensors(bundle.tensors(A.STATS_CALIB))
 
     # 3. clusters: hierarchy, Ward on prototypes, spectral on the calibration confusion; UMAP maps
     # data-driven clusters: k of them, or as many as the hierarchy has when the data set has no more than k classes
@@ -165,13 +163,13 @@ def build_bundle(
         if "samples" in maps:
             out["umap_samples"] = {"xy": np.asarray(maps["samples"]).round(4).tolist(),
                                    "labels": np.asarray(maps["sample_labels"]).tolist()}
-        return {"clusters.json": out}
+        return {A.CLUSTERS: out}
 
     run("clusters", {"stats": k_stats, "k": k}, clusters_step)
 
     # 4. filter overlap and the depth profile
     run("overlap", {"stats": k_stats, "q": s.q},
-        lambda: {"overlap.json": filter_overlap(stats, exp.hierarchy, s.q).to_json()})
+        lambda: {A.OVERLAP: filter_overlap(stats, exp.hierarchy, s.q).to_json()})
 
     # 5. router and exit heads; the router's tap is the stem boundary for everything after it
     router_params = {"accuracy_target": s.route_target, **s.router}
@@ -187,23 +185,23 @@ def build_bundle(
         rep = router.evaluate(model, report, rt)
         files = {}
         with tempfile.TemporaryDirectory() as tmp:
-            for name, heads in (("router", router), ("exit", exit_head)):
+            for name, heads in ((A.ROUTER, router), (A.EXIT, exit_head)):
                 heads.save(tmp, name)
-                for ext in ("safetensors", "json"):
-                    files[f"{name}.{ext}"] = (Path(tmp) / f"{name}.{ext}").read_bytes()
-        files["router_report.json"] = {"summary": router.summary(), "report_accuracy": rep["accuracy"],
+                for fname in reversed(A.file_pair(name)):  # weights, then config (the manifest's order)
+                    files[fname] = (Path(tmp) / fname).read_bytes()
+        files[A.ROUTER_REPORT] = {"summary": router.summary(), "report_accuracy": rep["accuracy"],
                                        "exit_summary": exit_head.summary()}
         return files
 
     k_router = run("router", {"params": router_params}, router_step)
-    tap = bundle.json("router.json")["tap"]
+    tap = bundle.json(A.ROUTER_JSON)["tap"]
 
     # 6. filter scores for every cluster and prunable layer (fit split)
     def scores_step() -> dict:
         tables = compute_all_scores(list(s.methods), model, None, fit, exp.hierarchy, stats, s.score_options,
                                     rt=rt,
                                     on_progress=lambda st, d, t: prog(f"scores: {st}", d, t))
-        return {f"scores_{m}.safetensors": {f"{c}|{layer}": v for c, per in tab.items() for layer, v in per.items()}
+        return {A.scores_file(m): {A.score_key(c, layer): v for c, per in tab.items() for layer, v in per.items()}
                 for m, tab in tables.items()}
 
     k_scores = run("scores", {"methods": list(s.methods), "options": s.score_options, "stats": k_stats}, scores_step)
@@ -221,11 +219,11 @@ def build_bundle(
     if samples is not None:
         def bn_step() -> dict:
             probe = next((m for m in s.methods if m.startswith("dcs")), s.methods[0])
-            return {"bn.json": bn_decision(exp, load_scores(bundle, probe), probe, taps[0], s.r_M, s.r_L_grid,
+            return {A.BN: bn_decision(exp, load_scores(bundle, probe), probe, taps[0], s.r_M, s.r_L_grid,
                                            samples, stats if s.fill == "mean" else None, prog)}
 
         k_bn = run("bn", {**grid_inputs, "bn_samples": s.bn_samples, "methods": list(s.methods)}, bn_step)
-        decision = bundle.json("bn.json")
+        decision = bundle.json(A.BN)
         bn_samples = s.bn_samples if decision["use"] else 0
         log(f"BatchNorm re-estimation: {'on' if decision['use'] else 'off'} (mean calibration accuracy "
             f"{decision['calib_mean_on']:.2f} % with, {decision['calib_mean_off']:.2f} % without; {decision['score']})")
@@ -259,7 +257,7 @@ def build_bundle(
                                      "flop_ratio": res["mean"]["flop_ratio"]})
                         done += 1
                         prog("grid (oracle routing)", done, total)
-        return {"grid.json": {"tap": tap, "taps": taps, "fill": s.fill, "bn_samples": bn_samples, "rows": rows}}
+        return {A.GRID: {"tap": tap, "taps": taps, "fill": s.fill, "bn_samples": bn_samples, "rows": rows}}
 
     run("grid", grid_inputs, grid_step)
 
@@ -277,7 +275,7 @@ def build_bundle(
         bench_rt = exp.runtime.with_(**runtime_overrides(bench_opts))
         k_bench = run("bench", {"router": k_router, "scores": k_scores,
                                 "options": recorded_options(resolved, bench_rt)},
-                      lambda: {"bench.json": run_benchmark(exp, bundle, bench_opts, prog, log)})
+                      lambda: {A.BENCH: run_benchmark(exp, bundle, bench_opts, prog, log)})
 
         # 10. what SINF Studio reads at once: the benchmark's heads and calibration outputs at its points
         from .tuning import studio_artifacts

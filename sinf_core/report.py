@@ -20,9 +20,9 @@ import html
 import io
 import json
 import math
-import re
 from typing import Any, Mapping, Sequence
 
+from .artifacts import report_file
 from .errors import SinfError
 
 MODES = ("base", "reference", "sinf", "exit", "cascade", "static", "select")
@@ -217,9 +217,8 @@ def model_warning(bench: Mapping[str, Any], selected: str | None) -> str | None:
 
 
 def export_name(bench: Mapping[str, Any], kind: str, ext: str) -> str:
-    """A file name for an export, e.g. ``sinf_report_cifar100_resnet56.html`` (model name made safe)."""
-    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", bench_info(bench)["model"]).strip("._") or "model"
-    return f"sinf_{kind}_{model}.{ext}"
+    """A file name for an export, e.g. ``sinf_report_cifar100_resnet56.html`` (the model's ``artifacts.folder_name``)."""
+    return "sinf_" + report_file(kind, bench_info(bench)["model"], ext)
 
 
 def _num(v: Any) -> float | None:

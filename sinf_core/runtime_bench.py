@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .artifacts import BENCH, RUNTIME_DIR
 from .bench import (BENCH_FORMAT, ScheduleData, TapData, candidates_within_budget, head_cost, sweep_tap)
 from .cost import model_cost, module_cost, stem_cost, stem_output, tail_cost
 from .device import bf16_is_fast, hardware_info
@@ -174,7 +175,7 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        bench = bundle.json("bench.json")
+        bench = bundle.json(BENCH)
         if bench.get("model") not in (None, exp.model_name):
             raise SinfError(f"the bundle's benchmark is of {bench.get('model')!r}, not {exp.model_name!r}")
         opts = dict(bench["options"])
@@ -182,7 +183,7 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
         reps = int(reps or opts.get("throughput_reps") or 6)
         latency_calls = int(latency_calls or opts.get("latency_calls") or 200)
         T = torch.get_num_threads()
-        work = Path(work_dir) if work_dir else Path(bundle.root) / "runtime"
+        work = Path(work_dir) if work_dir else Path(bundle.root) / RUNTIME_DIR
         points = chosen_points(bench)
         modes = [m for m in MODES if m in points]
         calib, report = exp.calib_data(), exp.report_data()

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .artifacts import CACHE_STATS, JSON, folder_name, stats_cache_file
 from .data import ImageDataset, iterate_batches
 from .device import timed
 from .errors import SinfError
@@ -424,8 +425,12 @@ def stats_cache_key(model_name: str, model: torch.nn.Module, dataset: ImageDatas
     h.update(json.dumps([STATS_FORMAT, dataset.name, len(dataset), bool(bf16), int(feature_sample)]).encode())
     h.update(idx.astype(np.int64).tobytes())
     h.update(dataset.labels.numpy().astype(np.int64).tobytes())
-    safe = model_name.replace("/", "_")
-    return f"{safe}-{model_fingerprint(model)}-{split}-{h.hexdigest()[:12]}"
+    return f"{folder_name(model_name)}-{model_fingerprint(model)}-{split}-{h.hexdigest()[:12]}"
+
+
+def stats_cache_path(key: str, root: str | Path | None = None) -> Path:
+    """Where ``cached_stats`` keeps the statistics of ``key`` (``stats_cache_key``) under the cache root."""
+    return cache_dir(root) / CACHE_STATS / stats_cache_file(key)
 
 
 def save_stats(path: str | Path, stats: ActivationStats, meta: dict | None = None) -> Path:
@@ -437,7 +442,7 @@ def save_stats(path: str | Path, stats: ActivationStats, meta: dict | None = Non
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in stats.to_tensors().items()}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": str(STATS_FORMAT)}))
-    write_json(path.with_suffix(".json"), {"format": STATS_FORMAT, "layers": stats.layers,
+    write_json(path.with_suffix(JSON), {"format": STATS_FORMAT, "layers": stats.layers,
                                            "num_classes": stats.num_classes, "samples": stats.total, **(meta or {})})
     return path
 
@@ -447,7 +452,7 @@ def load_stats(path: str | Path) -> tuple[ActivationStats, dict]:
     from safetensors.torch import load_file
 
     path = Path(path)
-    meta_path = path.with_suffix(".json")
+    meta_path = path.with_suffix(JSON)
     if not path.is_file() or not meta_path.is_file():
         raise SinfError(f"statistics file missing: {path} (and its .json)")
     try:
@@ -478,7 +483,7 @@ def cached_stats(
     A cache entry that cannot be read is recomputed and replaced."""
     rt = Runtime.resolve(rt, model)
     key = stats_cache_key(model_name, model, dataset, split, indices, rt.bf16, feature_sample)
-    path = cache_dir(root) / "stats" / f"{key}.safetensors"
+    path = stats_cache_path(key, root)
     if path.is_file() and not refresh:
         try:
             stats, _ = load_stats(path)

@@ -20,9 +20,7 @@ from .data import ImageDataset, augment_crop_flip, normalise
 from .device import autocast, hardware_info, resolve_bf16
 from .errors import SinfError
 from .io import atomic_write, write_json
-from .models.registry import RUN_FINAL as FINAL, RUN_SUMMARY as SUMMARY  # the run's file names (re-exported)
-
-CHECKPOINT = "checkpoint.pt"
+from .artifacts import RUN_CHECKPOINT as CHECKPOINT, RUN_FINAL as FINAL, RUN_SUMMARY as SUMMARY  # noqa: F401  (the run's files, re-exported)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .artifacts import BENCH, ROUTER, STUDIO as STUDIO_JSON, STUDIO_HEADS, studio_calib_file
 from .bench.precompute import _head_outputs
 from .bench.sweep import ScheduleData, TapData, sweep_tap
 from .cost import Cost, module_cost, stem_cost, stem_output, tail_cost
@@ -330,12 +331,8 @@ def point_at(points: Sequence[dict], mode: str, gamma: float | None, tau: float 
 # --------------------------------------------------------------------------------------------------
 # The bundle's studio step: the benchmark's heads and the calibration outputs at its operating points
 # --------------------------------------------------------------------------------------------------
-STUDIO_JSON, STUDIO_HEADS = "studio.json", "studio_heads.safetensors"
 HEAD_KINDS = ("route", "exit")
-
-
-def studio_outputs_file(tap: str) -> str:
-    return f"studio_calib_{tap}.safetensors"
+studio_outputs_file = studio_calib_file  # the studio step's calibration outputs at a tap (artifacts names it)
 
 
 def bn_sample_set(exp, per_cluster: int, seed: int = 0):
@@ -390,12 +387,12 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
     from .bench.options import BenchOptions
     from .router import RoutePredictor
 
-    bench = bundle.json("bench.json")
+    bench = bundle.json(BENCH)
     opts = BenchOptions.from_dict(bench.get("options"))
     taps = list(bench.get("taps") or [])
     if not taps:
         raise SinfError("the bundle's benchmark names no taps; rerun its bench step")
-    router = RoutePredictor.load(bundle.root, "router") if bundle.has("router") else None
+    router = RoutePredictor.load(bundle.root, ROUTER) if bundle.has("router") else None
     route_heads, exit_heads, summary = fit_bench_heads(exp, taps, opts, router, on_progress, log)
     heads = {"route": route_heads, "exit": exit_heads}
     tensors, shapes = heads_to_tensors(heads)

@@ -81,3 +81,6 @@ def test_build_and_bench_complete_on_a_library_model(spec, folder, tmp_path, mon
     for name in ("base", "sinf", "exit", "cascade", "static"):
         assert "top1" in res[name], name
     assert res["base"]["flops"] > 0 and res["base"]["params"] > 0
+    # every cache file and folder the spec made (statistics, scores, heads) has a name Windows accepts
+    made = [p.name for p in (tmp_path / "cache").rglob("*")]
+    assert made and not [n for n in made if set(n) & set('<>:"\\|?*')], made

@@ -150,7 +150,9 @@ def test_title_and_exports_use_the_benchmarks_own_model(vgg):
         "This benchmark is of cifar100_vgg16_bn_sinf, not of the model selected (cifar100_resnet56). "
         "The report and its exports are titled with cifar100_vgg16_bn_sinf.")
     assert report.export_name(vgg, "report", "html") == "sinf_report_cifar100_vgg16_bn_sinf.html"
-    assert report.export_name({**vgg, "model": "../a b"}, "bench", "csv") == "sinf_bench_a_b.csv"
+    assert report.export_name({**vgg, "model": "../a b"}, "bench", "csv") == "sinf_bench_a-b.csv"
+    assert report.export_name({**vgg, "model": "torchvision:resnet18@10"}, "report", "html") == \
+        "sinf_report_torchvision-resnet18.html"  # artifacts.folder_name, as `sinf report` names its files
     md = report.to_markdown(vgg)
     assert md.startswith("# SINF speed-up report: cifar100_vgg16_bn_sinf\n")
     assert "Benchmark of cifar100_vgg16_bn_sinf on cifar100: backend torch, precision float32" in md

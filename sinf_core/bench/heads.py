@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ..artifacts import CACHE_BENCH, EXIT, HEADS_META, ROUTER, model_cache_folder
 from ..cost import model_cost, stem_cost
 from ..errors import SinfError
 from ..io import cache_dir
@@ -28,7 +29,7 @@ def default_bench_taps(model: SinfModel, candidates: Sequence[str] | None = None
 
 
 def _cache_root(options: BenchOptions) -> Path:
-    return cache_dir(options.cache_dir) / "bench"
+    return cache_dir(options.cache_dir) / CACHE_BENCH
 
 
 def _head_params(options: BenchOptions) -> dict:
@@ -43,7 +44,7 @@ def _cached_heads(folder: Path, key: str) -> list[tuple[Path, dict]]:
     out = []
     for d in sorted(folder.glob(f"heads-{key}-*")):
         try:
-            meta = json.loads((d / "meta.json").read_text())
+            meta = json.loads((d / HEADS_META).read_text())
         except (OSError, ValueError):
             continue
         if isinstance(meta, dict) and meta.get("key") == key:
@@ -72,7 +73,7 @@ def fit_bench_heads(
     key = sha256_json({"model": sha, "params": params, "exit_hidden": options.exit_hidden,
                        "splits": exp.splits.summary(), "n_train": len(exp.train),
                        "hierarchy": exp.hierarchy.to_json()})[:16]
-    root = _cache_root(options) / f"{exp.model_name}-{sha[:12]}"
+    root = _cache_root(options) / model_cache_folder(exp.model_name, sha)
     need_route = [t for t in taps if router is None or t not in router.heads_]
     route_src: dict[str, TapHeads] = {t: router for t in taps if t not in need_route}
     exit_src: dict[str, TapHeads] = {}
@@ -80,10 +81,10 @@ def fit_bench_heads(
         for folder, meta in _cached_heads(root, key):
             try:
                 if any(t in meta.get("exit_taps", []) and t not in exit_src for t in taps):
-                    ep = ExitPredictor.load(folder, "exit")
+                    ep = ExitPredictor.load(folder, EXIT)
                     exit_src.update({t: ep for t in taps if t in ep.heads_ and t not in exit_src})
                 if any(t in meta.get("route_taps", []) and t not in route_src for t in need_route):
-                    rp = RoutePredictor.load(folder, "router")
+                    rp = RoutePredictor.load(folder, ROUTER)
                     route_src.update({t: rp for t in need_route if t in rp.heads_ and t not in route_src})
             except SinfError as exc:
                 log(f"heads: ignoring unusable cache {folder} ({exc})")
@@ -104,10 +105,10 @@ def fit_bench_heads(
             folder = root / f"heads-{key}-{sha256_json([todo_exit, todo_route])[:8]}"
             folder.mkdir(parents=True, exist_ok=True)
             for p in preds:
-                p.save(folder, "exit" if isinstance(p, ExitPredictor) else "router")
+                p.save(folder, EXIT if isinstance(p, ExitPredictor) else ROUTER)
             from ..io import write_json
 
-            write_json(folder / "meta.json", {"key": key, "exit_taps": todo_exit, "route_taps": todo_route,
+            write_json(folder / HEADS_META, {"key": key, "exit_taps": todo_exit, "route_taps": todo_route,
                                               "params": params, "exit_hidden": options.exit_hidden})
     else:
         log(f"heads: all cached under {root}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..artifacts import BN, GRID, STATS
 from ..config import DEFAULT_BN_SAMPLES
 from ..subgraph.batchnorm import check_bn_samples
 from .options import BenchOptions, ProgressFn
@@ -16,7 +17,7 @@ def resolve_bn_samples(bundle, bn_samples: int | None) -> int:
     if bn_samples is not None:
         return check_bn_samples(bn_samples)
     if bundle is not None and bundle.has("bn"):
-        d = bundle.json("bn.json")
+        d = bundle.json(BN)
         return int(d.get("bn_samples", DEFAULT_BN_SAMPLES)) if d.get("use") else 0
     return DEFAULT_BN_SAMPLES
 
@@ -31,7 +32,7 @@ def resolve_score(bundle, score: str) -> str:
     from ..bundle import score_methods
     from ..comparison import choose_dcs_variant, grid_table
 
-    grid = bundle.json("grid.json")
+    grid = bundle.json(GRID)
     held = score_methods(bundle)
     tap = (grid.get("taps") or [grid.get("tap")])[0]  # the grid's first stem boundary (not always the router's tap)
     calib = {m: v for m, v in grid_table(grid, tap, "calib").items() if m in held}
@@ -44,7 +45,7 @@ def _fit_stats(exp, bundle, opts: BenchOptions, rt, prog: ProgressFn):
     from ..stats import ActivationStats, cached_stats
 
     if bundle is not None and bundle.has("stats"):
-        return ActivationStats.from_tensors(bundle.tensors("stats.safetensors"))
+        return ActivationStats.from_tensors(bundle.tensors(STATS))
     fit = exp.splits.fit
     done = [0]
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..artifacts import ROUTER
 from ..cost import Cost, count_flops, count_params, model_cost
 from ..data import ImageDataset
 from ..device import hardware_info
@@ -169,7 +170,7 @@ def _heads(r: BenchRun) -> None:
     model, opts = r.model, r.opts
     router = None
     if r.bundle is not None:
-        router = RoutePredictor.load(r.bundle.root, "router")
+        router = RoutePredictor.load(r.bundle.root, ROUTER)
     taps = list(opts.taps) if opts.taps else default_bench_taps(model, None if router is None else router.taps_,
                                                                    r.input_shape)
     for t in taps:

@@ -21,19 +21,18 @@ def run(args) -> int:
     from ..bundle import Bundle
     from ..comparison import compare_scores, comparison_figure, comparison_markdown
     from ..io import atomic_write, write_json
-    from ..models.specs import folder_name
+    from ..artifacts import GRID, report_file
     from ..pipeline import default_bundle_dir
 
     bundle = Bundle.open(args.bundle or default_bundle_dir(args.model), model=args.model)
-    stem = folder_name(args.model)  # the file names: a spec without ':' (torchvision-resnet18)
-    grid = bundle.json("grid.json")
+    grid = bundle.json(GRID)
     taps = grid.get("taps") or [grid["tap"]]
     results = {t: compare_scores(grid, t) for t in ([args.tap] if args.tap else taps)}
     out = Path(args.out)
-    write_json(out / f"scores_{stem}.json", {"model": args.model, "comparisons": results})
+    write_json(out / report_file("scores", args.model, "json"), {"model": args.model, "comparisons": results})
     md = "\n".join(comparison_markdown(c, f"{args.model}: DCS vs baselines, stem after {t}") for t, c in results.items())
-    atomic_write(out / f"scores_{stem}.md", lambda p: p.write_text(md))
+    atomic_write(out / report_file("scores", args.model, "md"), lambda p: p.write_text(md))
     html = "".join(comparison_figure(c).to_html(full_html=False, include_plotlyjs="cdn") for c in results.values())
-    atomic_write(out / f"scores_{stem}.html", lambda p: p.write_text(f"<html><body>{html}</body></html>"))
+    atomic_write(out / report_file("scores", args.model, "html"), lambda p: p.write_text(f"<html><body>{html}</body></html>"))
     print(json.dumps(results) if args.json else md)
     return 0

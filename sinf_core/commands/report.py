@@ -19,22 +19,21 @@ def run(args) -> int:
     from ..bundle import Bundle
     from ..errors import SinfError
     from ..io import atomic_write, write_json
-    from ..models.specs import folder_name
+    from ..artifacts import BENCH, report_file
     from ..pipeline import default_bundle_dir
     from ..report import to_html, to_markdown
 
     bundle = Bundle.open(args.bundle or default_bundle_dir(args.model), model=args.model)
-    stem = folder_name(args.model)  # the file names: a spec without ':' (torchvision-resnet18)
     if not bundle.has("bench"):
         raise SinfError(f"bundle {bundle.root} has no benchmark yet; run `sinf build {args.model}` without --no-bench")
-    bench = bundle.json("bench.json")
+    bench = bundle.json(BENCH)
     out = Path(args.out)
     title = f"{args.model}: base vs SINF vs early exit vs cascade vs static pruning"
     md = to_markdown(bench, title)
-    write_json(out / f"bench_{stem}.json", bench)
-    atomic_write(out / f"bench_{stem}.md", lambda p: p.write_text(md))
+    write_json(out / report_file("bench", args.model, "json"), bench)
+    atomic_write(out / report_file("bench", args.model, "md"), lambda p: p.write_text(md))
     if args.html:
         page = to_html(bench, title)
-        atomic_write(out / f"bench_{stem}.html", lambda p: p.write_text(page))
+        atomic_write(out / report_file("bench", args.model, "html"), lambda p: p.write_text(page))
     print(md)
     return 0

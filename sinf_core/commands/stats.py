@@ -130,11 +130,10 @@ def _sharded(exp, args):
 
 def _save(exp, args, data, idx, st, sample: int, **meta):
     """Write ``st`` where ``cached_stats`` looks for it (same key), so later commands reuse it."""
-    from ..io import cache_dir
-    from ..stats import save_stats, stats_cache_key
+    from ..stats import save_stats, stats_cache_key, stats_cache_path
 
     key = stats_cache_key(args.model, exp.model, data, args.split, idx, exp.runtime.bf16, sample)
-    path = cache_dir(args.cache_dir) / "stats" / f"{key}.safetensors"  # the folder ``cached_stats`` reads
+    path = stats_cache_path(key, args.cache_dir)  # where ``cached_stats`` reads
     return save_stats(path, st, {"model": args.model, "split": args.split, "dataset": data.name, "bf16": exp.runtime.bf16,
                                  "feature_sample": sample, "key": key, **meta})
 

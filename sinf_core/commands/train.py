@@ -74,7 +74,7 @@ def run(args) -> int:
     from ..experiment import check_model_fits_data, check_splits_agree
     from ..errors import SinfError
     from ..models import build_model, get_entry, model_for_classes
-    from ..models.specs import folder_name
+    from ..artifacts import RUN_SUMMARY, folder_name
     from ..train import TrainConfig, train
 
     entry = get_entry(args.model)
@@ -116,6 +116,6 @@ def run(args) -> int:
         summary["test_top1"] = round(100.0 * float((lg.argmax(1) == te.labels).float().mean()), 2)
         from ..io import write_json
 
-        write_json(out / "summary.json", summary)
+        write_json(out / RUN_SUMMARY, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..artifacts import HIERARCHY as HIERARCHY_FILE  # noqa: F401  (re-exported)
 from ..errors import SinfError
 from .core import Hierarchy, ImageDataset, channel_stats
 from .images import load_image_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-HIERARCHY_FILE = "hierarchy.json"
 
 
 def load_hierarchy_file(path: Path, class_names: list[str], classes_from: Path | None = None) -> Hierarchy:

@@ -15,7 +15,7 @@ DATA_ENV = "SINF_DATA_DIR"
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get(DATA_ENV) or Path.home() / ".cache" / "sinf" / "data")
+    return Path(os.environ.get(DATA_ENV) or Path.home() / ".cache" / "sinf" / "data").expanduser()
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:

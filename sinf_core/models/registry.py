@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from ..artifacts import RUN_FINAL, RUN_SUMMARY, SAFETENSORS, card_file
 from ..data.cifar import CIFAR100_MEAN, CIFAR100_STD
 from ..errors import SinfError
 from .base import SinfModel
@@ -24,9 +25,6 @@ from .resnet_cifar import cifar_resnet, cifar_resnet50
 from .vgg_cifar import cifar_vgg
 
 WEIGHTS_ENV = "SINF_WEIGHTS_DIR"
-# the files of a finished `sinf train` run (written by ``sinf_core.train``, read by ``publish_weights``)
-RUN_FINAL = "final.safetensors"
-RUN_SUMMARY = "summary.json"
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 _RELEASE = "https://github.com/chenyaofo/pytorch-cifar-models/releases/download"
 
@@ -276,7 +274,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise SinfError(f"checkpoint not found: {path}")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == SAFETENSORS:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
@@ -377,7 +375,7 @@ def model_card(name: str) -> dict | None:
     entry = get_entry(name)
     if not entry.weights.file:
         return None
-    card = ASSETS_DIR / (Path(entry.weights.file).stem + ".json")
+    card = ASSETS_DIR / card_file(entry.weights.file)
     return json.loads(card.read_text()) if card.is_file() else None
 
 
@@ -444,5 +442,5 @@ def publish_weights(run_dir: str | Path, name: str, assets_dir: str | Path, meas
         if before_epochs is not None and before_time is not None:
             card["total_epochs"] = before_epochs + (cfg.get("epochs") or 0)
             card["total_wall_time_s"] = round(before_time + (summary.get("wall_time_s") or 0.0), 1)
-    write_json(target.with_suffix(".json"), card)
+    write_json(target.with_name(card_file(target.name)), card)
     return card

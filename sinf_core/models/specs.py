@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
+from ..artifacts import folder_name  # noqa: F401  (re-exported: the one name a model takes on disk)
 from ..errors import SinfError
 
 TORCHVISION, TIMM, CALLABLE = "torchvision", "timm", "callable"
@@ -101,18 +102,6 @@ def same_model(given: str, stored: str) -> bool:
     except SinfError:
         return False
     return g.base == s.base and (g.num_classes is None or g.num_classes == s.num_classes)
-
-
-def folder_name(name: str) -> str:
-    """A file-system name for ``name``'s default folders: a registered name as is; a spec without its
-    class count, ':' as '-' (``torchvision-resnet18``), so every spelling of one spec finds the same folder."""
-    if not is_spec(name):
-        return name
-    try:
-        base = parse_spec(name).base
-    except SinfError:
-        base = name
-    return re.sub(r"[^A-Za-z0-9_.\-]", "-", base)
 
 
 # --------------------------------------------------------------------------------------------------

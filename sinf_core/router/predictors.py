@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from ..artifacts import EXIT, ROUTER, file_pair
 from ..data import ImageDataset
 
 from ..errors import SinfError
@@ -223,7 +224,8 @@ class TapHeads:
         for t in keep:
             for k, v in self.head(t).state_dict().items():
                 tensors[f"{t}::{k}"] = v.detach().to("cpu", copy=True).contiguous()
-        tensor_path = folder / f"{name}.safetensors"
+        cfg_name, tensors_name = file_pair(name)
+        tensor_path = folder / tensors_name
         atomic_write(tensor_path, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
         params = self.get_params()
         config = {
@@ -247,7 +249,7 @@ class TapHeads:
             "tensors": tensor_path.name,
             "tensors_sha256": sha256_file(tensor_path),
         }
-        return write_json(folder / f"{name}.json", config)
+        return write_json(folder / cfg_name, config)
 
     @classmethod
     def load(cls, folder: str | Path, name: str | None = None) -> "TapHeads":
@@ -256,7 +258,7 @@ class TapHeads:
 
         name = name or cls.kind
         folder = Path(folder)
-        cfg_path = folder / f"{name}.json"
+        cfg_path = folder / file_pair(name)[0]
         if not cfg_path.is_file():
             raise SinfError(f"no saved heads at {cfg_path}")
         try:
@@ -316,7 +318,7 @@ class TapHeads:
 class RoutePredictor(TapHeads):
     """Route heads: predict the input's cluster (METHOD.md section 7)."""
 
-    kind = "router"
+    kind = ROUTER
 
     def __init__(self, taps: Sequence[str] | None = None, target: str = "cluster", **kwargs):
         if target != "cluster":
@@ -327,7 +329,7 @@ class RoutePredictor(TapHeads):
 class ExitPredictor(TapHeads):
     """Early-exit heads: predict the fine class (METHOD.md section 10), same shape as the router."""
 
-    kind = "exit"
+    kind = EXIT
 
     def __init__(self, taps: Sequence[str] | None = None, target: str = "class", **kwargs):
         if target != "class":

@@ -1,7 +1,8 @@
 """Scores on disk: one bundle per (model, weights) under $SINF_CACHE_DIR/scores (default ~/.cache/sinf).
 
 Each (method, resolved options, data, layers, clusters) is one bundle step holding a safetensors file
-(keys ``"<cluster>/<layer>"``, ``"all/<layer>"`` for the unconditioned target) and a JSON meta file.
+(keys ``artifacts.score_key``: ``"<cluster>|<layer>"``, ``"all|<layer>"`` for the unconditioned target, as
+in a bundle's ``scores_<method>.safetensors``) and a JSON meta file.
 The step name carries a hash of those inputs, so several option sets live side by side; checksums and
 atomic writes come from ``sinf_core.bundle``. Missing methods are computed together in one shared pass.
 """
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..artifacts import ALL_TARGET, CACHE_SCORES, file_pair, model_cache_folder, score_key
 from ..bundle import Bundle, sha256_json, state_dict_sha256
 from ..data import Hierarchy, ImageDataset
 from ..io import cache_dir  # noqa: F401  (re-exported)
@@ -23,7 +25,7 @@ from ..runtime import Runtime
 from . import ScoreTable, compute_all_scores, get_score, resolve_layers, resolve_options
 from .base import Target
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: score keys "<cluster>|<layer>" (artifacts.score_key; were "<cluster>/<layer>")
 
 
 def data_fingerprint(data: ImageDataset, split: str) -> dict:
@@ -35,16 +37,16 @@ def data_fingerprint(data: ImageDataset, split: str) -> dict:
 
 
 def _key(t: Target) -> str:
-    return "all" if t is None else str(t)
+    return ALL_TARGET if t is None else str(t)
 
 
 def table_to_tensors(table: ScoreTable) -> dict[str, torch.Tensor]:
-    return {f"{_key(t)}/{layer}": v.detach().to(torch.float32).contiguous().clone()
+    return {score_key(t, layer): v.detach().to(torch.float32).contiguous().clone()
             for t, layers in table.items() for layer, v in layers.items()}
 
 
 def tensors_to_table(tensors: dict[str, torch.Tensor], targets: Sequence[Target], layers: Sequence[str]) -> ScoreTable:
-    return {t: {l: tensors[f"{_key(t)}/{l}"] for l in layers} for t in targets}
+    return {t: {l: tensors[score_key(t, l)] for l in layers} for t in targets}
 
 
 def load_or_compute_scores(
@@ -71,7 +73,7 @@ def load_or_compute_scores(
     lay = [l.name for l in resolve_layers(model, layers)]
     tg = list(range(clusters.num_clusters)) if targets is None else list(targets)
     sha = state_dict_sha256(model)
-    bundle = Bundle.open_or_create(cache_dir(root) / "scores" / f"{model_name}-{sha[:12]}", model_name, sha,
+    bundle = Bundle.open_or_create(cache_dir(root) / CACHE_SCORES / model_cache_folder(model_name, sha), model_name, sha,
                                    {"what": "filter scores"})
     fp = data_fingerprint(data, split)
     steps, todo, result = {}, [], {}
@@ -81,10 +83,11 @@ def load_or_compute_scores(
                   "stats_samples": None if stats is None or not get_score(m).data_dependent else int(stats.total)}
         name = f"{m}.{sha256_json(inputs)[:12]}"
         steps[m] = (name, inputs)
+        meta_file, tensors_file = file_pair(name)
         if bundle.has(name) and not recompute:
-            meta = bundle.json(f"{name}.json")
-            result[m] = {"scores": tensors_to_table(bundle.tensors(f"{name}.safetensors"), tg, lay), "cached": True,
-                         "seconds": meta["seconds"], "file": bundle.root / f"{name}.safetensors",
+            meta = bundle.json(meta_file)
+            result[m] = {"scores": tensors_to_table(bundle.tensors(tensors_file), tg, lay), "cached": True,
+                         "seconds": meta["seconds"], "file": bundle.root / tensors_file,
                          "options": inputs["options"], "meta": meta}
         else:
             todo.append(m)
@@ -95,6 +98,7 @@ def load_or_compute_scores(
         wall = time.perf_counter() - t0
         for m in todo:
             name, inputs = steps[m]
+            meta_file, tensors_file = file_pair(name)
             meta = {"method": m, "options": inputs["options"], "layers": lay, "targets": inputs["targets"],
                     "cluster_names": list(clusters.cluster_names), "data": fp,
                     # the method's own work: its reducers inside the shared pass + its finish step
@@ -104,11 +108,11 @@ def load_or_compute_scores(
                     "shared_pass_seconds": round(timings.get("features", 0.0), 3),
                     "shared_pass_reducers_seconds": round(timings.get("features.reducers", 0.0), 3),
                     "batch_seconds": round(wall, 3), "batch_methods": todo}
-            art = {f"{name}.safetensors": table_to_tensors(tables[m]), f"{name}.json": meta}
+            art = {tensors_file: table_to_tensors(tables[m]), meta_file: meta}
             if recompute:
                 bundle.put(name, art, inputs)
             else:
                 bundle.step(name, inputs, lambda art=art: art)
             result[m] = {"scores": tables[m], "cached": False, "seconds": meta["seconds"],
-                         "file": bundle.root / f"{name}.safetensors", "options": inputs["options"], "meta": meta}
+                         "file": bundle.root / tensors_file, "options": inputs["options"], "meta": meta}
     return {m: result[m] for m in dict.fromkeys(methods)}

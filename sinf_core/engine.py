@@ -152,11 +152,11 @@ class SemanticInference:
     ``gamma`` / ``tau``: route / exit thresholds in [0, 1]. ``device`` is chosen once (model, heads
     and subgraphs are moved there). ``bf16``: autocast; ``channels_last``: inputs and modules in
     channels-last layout; ``cuda_streams``: run groups on separate CUDA streams.
-    ``input_shape``: (C, H, W) the model expects. ``mean`` / ``std``: normalisation, needed to pass
-    uint8 images. ``keep_logits``: also return the answering module's logits. ``fold_batchnorm``:
-    run on copies of the model, heads and subgraphs with each conv -> BatchNorm pair folded into the
-    conv (``fusion.fold_batchnorm``; same function up to float rounding, faster on CPU); the modules
-    given are then left as they are.
+    ``input_shape``: (C, H, W) the model expects (default: its ``input_shape``). ``mean`` / ``std``:
+    normalisation, needed to pass uint8 images. ``keep_logits``: also return the answering module's
+    logits. ``fold_batchnorm``: run on copies of the model, heads and subgraphs with each conv ->
+    BatchNorm pair folded into the conv (``fusion.fold_batchnorm``; same function up to float rounding,
+    faster on CPU); the modules given are then left as they are.
     """
 
     def __init__(
@@ -174,7 +174,7 @@ class SemanticInference:
         bf16: bool = False,
         channels_last: bool = False,
         cuda_streams: bool = False,
-        input_shape: tuple[int, int, int] = (3, 32, 32),
+        input_shape: tuple[int, int, int] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         keep_logits: bool = False,
@@ -186,6 +186,7 @@ class SemanticInference:
         self.device = pick_device(None if device is None else str(device))
         self.bf16, self.channels_last, self.keep_logits = bool(bf16), bool(channels_last), bool(keep_logits)
         self.cuda_streams = bool(cuda_streams) and self.device.type == "cuda"
+        input_shape = model.input_shape if input_shape is None else input_shape
         if len(input_shape) != 3:
             raise SinfError(f"input_shape must be (channels, height, width), got {input_shape}")
         self.input_shape = tuple(int(v) for v in input_shape)

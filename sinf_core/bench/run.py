@@ -170,7 +170,7 @@ def _start(exp, bundle, opts: BenchOptions, prog: ProgressFn, log: LogFn) -> Ben
         raise SinfError("the report split is empty: there is nothing to report the benchmark on")
     if len(exp.splits.fit) == 0:
         raise SinfError("the fit split is empty: the heads are trained on it")
-    return BenchRun(exp, bundle, opts, prog, log, model, exp.device, calib, report, tuple(calib.images.shape[1:]),
+    return BenchRun(exp, bundle, opts, prog, log, model, exp.device, calib, report, exp.input_shape,
                     hardware_info(exp.device), t_start)
 
 

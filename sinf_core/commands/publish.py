@@ -37,7 +37,8 @@ def run(args) -> int:
     assets = Path(args.assets_dir) if args.assets_dir else ASSETS_DIR
 
     def measure(weights: Path) -> dict:
-        exp = open_experiment(args.model, args.dataset, args.data_dir, args.download, str(weights), "cpu")
+        exp = open_experiment(args.model, args.dataset, args.data_dir, args.download, str(weights), "cpu",
+                              image_size=args.image_size)
         bar = progress(len(exp.test), f"eval {args.model}", quiet=args.json)
         logits = collect_logits(exp.model, exp.test, None, args.batch_size, exp.device, False, on_batch=bar.update)
         bar.close()

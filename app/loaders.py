@@ -35,24 +35,38 @@ from .session import Source
 
 
 @st.cache_resource(show_spinner="Loading the model and the data set ...", max_entries=3)
-def _open_experiment(model: str, checkpoint: str | None, dataset: str | None):
+def _open_experiment(model: str, checkpoint: str | None, dataset: str | None, image_size: int | None = None):
     from sinf_core.experiment import open_experiment
 
-    exp = open_experiment(model, dataset=dataset, checkpoint=checkpoint)  # the default Runtime: picked once, here
+    exp = open_experiment(model, dataset=dataset, checkpoint=checkpoint, image_size=image_size)  # the default Runtime: picked once, here
     exp.model.eval()
     return exp
 
 
 def experiment(src: Source):
     """The ``Experiment`` (model, train/test data, fixed splits) of ``src``; downloads what is missing,
-    with a progress bar, on first use."""
+    with a progress bar, on first use. An image folder is loaded at the size of ``src``'s bundle (the
+    size it was built at), else at the model's default."""
+    from sinf_core.data import DATASETS
+
     entry = get_entry(src.model)  # a spec has no data set of its own: open_experiment asks for one
     ds = src.dataset or entry.dataset
     if ds == "cifar100":
         ensure_cifar100(None)
     if src.checkpoint is None:
         ensure_weights(src.model)
-    return _open_experiment(src.model, src.checkpoint, src.dataset)
+    return _open_experiment(src.model, src.checkpoint, src.dataset, None if ds in DATASETS else _bundle_image_size(src))
+
+
+def _bundle_image_size(src: Source) -> int | None:
+    """The image size ``src``'s bundle was built at, read off its manifest (None without a readable one)."""
+    path = Path(src.bundle) / A.MANIFEST if src.bundle else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return int(Bundle(Path(src.bundle), json.loads(path.read_text())).input_shape[-1])
+    except (OSError, ValueError, TypeError, AttributeError, IndexError):
+        return None
 
 
 # ==================================================================================== bundle
@@ -182,7 +196,7 @@ def data_info(src: Source) -> dict:
         "dataset": exp.train.name, "class_names": list(h.class_names), "cluster_names": list(h.cluster_names),
         "cluster_of_class": list(h.cluster_of_class), "splits": exp.splits.summary(),
         "mean": list(exp.train.mean), "std": list(exp.train.std),
-        "image_size": list(exp.train.images.shape[1:]), "train_images": len(exp.train), "test_images": len(exp.test),
+        "input_shape": list(exp.input_shape), "train_images": len(exp.train), "test_images": len(exp.test),
     }
 
 
@@ -193,7 +207,7 @@ def model_facts(src: Source) -> dict:
         from sinf_core.cost import model_cost
 
         exp = experiment(src)
-        c = model_cost(exp.model, tuple(exp.train.images.shape[1:]))
+        c = model_cost(exp.model)
         entry = get_entry(src.model)  # a registered model, or a spec (torchvision:NAME, ...)
         return {"params": c.params, "flops": c.flops, "published_top1": entry.weights.top1,
                 "description": entry.description, "units": exp.model.unit_names(),

@@ -169,7 +169,7 @@ def save_config(src: Source, cfg: dict):
     b = state.bundle(src)
     if b is None:
         b = Bundle.open_or_create(src.bundle, exp.model_name, state_dict_sha256(exp.model),
-                                  {"dataset": exp.train.name, "created_by": "SINF Studio"})
+                                  {"dataset": exp.train.name, "created_by": "SINF Studio"}, exp.input_shape)
     b.put("config", {A.CONFIG: validate_config(cfg, "the configuration")})
     return b.root / A.CONFIG
 
@@ -213,7 +213,7 @@ def costs(src: Source):
     from sinf_core.tuning import CostCache
 
     exp = state.experiment(src)
-    return memo((src.key, "cost_cache"), lambda: CostCache(exp.model, tuple(exp.train.images.shape[1:])))
+    return memo((src.key, "cost_cache"), lambda: CostCache(exp.model))
 
 
 def bn_samples(src: Source, tap: str):
@@ -393,7 +393,7 @@ def engine(src: Source, cfg: dict):
             None if mode == "sinf" else memo((src.key, "ready_head", "exit", tap, step_key(src, "studio")),
                                              lambda: _ready(src, exit_head)),
             tap=tap, mode=mode, gamma=float(cfg["gamma"]), tau=float(cfg["tau"]), rt=exp.runtime,
-            input_shape=tuple(exp.train.images.shape[1:]), mean=exp.train.mean, std=exp.train.std, keep_logits=True)
+            input_shape=exp.input_shape, mean=exp.train.mean, std=exp.train.std, keep_logits=True)
 
     # one engine per thresholds too (its modules are shared): a process serves every browser session, and
     # an engine whose thresholds were changed in place by one session would answer another's with them

@@ -4,7 +4,8 @@ Every pipeline step is cached under a key computed from its inputs (settings, mo
 of the steps it depends on): ``Bundle.step(name, inputs, compute)`` recomputes only when that key
 changed. Writes are atomic (temp file + rename) and the manifest is written last, so a killed build
 leaves a bundle that resumes. Checksums are verified on load; a bundle from another format version,
-another model, or with a corrupted or missing file is refused with a clear message.
+another model, another image size than the data's, or with a corrupted or missing file is refused with a
+clear message.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import torch
 from . import __version__
 from .artifacts import JSON, MANIFEST, SAFETENSORS, parse_score_key, scores_file, scores_method
 from .config import CONFIG_FILE, config_from_json, default_config, validate_config
+from .data.core import DEFAULT_IMAGE_SIZE
 from .errors import SinfError
 from .io import atomic_write, sha256_file, write_json
 
 FORMAT = "sinf-bundle"
 FORMAT_VERSION = 1
+INPUT_SHAPE = "input_shape"  # manifest info: (C, H, W) of the images the bundle was built on
 
 Artefacts = dict[str, Any]  # file name -> bytes (stored as is), JSON-able object (".json") or dict[str, Tensor] (".safetensors")
 
@@ -52,8 +55,10 @@ class Bundle:
 
     # ---------------------------------------------------------------- open / create
     @classmethod
-    def open(cls, root: str | Path, model: str | None = None, verify: bool = True) -> "Bundle":
-        """Open an existing bundle; refuse another format version, another model, or damaged files.
+    def open(cls, root: str | Path, model: str | None = None, verify: bool = True,
+             input_shape: tuple[int, ...] | None = None) -> "Bundle":
+        """Open an existing bundle; refuse another format version, another model, another image size
+        than ``input_shape`` (C, H, W of the data it is used with), or damaged files.
         ``model`` as typed: a spec without its class count (``torchvision:resnet18``) matches the
         bundle's canonical one (``torchvision:resnet18@10``)."""
         root = Path(root)
@@ -77,15 +82,20 @@ class Bundle:
         if model is not None and not same_model(model, str(manifest.get("model"))):
             raise SinfError(f"bundle {root} is for model {manifest.get('model')!r}, not {model!r}")
         bundle = cls(root, manifest)
+        if input_shape is not None:
+            bundle.check_input_shape(input_shape)
         if verify:
             bundle.verify()
         return bundle
 
     @classmethod
-    def open_or_create(cls, root: str | Path, model: str, model_sha256: str, info: dict | None = None) -> "Bundle":
-        """Open the bundle at ``root`` for this model + weights, or start a new one there.
+    def open_or_create(cls, root: str | Path, model: str, model_sha256: str, info: dict | None = None,
+                       input_shape: tuple[int, ...] | None = None) -> "Bundle":
+        """Open the bundle at ``root`` for this model + weights, or start a new one there (recording
+        ``input_shape``, the C, H, W of its data, in its info).
 
-        An existing bundle of another model or of other weights is refused rather than overwritten."""
+        An existing bundle of another model, of other weights or of another image size is refused rather
+        than overwritten."""
         from .models.specs import same_model
 
         root = Path(root)
@@ -99,16 +109,40 @@ class Bundle:
                     f"bundle {root} was built from different weights of {model}; choose another --out folder "
                     "or delete it"
                 )
+            if input_shape is not None:
+                b.check_input_shape(input_shape)
             b.verify(drop_damaged=True)
             return b
+        info = dict(info or {})
+        if input_shape is not None:
+            info[INPUT_SHAPE] = [int(v) for v in input_shape]
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "sinf_version": __version__,
             "model": model, "model_sha256": model_sha256, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "info": info or {}, "steps": {},
+            "info": info, "steps": {},
         }
         b = cls(root, manifest)
         b._write_manifest()
         return b
+
+    # ---------------------------------------------------------------- the data it was built on
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of the images it was built on, as its info records it; a bundle that records none was
+        written before sizes were recorded, when every bundle was built at the default size."""
+        shape = (self.manifest.get("info") or {}).get(INPUT_SHAPE)
+        return tuple(int(v) for v in shape) if shape else (3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+
+    def check_input_shape(self, input_shape: tuple[int, ...], advice: str = "") -> None:
+        """Refuse data of another image size than the bundle was built on (its statistics, scores, heads and
+        benchmark are of that size)."""
+        built, given = self.input_shape, tuple(int(v) for v in input_shape)
+        if built == given:
+            return
+        advice = advice or (f"; pass --image-size {built[-1]} (the size it was built at), or build a bundle for "
+                            f"{_size(given)} images into another --out folder")
+        raise SinfError(f"bundle {self.root} was built on {_size(built)} images, but the data is {_size(given)}"
+                        + advice)
 
     # ---------------------------------------------------------------- integrity
     def verify(self, drop_damaged: bool = False) -> list[str]:
@@ -215,6 +249,10 @@ class Bundle:
     def _write_manifest(self) -> None:
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json(self.root / MANIFEST, self.manifest)
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return f"{shape[-2]}x{shape[-1]}" + ("" if len(shape) < 3 or shape[0] == 3 else f" ({shape[0]}-channel)")
 
 
 # ---------------------------------------------------------------- artefacts with a format of their own

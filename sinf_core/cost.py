@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import SinfError
 from .models import SinfModel
 
-DEFAULT_INPUT_SHAPE = (3, 32, 32)
+Shape = Sequence[int] | None  # (C, H, W) of one image; None: the model's own ``input_shape``
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,17 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def example_input(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> torch.Tensor:
-    """Zeros [1, *input_shape] on the model's device."""
-    return torch.zeros(1, *input_shape, device=_device_of(model))
+def example_input(model: nn.Module, input_shape: Shape = None) -> torch.Tensor:
+    """Zeros [1, *input_shape] on the model's device (default: its ``input_shape``, the images it was
+    built for; a plain module without one needs ``input_shape``)."""
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    if shape is None:
+        raise SinfError(f"{type(model).__name__} does not say what images it takes: pass input_shape (C, H, W)")
+    return torch.zeros(1, *shape, device=_device_of(model))
 
 
 @torch.no_grad()
-def stem_output(model: SinfModel, tap: str | int | None, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> torch.Tensor:
+def stem_output(model: SinfModel, tap: str | int | None, input_shape: Shape = None) -> torch.Tensor:
     """An example stem output [1, C, H, W] at ``tap`` (the input itself when ``tap`` is None)."""
     x = example_input(model, input_shape)
     return x if tap is None else model.forward_stem(x, tap)
@@ -83,7 +88,7 @@ def _stem_modules(model: SinfModel, tap: str | int | None) -> list[nn.Module]:
     return [m for _, m in model.units()[: t + 1]]
 
 
-def stem_cost(model: SinfModel, tap: str | int | None, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> Cost:
+def stem_cost(model: SinfModel, tap: str | int | None, input_shape: Shape = None) -> Cost:
     """Units 0..tap: their parameters and per-image FLOPs (zero when ``tap`` is None)."""
     if tap is None:
         return Cost(0, 0)
@@ -92,7 +97,7 @@ def stem_cost(model: SinfModel, tap: str | int | None, input_shape: Sequence[int
     return Cost(params, flops)
 
 
-def tail_cost(model: SinfModel, tap: str | int | None, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> Cost:
+def tail_cost(model: SinfModel, tap: str | int | None, input_shape: Shape = None) -> Cost:
     """The unpruned tail (units after ``tap`` plus the head): parameters and per-image FLOPs.
     With ``tap`` None the tail is the whole model."""
     stem_ids = set(_unique_params(_stem_modules(model, tap)))
@@ -102,8 +107,8 @@ def tail_cost(model: SinfModel, tap: str | int | None, input_shape: Sequence[int
     return Cost(params, count_flops(fn, h))
 
 
-def model_cost(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE) -> Cost:
-    """A whole model on one image of ``input_shape``."""
+def model_cost(model: nn.Module, input_shape: Shape = None) -> Cost:
+    """A whole model on one image of ``input_shape`` (default: the model's)."""
     return Cost(count_params(model), count_flops(model, example_input(model, input_shape)))
 
 

@@ -152,11 +152,11 @@ class SemanticInference:
     ``gamma`` / ``tau``: route / exit thresholds in [0, 1]. ``rt``: how it runs (a ``Runtime``: device,
     bf16 autocast, channels-last layout; default: the model's device): model, heads and subgraphs are
     moved there once; ``cuda_streams``: run groups on separate CUDA streams.
-    ``input_shape``: (C, H, W) the model expects. ``mean`` / ``std``: normalisation, needed to pass
-    uint8 images. ``keep_logits``: also return the answering module's logits. ``fold_batchnorm``:
-    run on copies of the model, heads and subgraphs with each conv -> BatchNorm pair folded into the
-    conv (``fusion.fold_batchnorm``; same function up to float rounding, faster on CPU); the modules
-    given are then left as they are.
+    ``input_shape``: (C, H, W) the model expects (default: its ``input_shape``). ``mean`` / ``std``:
+    normalisation, needed to pass uint8 images. ``keep_logits``: also return the answering module's
+    logits. ``fold_batchnorm``: run on copies of the model, heads and subgraphs with each conv ->
+    BatchNorm pair folded into the conv (``fusion.fold_batchnorm``; same function up to float rounding,
+    faster on CPU); the modules given are then left as they are.
     """
 
     def __init__(
@@ -172,7 +172,7 @@ class SemanticInference:
         tau: float = 1.0,
         rt: Runtime | None = None,
         cuda_streams: bool = False,
-        input_shape: tuple[int, int, int] = (3, 32, 32),
+        input_shape: tuple[int, int, int] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         keep_logits: bool = False,
@@ -185,6 +185,7 @@ class SemanticInference:
         self.device, self.bf16, self.channels_last = rt.device, rt.bf16, rt.channels_last
         self.keep_logits = bool(keep_logits)
         self.cuda_streams = bool(cuda_streams) and self.device.type == "cuda"
+        input_shape = model.input_shape if input_shape is None else input_shape
         if len(input_shape) != 3:
             raise SinfError(f"input_shape must be (channels, height, width), got {input_shape}")
         self.input_shape = tuple(int(v) for v in input_shape)

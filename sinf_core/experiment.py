@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Hierarchy, ImageDataset, Splits, load_dataset, make_splits
+from .data import DATASETS, Hierarchy, ImageDataset, Splits, load_dataset, make_splits
 from .errors import SinfError
 from .models import SinfModel, get_entry, load_model, model_for_classes
 from .models.registry import check_weights_given
@@ -31,6 +31,16 @@ class Experiment:
     @property
     def hierarchy(self) -> Hierarchy:
         return self.train.hierarchy
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of its images, decided once by ``open_experiment``: the data is loaded at that size
+        and the model built for it (``model.input_shape``)."""
+        return tuple(self.model.input_shape)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.input_shape[-1])
 
     def fit_data(self) -> ImageDataset:
         """What statistics, filter scores and router training may look at."""
@@ -58,8 +68,13 @@ def open_experiment(
     checkpoint: str | Path | None = None,
     runtime: Runtime | str | None = None,
     protocol: str | None = None,
+    image_size: int | None = None,
 ) -> Experiment:
     """Load the model (pretrained or ``checkpoint``) and its data set, and fix the splits.
+
+    ``image_size``: the side image-folder images are loaded at (default: the model's registered size,
+    else ``data.core.DEFAULT_IMAGE_SIZE``); a registered data set such as CIFAR-100 keeps its own and
+    refuses another. The model is built for the loaded images' shape (``Experiment.input_shape``).
 
     ``model_name``: a registered name or a spec (``torchvision:resnet18``, ...; see ``models.specs``),
     which is built with one output per class of the data set: ``Experiment.model_name`` is then the
@@ -75,15 +90,22 @@ def open_experiment(
     if dataset is None:
         raise SinfError(f"{model_name} is not tied to a data set: pass one (--dataset cifar100 or an image-folder path)")
     rt = runtime if isinstance(runtime, Runtime) else Runtime.create(runtime)
-    train = load_dataset(dataset, "train", data_dir, download)
-    test = load_dataset(dataset, "test", data_dir, download)
+    size = resolve_image_size(image_size, entry.image_size, dataset)
+    train = load_dataset(dataset, "train", data_dir, download, size)
+    test = load_dataset(dataset, "test", data_dir, download, size)
     check_splits_agree(train, test)
     model_name = model_for_classes(model_name, train.num_classes)
-    model = load_model(model_name, checkpoint=checkpoint).to(rt.device)
+    model = load_model(model_name, checkpoint=checkpoint, input_shape=train.input_shape).to(rt.device)
     check_model_fits_data(model, model_name, train)
     proto = protocol or ("heldout" if checkpoint else entry.protocol)
     splits = make_splits(train.labels.numpy(), test.labels.numpy(), proto)
     return Experiment(model_name, model, train, test, splits, rt)
+
+
+def resolve_image_size(asked: int | None, registered: int | None, dataset: str) -> int | None:
+    """The size ``dataset`` is loaded at: the one ``asked`` for; else, for an image folder, the model's
+    ``registered`` one; else None (a registered data set's own size, or ``DEFAULT_IMAGE_SIZE``)."""
+    return asked if asked is not None or dataset in DATASETS else registered
 
 
 def model_outputs(model: torch.nn.Module) -> int:

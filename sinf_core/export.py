@@ -148,9 +148,10 @@ def routed_model(model: SinfModel, model_name: str, tap: str, mode: str, *, rout
                  exit: nn.Module | None = None, subgraphs: Mapping[int, nn.Module] | None = None,
                  gamma: float = 1.0, tau: float = 1.0, cluster_names: Sequence[str] = (),
                  mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                 input_shape: Sequence[int] = (3, 32, 32), point: Mapping | None = None) -> RoutedModel:
+                 input_shape: Sequence[int] | None = None, point: Mapping | None = None) -> RoutedModel:
     """A ``RoutedModel`` of the given modules, each readied (an eval copy with BatchNorm folded); the
-    mode decides which heads and subgraphs it keeps, as ``SemanticInference`` does."""
+    mode decides which heads and subgraphs it keeps, as ``SemanticInference`` does. ``input_shape``: (C, H, W)
+    of its input (default: the model's)."""
     from .engine import MODES, _check_unit_interval
 
     if mode not in MODES:
@@ -167,7 +168,8 @@ def routed_model(model: SinfModel, model_name: str, tap: str, mode: str, *, rout
                        _check_unit_interval("tau", tau), None if mode == "exit" or route is None else ready(route),
                        None if mode == "sinf" or exit is None else ready(exit), subs, names,
                        tuple(float(v) for v in mean), tuple(float(v) for v in std),
-                       tuple(int(v) for v in input_shape), dict(point or {}))
+                       tuple(int(v) for v in (model.input_shape if input_shape is None else input_shape)),
+                       dict(point or {}))
 
 
 def routed_model_from_bundle(exp, bundle, mode: str | None = None) -> RoutedModel:
@@ -207,7 +209,7 @@ def routed_model_from_bundle(exp, bundle, mode: str | None = None) -> RoutedMode
     return routed_model(exp.model.eval(), exp.model_name, tap, mode, route=route, exit=exit_head, subgraphs=subs,
                         gamma=1.0 if p.get("gamma") is None else p["gamma"], tau=1.0 if p.get("tau") is None else p["tau"],
                         cluster_names=exp.hierarchy.cluster_names, mean=exp.train.mean, std=exp.train.std,
-                        input_shape=tuple(exp.train.images.shape[1:]), point=p)
+                        input_shape=exp.input_shape, point=p)
 
 
 def routing_info(rm: RoutedModel, precision: str = "fp32") -> dict:

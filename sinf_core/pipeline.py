@@ -95,7 +95,7 @@ def _data_json(exp: Experiment) -> dict:
         "std": list(exp.train.std),
         "n_train": len(exp.train),
         "n_test": len(exp.test),
-        "input_shape": list(exp.train.images.shape[1:]),
+        "input_shape": list(exp.input_shape),
     }
 
 
@@ -123,7 +123,7 @@ def build_bundle(
     model = exp.model.eval()
     fit, calib, report = exp.fit_data(), exp.calib_data(), exp.report_data()
     bundle = Bundle.open_or_create(out, exp.model_name, state_dict_sha256(model),
-                                   {"dataset": exp.train.name, "protocol": exp.splits.protocol})
+                                   {"dataset": exp.train.name, "protocol": exp.splits.protocol}, exp.input_shape)
     base_inputs = {"splits": exp.splits.summary(), "dataset": exp.train.name, "n_train": len(exp.train)}
     timings: dict[str, float] = {}
 

@@ -250,7 +250,7 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
     finally:
         torch.set_num_threads(old_threads)
 
-    base_cost = model_cost(exp.model, tuple(calib.images.shape[1:]))
+    base_cost = model_cost(exp.model, exp.input_shape)
     for name, r in results.items():
         r["throughput_ips"] = round(tp[name]["ips"], 3)
         r["latency_ms_bs1"] = round(lat[name]["median_ms"], 4)

@@ -33,6 +33,7 @@ from .errors import SinfError
 from .hooks import activations
 from .io import CACHE_ENV, cache_dir  # noqa: F401  (re-exported)
 from .models import PrunableLayer, SinfModel
+from .models.base import DEFAULT_INPUT_SHAPE
 from .runtime import Runtime
 
 STATS_FORMAT = 1
@@ -419,10 +420,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 def stats_cache_key(model_name: str, model: torch.nn.Module, dataset: ImageDataset, split: str,
                     indices: np.ndarray | None, bf16: bool, feature_sample: int) -> str:
     """model + checkpoint hash + split (+ what else changes the numbers: the exact images, bf16,
-    the subsample size and the format version)."""
+    the subsample size, the image size and the format version)."""
     idx = pass_indices(dataset, indices)
     h = hashlib.sha256()
-    h.update(json.dumps([STATS_FORMAT, dataset.name, len(dataset), bool(bf16), int(feature_sample)]).encode())
+    # the image size only when not the default one, so the keys of 32x32 runs stay those of before it was keyed
+    size = [] if dataset.input_shape == DEFAULT_INPUT_SHAPE else [list(dataset.input_shape)]
+    h.update(json.dumps([STATS_FORMAT, dataset.name, len(dataset), bool(bf16), int(feature_sample), *size]).encode())
     h.update(idx.astype(np.int64).tobytes())
     h.update(dataset.labels.numpy().astype(np.int64).tobytes())
     return f"{folder_name(model_name)}-{model_fingerprint(model)}-{split}-{h.hexdigest()[:12]}"

@@ -157,8 +157,8 @@ class CostCache:
     """FLOPs and parameters of subgraphs by what they keep (channel counts per layer, head classes):
     counting is the slow part of a configuration, and clusters with the same counts cost the same."""
 
-    def __init__(self, model: SinfModel, input_shape: Sequence[int]):
-        self.model, self.input_shape = model, tuple(input_shape)
+    def __init__(self, model: SinfModel, input_shape: Sequence[int] | None = None):
+        self.model, self.input_shape = model, tuple(model.input_shape if input_shape is None else input_shape)
         self._costs: dict[tuple, Cost] = {}
         self._taps: dict[str, tuple[Cost, Cost, torch.Tensor]] = {}
 

@@ -27,7 +27,7 @@ exp = ui.load_experiment(src)
 h = state.hierarchy(src)
 cfg = studio.config(src)
 hd = studio.heads(src)
-size = int(exp.train.images.shape[-1])
+size = exp.image_size  # uploads are resized to the model's input
 report = exp.report_data()
 taps = studio.head_taps(src)
 

@@ -83,7 +83,7 @@ def decision_flops(costs: PathCosts, mode_per_sample: torch.Tensor, route: torch
                           float((route >= 0).sum()) / n)
 
 
-def head_cost(head: nn.Module, model: SinfModel, tap: str, input_shape: Sequence[int]) -> Cost:
+def head_cost(head: nn.Module, model: SinfModel, tap: str, input_shape: Sequence[int] | None = None) -> Cost:
     """Parameters and per-image FLOPs of a head on the stem output at ``tap``."""
     with torch.no_grad():
         h = stem_output(model, tap, input_shape)

@@ -12,12 +12,13 @@ from ..cost import model_cost, stem_cost
 from ..errors import SinfError
 from ..io import cache_dir
 from ..models import SinfModel
+from ..models.base import DEFAULT_INPUT_SHAPE
 from ..router import ExitPredictor, RouteHead, RoutePredictor, TapHeads, default_taps, fit_heads
 from .options import BenchOptions, LogFn, ProgressFn
 
 
 def default_bench_taps(model: SinfModel, candidates: Sequence[str] | None = None,
-                       input_shape: Sequence[int] = (3, 32, 32), low: float = 0.6, high: float = 0.95) -> list[str]:
+                       input_shape: Sequence[int] | None = None, low: float = 0.6, high: float = 0.95) -> list[str]:
     """The taps worth sweeping: among ``candidates`` (default ``default_taps(model)``), those whose stem
     holds between ``low`` and ``high`` of the model's FLOPs. Earlier taps give heads too weak to exit or
     route confidently (ResNet-56 layer2.x exit heads: ~21 % top-1) and cost the most to train; later
@@ -72,7 +73,10 @@ def fit_bench_heads(
     params = _head_params(options)
     key = sha256_json({"model": sha, "params": params, "exit_hidden": options.exit_hidden,
                        "splits": exp.splits.summary(), "n_train": len(exp.train),
-                       "hierarchy": exp.hierarchy.to_json()})[:16]
+                       "hierarchy": exp.hierarchy.to_json(),
+                       # the image size only when not the default one: the keys of 32x32 runs stay those of before
+                       **({} if exp.input_shape == DEFAULT_INPUT_SHAPE
+                          else {"input_shape": list(exp.input_shape)})})[:16]
     root = _cache_root(options) / model_cache_folder(exp.model_name, sha)
     need_route = [t for t in taps if router is None or t not in router.heads_]
     route_src: dict[str, TapHeads] = {t: router for t in taps if t not in need_route}

@@ -94,7 +94,7 @@ def tap_sweep_data(
     multiple_of: int | None = None,
     rt: Runtime | None = None,
     work: SinfModel | None = None,
-    input_shape: Sequence[int] = (3, 32, 32),
+    input_shape: Sequence[int] | None = None,
     fill_stats=None,
     bn_samples: BatchNormSamples | None = None,
 ) -> TapData:
@@ -107,7 +107,7 @@ def tap_sweep_data(
     subgraph's BatchNorm statistics are re-estimated (None: the base model's)."""
     rt = Runtime.resolve(rt, model)
     work = model if work is None else work
-    input_shape = tuple(input_shape)
+    input_shape = tuple(model.input_shape if input_shape is None else input_shape)
     rc, rp = _head_outputs(route_head, h, rt)
     ec, ep = _head_outputs(exit_head, h, rt)
     td = TapData(tap, rc, rp, ec, ep, stem_cost(model, tap, input_shape), tail_cost(model, tap, input_shape),

@@ -160,7 +160,7 @@ def _start(exp, bundle, opts: BenchOptions, rt: Runtime, prog: ProgressFn, log: 
         raise SinfError("the report split is empty: there is nothing to report the benchmark on")
     if len(exp.splits.fit) == 0:
         raise SinfError("the fit split is empty: the heads are trained on it")
-    return BenchRun(exp, bundle, opts, rt, prog, log, model, calib, report, tuple(calib.images.shape[1:]),
+    return BenchRun(exp, bundle, opts, rt, prog, log, model, calib, report, exp.input_shape,
                     hardware_info(rt.device), t_start)
 
 

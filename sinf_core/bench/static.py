@@ -35,7 +35,7 @@ class StaticNet(nn.Module):
 
 
 def _schedule_flops(model: SinfModel, model_name: str, tap: str | None, scores: Mapping[str, torch.Tensor],
-                    kept: Mapping[str, int], input_shape: Sequence[int],
+                    kept: Mapping[str, int], input_shape: Sequence[int] | None,
                     fill: Mapping[str, torch.Tensor] | None = None) -> tuple[int, SubgraphSpec]:
     keep = keep_indices(scores, kept)
     spec = SubgraphSpec(model_name, tap, keep, None, {k: fill[k].tolist() for k in keep} if fill else {})
@@ -50,7 +50,7 @@ def static_for_flops(
     scores: Mapping[str, torch.Tensor],
     target_flops: float,
     multiple_of: int | None = None,
-    input_shape: Sequence[int] = (3, 32, 32),
+    input_shape: Sequence[int] | None = None,
     iterations: int = 30,
     fill: Mapping[str, torch.Tensor] | None = None,
 ) -> dict:
@@ -113,7 +113,7 @@ def static_for_flops(
     return {"spec": best_spec, "r": hi, "flops": int(best), "target_flops": target, "reachable": True}
 
 
-def channel_step_flops(model: SinfModel, tap: str | None, input_shape: Sequence[int] = (3, 32, 32),
+def channel_step_flops(model: SinfModel, tap: str | None, input_shape: Sequence[int] | None = None,
                        multiple_of: int | None = None) -> int:
     """The largest FLOPs change from removing ``multiple_of`` (default 1) output channels of one
     prunable layer after ``tap`` (its conv and its consumer's input), measured with the FLOP counter

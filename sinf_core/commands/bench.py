@@ -99,8 +99,8 @@ def _run_on_runtime(args) -> int:
     from ..runtime_bench import format_runtime_table, run_runtime_benchmark
 
     check_backend(args.backend, args.precision)  # a clear error before loading anything
-    exp = open_from_args(args)
     bundle = Bundle.open(args.bundle or default_bundle_dir(args.model), model=args.model)
+    exp = open_from_args(args, bundle)  # at the bundle's image size
     bars = StageProgress(quiet=args.json)
     result = run_runtime_benchmark(exp, bundle, args.backend, args.precision, threads=exp.runtime.threads,
                                    reference_rows=not args.no_reference_rows, on_progress=bars, log=bars.log)
@@ -122,8 +122,8 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     options = BenchOptions.from_dict(_options(args)).validate()  # a clear error before loading anything
-    exp = open_from_args(args)
     bundle = Bundle.open(args.bundle, model=args.model) if args.bundle else None
+    exp = open_from_args(args, bundle)  # at the bundle's image size
     bars = StageProgress(quiet=args.json)
     result = run_benchmark(exp, bundle, options, bars, bars.log)
     bars.close()

@@ -10,9 +10,15 @@ from tqdm.auto import tqdm
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
+    from ..data.core import DEFAULT_IMAGE_SIZE
+
     p.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: $SINF_DATA_DIR or ~/.cache/sinf/data)")
     p.add_argument("--download", action="store_true", help="download the data set if it is missing")
     p.add_argument("--dataset", help="registered data set name or an image-folder path (default: the model's)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="load an image folder's images at N x N pixels (default: the size of the bundle the command "
+                        f"reads, else the model's registered size, else {DEFAULT_IMAGE_SIZE}); CIFAR-100 keeps its own "
+                        "32x32 and refuses another")
 
 
 MODEL_HELP = ("registered model name (see `sinf models`), or torchvision:NAME, timm:NAME or package.module:callable "
@@ -31,17 +37,27 @@ def add_model_options(p: argparse.ArgumentParser, runtime: tuple[str, ...] = ("d
     add_data_options(p)
 
 
-def open_from_args(args: argparse.Namespace, on_progress=None):
+def open_from_args(args: argparse.Namespace, bundle=None):
     """The experiment of the command's model options, running on the Runtime of its flags (created
-    here, once; ``on_progress``: its progress callback). ``args.model`` becomes the experiment's canonical
+    here, once); an image folder at ``bundle``'s image size unless
+    ``--image-size`` says otherwise. ``args.model`` becomes the experiment's canonical
     name (a spec gets its class count: ``torchvision:resnet18@10``), so whatever the command records
-    (outputs, cache keys, subgraph specs) names the model as the experiment does."""
+    (outputs, cache keys, subgraph specs) names the model as the experiment does. With the ``bundle`` the
+    command reads, its images are loaded at the bundle's size unless ``--image-size`` says otherwise,
+    and a bundle built at another size is refused."""
+    from ..data import DATASETS
     from ..experiment import open_experiment
+    from ..models import get_entry
     from ..runtime import runtime_from_args
 
+    size = args.image_size
+    if size is None and bundle is not None and (args.dataset or get_entry(args.model).dataset) not in DATASETS:
+        size = bundle.input_shape[-1]  # an image folder at the bundle's size (a registered data set has its own)
     exp = open_experiment(args.model, args.dataset, args.data_dir, args.download, args.checkpoint,
-                          runtime_from_args(args, on_progress))
+                          runtime_from_args(args), image_size=size)
     args.model = exp.model_name
+    if bundle is not None:
+        bundle.check_input_shape(exp.input_shape)
     return exp
 
 

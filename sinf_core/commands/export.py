@@ -37,7 +37,7 @@ def run(args) -> int:
     from ..pipeline import default_bundle_dir
 
     bundle = Bundle.open(args.bundle or default_bundle_dir(args.model), model=args.model)  # a clear error first
-    exp = open_from_args(args)
+    exp = open_from_args(args, bundle)  # at the bundle's image size
     rm = routed_model_from_bundle(exp, bundle, args.mode)
     calib = calibration_set(exp, args.calib_samples) if args.precision == "int8" else None
     bars = StageProgress(quiet=args.json)

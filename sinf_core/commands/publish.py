@@ -40,7 +40,8 @@ def run(args) -> int:
 
     def measure(weights: Path) -> dict:
         exp = open_experiment(args.model, args.dataset, args.data_dir, args.download, str(weights),
-                              Runtime.create("cpu", batch_size=args.batch_size))
+                              Runtime.create("cpu", batch_size=args.batch_size),
+                              image_size=args.image_size)
         bar = progress(len(exp.test), f"eval {args.model}", quiet=args.json)
         logits = collect_logits(exp.model, exp.test, None, exp.runtime, on_batch=bar.update)
         bar.close()

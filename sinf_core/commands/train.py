@@ -71,7 +71,7 @@ def run(args) -> int:
     from ..data import load_dataset, make_splits
     from ..device import pick_device
     from ..evaluate import collect_logits
-    from ..experiment import check_model_fits_data, check_splits_agree
+    from ..experiment import check_model_fits_data, check_splits_agree, resolve_image_size
     from ..errors import SinfError
     from ..models import build_model, get_entry, model_for_classes
     from ..artifacts import RUN_SUMMARY, folder_name
@@ -82,13 +82,14 @@ def run(args) -> int:
     ds_name = args.dataset or entry.dataset
     if ds_name is None:
         raise SinfError(f"{args.model} is not tied to a data set: pass one (--dataset cifar100 or an image-folder path)")
-    tr = load_dataset(ds_name, "train", args.data_dir, args.download)
-    te = load_dataset(ds_name, "test", args.data_dir, args.download)
+    size = resolve_image_size(args.image_size, entry.image_size, ds_name)
+    tr = load_dataset(ds_name, "train", args.data_dir, args.download, size)
+    te = load_dataset(ds_name, "test", args.data_dir, args.download, size)
     splits = make_splits(tr.labels.numpy(), te.labels.numpy(), "heldout")
     fit, calib = tr.subset(splits.fit), tr.subset(splits.calib)
     check_splits_agree(tr, te)
     args.model = model_for_classes(args.model, tr.num_classes)  # a spec: built with one output per class
-    model = build_model(args.model)
+    model = build_model(args.model, tr.input_shape)
     check_model_fits_data(model, args.model, tr)
     init = _load_init(model, args.model, args.init) if args.init else None
     cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

@@ -15,6 +15,7 @@ from .core import Hierarchy, ImageDataset
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 CIFAR100_FOLDER = "cifar-100-python"
+CIFAR_IMAGE_SIZE = 32  # the format's: 3072 bytes a row, 32x32 RGB
 # Train-set statistics, the ones the public CIFAR-100 models were trained with.
 CIFAR100_MEAN = (0.5070, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2761)
@@ -145,8 +146,10 @@ def load_cifar100_split(folder: Path, split: str, hierarchy: Hierarchy | None = 
         raise
     except Exception as exc:
         raise SinfError(f"{path}: data is not an array of bytes ({exc})") from exc
-    if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
-        raise SinfError(f"{path}: expected uint8 rows of 3072 bytes (32x32 RGB), got {data.dtype} of shape {data.shape}")
+    side = CIFAR_IMAGE_SIZE
+    if data.ndim != 2 or data.shape[1] != 3 * side * side or data.dtype != np.uint8:
+        raise SinfError(f"{path}: expected uint8 rows of {3 * side * side} bytes ({side}x{side} RGB), got {data.dtype} "
+                        f"of shape {data.shape}")
     n = int(data.shape[0])
     if hierarchy is None:
         meta_path = folder / "meta"
@@ -157,7 +160,7 @@ def load_cifar100_split(folder: Path, split: str, hierarchy: Hierarchy | None = 
         n_fine, n_coarse = hierarchy.num_classes, hierarchy.num_clusters
     fine = _label_array(raw, "fine_labels", path, n_fine, n)
     coarse = _label_array(raw, "coarse_labels", path, n_coarse, n)
-    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    images = torch.from_numpy(data.reshape(-1, 3, side, side).copy())
     labels = torch.from_numpy(fine)
     hierarchy = hierarchy or cifar100_hierarchy(meta, fine, coarse, meta_path)
     if not np.array_equal(hierarchy.cluster_array()[fine], coarse):

@@ -10,6 +10,10 @@ import torch
 
 from ..errors import SinfError
 
+# The side of the square images a data set is loaded at when neither the user (``--image-size``) nor the
+# model's registry entry names one: CIFAR's. ``models.base.DEFAULT_INPUT_SHAPE`` is built from it.
+DEFAULT_IMAGE_SIZE = 32
+
 
 @dataclass(frozen=True)
 class Hierarchy:
@@ -117,6 +121,11 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(int(v) for v in self.images.shape[1:])
 
     @property
     def class_names(self) -> tuple[str, ...]:

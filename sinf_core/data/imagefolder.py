@@ -10,7 +10,7 @@ import torch
 
 from ..artifacts import HIERARCHY as HIERARCHY_FILE  # noqa: F401  (re-exported)
 from ..errors import SinfError
-from .core import Hierarchy, ImageDataset, channel_stats
+from .core import DEFAULT_IMAGE_SIZE, Hierarchy, ImageDataset, channel_stats
 from .images import load_image_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -35,7 +35,7 @@ def load_hierarchy_file(path: Path, class_names: list[str], classes_from: Path |
 def load_image_folder(
     root: Path,
     split: str,
-    size: int = 32,
+    size: int = DEFAULT_IMAGE_SIZE,
     hierarchy_path: Path | None = None,
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> ImageDataset:

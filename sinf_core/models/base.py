@@ -15,7 +15,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..data.core import DEFAULT_IMAGE_SIZE
 from ..errors import SinfError
+
+# (C, H, W) of a model built with no data at hand; a model built for a data set (``load_model`` /
+# ``build_model`` with ``input_shape``, as ``open_experiment`` does) has the data's instead.
+DEFAULT_INPUT_SHAPE = (3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,13 @@ class PrunableLayer:
 
 
 class SinfModel(nn.Module):
-    """Base class: subclasses build ``self._units`` (list of (name, module)) and implement ``head``."""
+    """Base class: subclasses build ``self._units`` (list of (name, module)) and implement ``head``.
+
+    ``input_shape``: (C, H, W) of the images it runs on, decided once with its data (``load_model``'s
+    ``input_shape``); every FLOP count, export, engine and upload reads it from here."""
 
     num_classes: int
+    input_shape: tuple[int, int, int] = DEFAULT_INPUT_SHAPE
 
     def units(self) -> list[tuple[str, nn.Module]]:
         return list(self._unit_list)

@@ -25,7 +25,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import SinfError
-from .base import PrunableLayer, SinfModel
+from .base import DEFAULT_INPUT_SHAPE, PrunableLayer, SinfModel
 
 # Steps that keep each channel apart (channel c of the output depends only on channel c of the input)
 # and have no parameters: a pruned channel passes through them unchanged in meaning.
@@ -66,7 +66,7 @@ class GraphModel(SinfModel):
     ``input_shape`` (C, H, W) is what the graph is shape-checked with; ``unit_depth`` the module-tree
     depth that names units (2: blocks of top-level containers)."""
 
-    def __init__(self, module: nn.Module, input_shape: Sequence[int] = (3, 32, 32), unit_depth: int = 2):
+    def __init__(self, module: nn.Module, input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE, unit_depth: int = 2):
         super().__init__()
         for name, child in module.named_children():
             self.add_module(name, child)

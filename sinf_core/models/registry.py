@@ -12,12 +12,13 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from ..artifacts import RUN_FINAL, RUN_SUMMARY, SAFETENSORS, card_file
-from ..data.cifar import CIFAR100_MEAN, CIFAR100_STD
+from ..data.cifar import CIFAR100_MEAN, CIFAR100_STD, CIFAR_IMAGE_SIZE
+from ..data.core import DEFAULT_IMAGE_SIZE
 from ..errors import SinfError
 from .base import SinfModel
 from .specs import SPEC_FORMS, build_spec_model, check_spec, describe_spec, for_classes, is_spec, parse_spec
@@ -55,7 +56,8 @@ _CIFAR100_NORM = {"mean": CIFAR100_MEAN, "std": CIFAR100_STD}
 class ModelEntry:
     """``weights``: the published weights (``Weights()``: none, train it). ``dataset``: the data set it
     is for (None: none by default, pass one). ``protocol``: the split protocol (METHOD.md section 0):
-    'pretrained' when the weights saw all of train, 'heldout' otherwise."""
+    'pretrained' when the weights saw all of train, 'heldout' otherwise. ``image_size``: the side of
+    the square images it is for (the default of ``--image-size``; None: none registered, a spec)."""
 
     name: str
     build: Callable[[], SinfModel]
@@ -63,6 +65,13 @@ class ModelEntry:
     weights: Weights = Weights()
     protocol: str = "pretrained"
     description: str = ""
+    image_size: int | None = CIFAR_IMAGE_SIZE
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) it is built for when no data says otherwise."""
+        side = self.image_size or DEFAULT_IMAGE_SIZE
+        return (3, side, side)
 
 
 def _entries() -> dict[str, ModelEntry]:
@@ -124,7 +133,7 @@ def get_entry(name: str) -> ModelEntry:
     spec = parse_spec(name)
     check_spec(spec)
     return ModelEntry(spec.name, lambda: build_spec_model(spec), dataset=None, protocol="heldout",
-                      description=describe_spec(spec))
+                      description=describe_spec(spec), image_size=None)
 
 
 def model_for_classes(name: str, num_classes: int) -> str:
@@ -292,8 +301,31 @@ def read_checkpoint(path: str | Path) -> dict:
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
-def build_model(name: str) -> SinfModel:
-    return get_entry(name).build()
+def build_model(name: str, input_shape: Sequence[int] | None = None) -> SinfModel:
+    """``name``'s architecture, randomly initialised, for images of ``input_shape`` (C, H, W; default: the
+    entry's ``input_shape``), which it records: a spec is traced and checked at that shape, a registered
+    model is run once on it when it is not its own; a model that does not run on it raises ``SinfError``."""
+    entry = get_entry(name)
+    shape = tuple(int(v) for v in input_shape) if input_shape is not None else entry.input_shape
+    if name not in MODELS and is_spec(name):
+        return build_spec_model(parse_spec(entry.name), shape)
+    model = entry.build()
+    if tuple(model.input_shape) != shape:
+        _check_runs_on(model, name, shape)
+        model.input_shape = shape
+    return model
+
+
+def _check_runs_on(model: SinfModel, name: str, shape: tuple[int, ...]) -> None:
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape))
+    except Exception as exc:
+        raise SinfError(f"{name} does not run on images of shape {shape} ({type(exc).__name__}: {exc}); "
+                        "choose another --image-size") from exc
+    finally:
+        model.train(was_training)
 
 
 def _check_sha256(path: Path, expected: str | None, name: str) -> None:
@@ -316,8 +348,10 @@ def check_weights_given(name: str, checkpoint: str | Path | None) -> None:
                         "saved with torch.save(model.state_dict(), FILE))")
 
 
-def load_model(name: str, pretrained: bool = True, checkpoint: str | Path | None = None, progress: bool = True) -> SinfModel:
-    """Build ``name``; load ``checkpoint`` if given, else its registered weights when ``pretrained``.
+def load_model(name: str, pretrained: bool = True, checkpoint: str | Path | None = None, progress: bool = True,
+               input_shape: Sequence[int] | None = None) -> SinfModel:
+    """Build ``name`` for images of ``input_shape`` (``build_model``); load ``checkpoint`` if given, else
+    its registered weights when ``pretrained``.
 
     Release weights go through ``torch.hub.load_state_dict_from_url`` (its cache, hash check off since
     the re-saved copies differ) with ``weights_only=True``; the model is returned in eval mode. A spec
@@ -326,7 +360,7 @@ def load_model(name: str, pretrained: bool = True, checkpoint: str | Path | None
     entry = get_entry(name)
     if pretrained:
         check_weights_given(name, checkpoint)
-    model = entry.build()
+    model = build_model(name, input_shape)
     w = entry.weights
     if checkpoint is not None:
         try:

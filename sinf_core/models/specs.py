@@ -231,11 +231,13 @@ def build_module(spec: ModelSpec) -> nn.Module:
     return module
 
 
-def build_spec_model(spec: ModelSpec):
-    """``spec``'s module wrapped into SINF's model contract (``GraphModel``: units, head, prunable layers)."""
+def build_spec_model(spec: ModelSpec, input_shape=None):
+    """``spec``'s module wrapped into SINF's model contract (``GraphModel``: units, head, prunable layers),
+    traced and checked on images of ``input_shape`` (C, H, W; default ``GraphModel``'s)."""
     from .graph import GraphModel
 
-    return GraphModel(build_module(spec))
+    module = build_module(spec)
+    return GraphModel(module) if input_shape is None else GraphModel(module, input_shape)
 
 
 def describe_spec(spec: ModelSpec) -> str:

@@ -72,13 +72,12 @@ def evaluate_cluster_subgraphs(
     model = model.to(device).eval()
     specs = {_resolve_cluster(k, hierarchy): s for k, s in specs_by_cluster.items()}
     subs = {m: build_subgraph(model, s).to(device).eval() for m, s in specs.items()}
-    input_shape = tuple(data.images.shape[1:])
 
     # Costs per image (float32 counts; the FLOP counter is independent of bf16).
     taps = sorted({s.tap for s in specs.values()}, key=lambda x: (x is not None, x or ""))
-    stem = {tap: stem_cost(model, tap, input_shape) for tap in taps}
-    tail = {tap: tail_cost(model, tap, input_shape) for tap in taps}
-    sub_cost = {m: module_cost(subs[m], stem_output(model, specs[m].tap, input_shape)) for m in specs}
+    stem = {tap: stem_cost(model, tap) for tap in taps}
+    tail = {tap: tail_cost(model, tap) for tap in taps}
+    sub_cost = {m: module_cost(subs[m], stem_output(model, specs[m].tap)) for m in specs}
 
     cl_of_sample = hierarchy.cluster_array()[data.labels.numpy()]
     wanted = np.isin(cl_of_sample, list(specs))

@@ -20,7 +20,7 @@ import streamlit as st
 import torch
 
 from sinf_core import artifacts as A
-from sinf_core.config import default_config, validate_config
+from sinf_core.config import FILLS, default_config, validate_config
 from sinf_core.errors import SinfError
 
 from . import state
@@ -92,7 +92,7 @@ def point_config(src: Source, mode: str, base: dict | None = None) -> dict:
     cfg["tau"] = float(p["tau"]) if p.get("tau") is not None else 1.0
     if b.get("subgraph_score"):
         cfg["method"] = b["subgraph_score"]
-    if opts.get("fill") in ("mean", "zero"):
+    if opts.get("fill") in FILLS:
         cfg["fill"] = opts["fill"]
     if "bn_samples" in opts:
         cfg["bn"] = bool(opts["bn_samples"])

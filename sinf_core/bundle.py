@@ -24,6 +24,7 @@ from .artifacts import JSON, MANIFEST, SAFETENSORS, parse_score_key, scores_file
 from .config import CONFIG_FILE, config_from_json, default_config, validate_config
 from .data.core import DEFAULT_IMAGE_SIZE
 from .errors import SinfError
+from .io import state_dict_sha256  # noqa: F401  (re-exported)
 from .io import atomic_write, sha256_file, write_json
 
 FORMAT = "sinf-bundle"
@@ -37,15 +38,6 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def state_dict_sha256(model: torch.nn.Module) -> str:
-    """Checksum of a model's weights (names, shapes, values), independent of file format."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode() + str(v.dtype).encode())
-        t = v.detach().cpu().contiguous().reshape(-1)
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 @dataclass

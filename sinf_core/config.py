@@ -29,9 +29,10 @@ from .artifacts import CONFIG as CONFIG_FILE  # noqa: F401  (re-exported)
 from .errors import SinfError
 
 CONFIG_STEP = "config"  # the bundle step that stores it
+DEFAULT_FILL = "mean"  # mean replacement: a removed channel's mean activation, folded into the next layer
 
 DEFAULT_CONFIG: dict[str, Any] = {
-    "method": "dcs", "r_M": 0.05, "r_L": 0.5, "overrides": {}, "fill": "mean", "bn": True, "gamma": 0.5,
+    "method": "dcs", "r_M": 0.05, "r_L": 0.5, "overrides": {}, "fill": DEFAULT_FILL, "bn": True, "gamma": 0.5,
     "tau": 1.0,
 }
 OPTIONAL_KEYS = ("tap", "mode", "multiple_of")  # absent unless given (None is a valid value of each)

@@ -36,6 +36,7 @@ from torch import nn
 
 from . import __version__
 from .artifacts import BENCH, ROUTING, STATS, STUDIO, STUDIO_HEADS, onnx_file
+from .config import DEFAULT_FILL
 from .errors import SinfError
 from .fusion import prepare_for_inference
 from .io import atomic_write, sha256_file, write_json
@@ -198,7 +199,7 @@ def routed_model_from_bundle(exp, bundle, mode: str | None = None) -> RoutedMode
         from .pipeline import load_scores
 
         opts = info.get("options") or {}
-        fill = ActivationStats.from_tensors(bundle.tensors(STATS)) if opts.get("fill", "mean") == "mean" \
+        fill = ActivationStats.from_tensors(bundle.tensors(STATS)) if opts.get("fill", DEFAULT_FILL) == "mean" \
             else None
         n_bn = int(opts.get("bn_samples") or 0)
         bn = bn_sample_set(exp, n_bn, int(info.get("bn_seed", 0))) if n_bn else None

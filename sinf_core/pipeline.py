@@ -19,7 +19,7 @@ import numpy as np
 
 from . import artifacts as A
 from .bundle import Bundle, load_scores, score_methods, state_dict_sha256  # noqa: F401  (re-exported)
-from .config import DEFAULT_BN_SAMPLES
+from .config import DEFAULT_BN_SAMPLES, DEFAULT_FILL
 from .experiment import Experiment
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
@@ -34,7 +34,7 @@ class BuildSettings:
     grid_taps: tuple[str, ...] = ("router",)  # stem boundaries for the oracle grid; "router" = the router's tap
     q: float = 20.0
     k: int = 20
-    fill: str = "mean"  # removed channels: "mean" (mean replacement from the fit statistics) or "zero"
+    fill: str = DEFAULT_FILL  # removed channels: "mean" (mean replacement from the fit statistics) or "zero"
     bn_samples: int = DEFAULT_BN_SAMPLES  # fit images per cluster for BatchNorm re-estimation (0: off)
     route_target: float = 0.75
     taps: tuple[str, ...] | None = None

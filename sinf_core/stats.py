@@ -31,7 +31,7 @@ from .data import ImageDataset, iterate_batches
 from .device import timed
 from .errors import SinfError
 from .hooks import activations
-from .io import CACHE_ENV, cache_dir  # noqa: F401  (re-exported)
+from .io import CACHE_ENV, cache_dir, state_dict_sha256  # noqa: F401  (re-exported)
 from .models import PrunableLayer, SinfModel
 from .models.base import DEFAULT_INPUT_SHAPE
 from .runtime import Runtime
@@ -408,13 +408,8 @@ def time_stats_vs_forward(
 
 # ------------------------------------------------------------------ disk cache
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 (16 hex) of the model's state dict: names, shapes, dtypes and values."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    """16 hex of the model's weights checksum (``io.state_dict_sha256``, the one bundles record)."""
+    return state_dict_sha256(model)[:16]
 
 
 def stats_cache_key(model_name: str, model: torch.nn.Module, dataset: ImageDataset, split: str,

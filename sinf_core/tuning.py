@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .artifacts import BENCH, ROUTER, STUDIO as STUDIO_JSON, STUDIO_HEADS, studio_calib_file
+from .bench.heads import heads_from_tensors, heads_to_tensors  # noqa: F401  (re-exported)
 from .bench.precompute import _head_outputs
 from .bench.sweep import ScheduleData, TapData, sweep_tap
 from .cost import Cost, module_cost, stem_cost, stem_output, tail_cost
@@ -342,32 +343,6 @@ def bn_sample_set(exp, per_cluster: int, seed: int = 0):
     return BatchNormSamples(exp.model, exp.fit_data(), exp.hierarchy, per_cluster, seed, exp.runtime)
 
 
-def heads_to_tensors(heads: Mapping[str, Mapping[str, RouteHead]]) -> tuple[dict[str, torch.Tensor], dict]:
-    """{kind: {tap: head}} -> (flat tensors ``kind::tap::param``, their shapes as JSON)."""
-    tensors, shapes = {}, {}
-    for kind, per_tap in heads.items():
-        for tap, head in per_tap.items():
-            for k, v in head.state_dict().items():
-                tensors[f"{kind}::{tap}::{k}"] = v.detach().to("cpu", copy=True).contiguous()
-            shapes.setdefault(kind, {})[tap] = {"in_channels": head.in_channels, "num_outputs": head.num_outputs,
-                                                "hidden": head.hidden, "temperature": float(head.temperature)}
-    return tensors, shapes
-
-
-def heads_from_tensors(tensors: Mapping[str, torch.Tensor], shapes: Mapping, where: str) -> dict[str, dict[str, RouteHead]]:
-    out: dict[str, dict[str, RouteHead]] = {}
-    try:
-        for kind, per_tap in shapes.items():
-            for tap, sh in per_tap.items():
-                head = RouteHead(int(sh["in_channels"]), int(sh["num_outputs"]), int(sh["hidden"]))
-                prefix = f"{kind}::{tap}::"
-                head.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
-                out.setdefault(str(kind), {})[str(tap)] = head.eval()
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise SinfError(f"{where} does not hold valid heads ({exc}); rebuild the bundle's studio step") from exc
-    return out
-
-
 def chosen_points(bench: Mapping) -> dict[str, dict]:
     """{mode: operating point} of a benchmark result (the points chosen on calibration)."""
     out = {}
@@ -393,7 +368,7 @@ def studio_artifacts(exp, bundle, on_progress=None, log=lambda s: None) -> dict:
     if not taps:
         raise SinfError("the bundle's benchmark names no taps; rerun its bench step")
     router = RoutePredictor.load(bundle.root, ROUTER) if bundle.has("router") else None
-    route_heads, exit_heads, summary = fit_bench_heads(exp, taps, opts, router, on_progress, log)
+    route_heads, exit_heads, summary = fit_bench_heads(exp, taps, opts, router, on_progress, log, bundle)
     heads = {"route": route_heads, "exit": exit_heads}
     tensors, shapes = heads_to_tensors(heads)
     points = chosen_points(bench)

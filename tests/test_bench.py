@@ -508,8 +508,25 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
 
     assert resolve_bn_samples(b, None) == (256 if use else 0) and resolve_bn_samples(b, 32) == 32
     assert resolve_bn_samples(None, None) == 256
+    # run again from the result (`sinf bench --reproduce`): its options, its chosen points pinned, the heads
+    # the bundle stores (a fresh head cache: nothing may be trained again); every point and accuracy the same
+    from sinf_core.bench.reproduce import compare, options_from
+
+    again_opts = {**options_from(bench), "cache_dir": str(tmp_path / "fresh_cache")}
+    assert again_opts["pinned"]["exit"]["tap"] == bench["exit"]["operating_point"]["tap"]
+    again = run_benchmark(exp, b, again_opts)
+    assert again["heads"]["trained_now"] == {"exit": [], "route": []}
+    assert again["heads"]["stored_in_bundle"]["exit"] == bench["taps"]
+    cmp = compare(bench, again)
+    assert cmp["reproduced"], cmp
+    assert {m for m in cmp["contenders"]} >= {"base", "static"}
+    worse = json.loads(json.dumps(bench))
+    worse["exit"]["top1"] = (worse["exit"]["top1"] or 0) + 1.0
+    assert not compare(worse, again)["reproduced"] and not compare(worse, again)["contenders"]["exit"]["same"]
+    off_grid = {**again_opts, "pinned": {"exit": {**again_opts["pinned"]["exit"], "tau": 0.123}}}
+    with pytest.raises(SinfError, match="not among this run's"):
+        run_benchmark(exp, b, off_grid)
     # the same operating points on ONNX Runtime, beside the PyTorch float32 base as the reference
-    from sinf_core.errors import SinfError
     from sinf_core.runtime_bench import format_runtime_table, run_runtime_benchmark
 
     rt = run_runtime_benchmark(exp, b, "onnxruntime", "fp32", work_dir=tmp_path / "rt", reps=2, latency_calls=3,

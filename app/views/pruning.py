@@ -10,7 +10,7 @@ import streamlit as st
 from app import state, studio, ui
 from sinf_core import plots
 from sinf_core.bench import expected_flops
-from sinf_core.config import RATIO_RANGE
+from sinf_core.config import DEFAULT_FILL, RATIO_RANGE
 from sinf_core.subgraph import DEFAULT_BN_SAMPLES
 
 st.title("Pruning")
@@ -47,7 +47,7 @@ with st.form("pruning_form"):
     r_M = c2.slider("r_M: removed fraction at the first pruned layer", *RATIO_RANGE, float(cfg["r_M"]), 0.01, key=wk("r_M"))
     r_L = c3.slider("r_L: removed fraction at the last layer", *RATIO_RANGE, float(cfg["r_L"]), 0.01, key=wk("r_L"))
     fill = st.toggle("Mean replacement: a removed channel is replaced by its mean activation on the cluster's fit "
-                     "images (folded into the next layer's bias), not by zero", value=cfg.get("fill", "mean") == "mean",
+                     "images (folded into the next layer's bias), not by zero", value=cfg.get("fill", DEFAULT_FILL) == "mean",
                      key=wk("fill"))
     bn = st.toggle("Re-estimate BatchNorm statistics: each subgraph's BatchNorms get the base model's statistics "
                    f"corrected by the shift its pruning causes on {DEFAULT_BN_SAMPLES} fit images of its cluster "
@@ -142,7 +142,7 @@ with ui.guard("Cannot evaluate this configuration"):
             g_calib, f"Mean per-cluster accuracy vs FLOPs on the calibration split (oracle routing, stem to {tap})",
             base_flops=None, base_acc=base_acc,
             highlight={"flops": ev["mean"]["flops_with_stem"], "mean_acc": mean_acc}), key="grid_fig")
-        grid_fill = next((r.get("fill") for r in g_calib if r.get("fill")), "mean")
+        grid_fill = next((r.get("fill") for r in g_calib if r.get("fill")), DEFAULT_FILL)
         st.caption("Each line is one filter score over the (r_M, r_L) grid of `sinf build` (removed channels "
                    f"{'replaced by their mean' if grid_fill == 'mean' else 'set to zero'}); the star is the "
                    "configuration above.")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from ..artifacts import CACHE_BENCH, EXIT, HEADS_META, ROUTER, model_cache_folder
+import torch
+
+from ..artifacts import CACHE_BENCH, EXIT, HEADS_META, ROUTER, STUDIO, STUDIO_HEADS, model_cache_folder
 from ..cost import model_cost, stem_cost
 from ..errors import SinfError
 from ..io import cache_dir
@@ -53,6 +55,58 @@ def _cached_heads(folder: Path, key: str) -> list[tuple[Path, dict]]:
     return out
 
 
+def heads_to_tensors(heads: Mapping[str, Mapping[str, RouteHead]]) -> tuple[dict[str, torch.Tensor], dict]:
+    """{kind: {tap: head}} -> (flat tensors ``kind::tap::param``, their shapes as JSON)."""
+    tensors, shapes = {}, {}
+    for kind, per_tap in heads.items():
+        for tap, head in per_tap.items():
+            for k, v in head.state_dict().items():
+                tensors[f"{kind}::{tap}::{k}"] = v.detach().to("cpu", copy=True).contiguous()
+            shapes.setdefault(kind, {})[tap] = {"in_channels": head.in_channels, "num_outputs": head.num_outputs,
+                                                "hidden": head.hidden, "temperature": float(head.temperature)}
+    return tensors, shapes
+
+
+def heads_from_tensors(tensors: Mapping[str, torch.Tensor], shapes: Mapping, where: str) -> dict[str, dict[str, RouteHead]]:
+    out: dict[str, dict[str, RouteHead]] = {}
+    try:
+        for kind, per_tap in shapes.items():
+            for tap, sh in per_tap.items():
+                head = RouteHead(int(sh["in_channels"]), int(sh["num_outputs"]), int(sh["hidden"]))
+                prefix = f"{kind}::{tap}::"
+                head.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+                out.setdefault(str(kind), {})[str(tap)] = head.eval()
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise SinfError(f"{where} does not hold valid heads ({exc}); rebuild the bundle's studio step") from exc
+    return out
+
+
+class _StoredHeads:
+    """Heads a bundle stores (its studio step's copy of the benchmark's heads) as a source like a TapHeads."""
+
+    def __init__(self, heads: Mapping[str, RouteHead], accuracy: Mapping, temperature: Mapping):
+        self.heads_, self.calib_accuracy_, self.temperature_ = dict(heads), dict(accuracy), dict(temperature)
+
+    def head(self, tap: str) -> RouteHead:
+        return self.heads_[tap]
+
+
+def stored_bench_heads(bundle, params: Mapping, exit_hidden: int) -> tuple[_StoredHeads, _StoredHeads] | None:
+    """(route, exit) heads ``bundle`` stores from its benchmark (the studio step), when they were trained
+    with these parameters (``head_summary.params``); else None. A shipped bundle's benchmark thus runs on
+    the heads it was measured with, on any machine, without training them again."""
+    if bundle is None or not bundle.has("studio"):
+        return None
+    info = bundle.json(STUDIO)
+    summary = info.get("head_summary") or {}
+    if summary.get("params") != {**params, "exit_hidden": exit_hidden}:
+        return None
+    heads = heads_from_tensors(bundle.tensors(STUDIO_HEADS), info.get("heads", {}), STUDIO_HEADS)
+    route, exit_ = (_StoredHeads(heads.get(k, {}), summary.get(f"{k}_calib_accuracy", {}),
+                                 summary.get(f"{k}_temperature", {})) for k in ("route", "exit"))
+    return route, exit_
+
+
 def fit_bench_heads(
     exp,
     taps: Sequence[str],
@@ -60,11 +114,13 @@ def fit_bench_heads(
     router: RoutePredictor | None = None,
     on_progress: ProgressFn | None = None,
     log: LogFn = lambda s: None,
+    bundle=None,
 ) -> tuple[dict[str, RouteHead], dict[str, RouteHead], dict]:
     """Route and exit heads at every tap of ``taps``: route heads from ``router`` where it has them
-    (e.g. a bundle's), the others and every exit head taken from the on-disk cache when a head of the
-    same training parameters exists for that tap, and the rest trained in one loop (fit split
-    subsample, temperatures on calibration) and cached. Returns ({tap: route head}, {tap: exit head},
+    (e.g. a bundle's), the others and every exit head taken from ``bundle``'s stored benchmark heads
+    (``stored_bench_heads``) or from the on-disk cache when a head of the same training parameters
+    exists for that tap, and the rest trained in one loop (fit split subsample, temperatures on
+    calibration) and cached. Returns ({tap: route head}, {tap: exit head},
     summary with the calibration accuracy of each)."""
     from ..bundle import sha256_json, state_dict_sha256
 
@@ -81,6 +137,11 @@ def fit_bench_heads(
     need_route = [t for t in taps if router is None or t not in router.heads_]
     route_src: dict[str, TapHeads] = {t: router for t in taps if t not in need_route}
     exit_src: dict[str, TapHeads] = {}
+    stored = stored_bench_heads(bundle, params, options.exit_hidden)
+    if stored is not None:
+        exit_src.update({t: stored[1] for t in taps if t in stored[1].heads_})
+        route_src.update({t: stored[0] for t in need_route if t in stored[0].heads_})
+    from_bundle = {"exit": sorted(exit_src, key=taps.index), "route": [t for t in need_route if t in route_src]}
     if options.cache and root.is_dir():
         for folder, meta in _cached_heads(root, key):
             try:
@@ -114,6 +175,9 @@ def fit_bench_heads(
 
             write_json(folder / HEADS_META, {"key": key, "exit_taps": todo_exit, "route_taps": todo_route,
                                               "params": params, "exit_hidden": options.exit_hidden})
+    elif from_bundle["exit"] or from_bundle["route"]:
+        log(f"heads: the bundle's benchmark heads (exit at {', '.join(from_bundle['exit']) or 'no tap'}, route at "
+            f"{', '.join(from_bundle['route']) or 'no tap'}); the rest from the router or the cache under {root}")
     else:
         log(f"heads: all cached under {root}")
     route_heads = {t: route_src[t].head(t) for t in taps}
@@ -123,6 +187,7 @@ def fit_bench_heads(
                "route_temperature": {t: route_src[t].temperature_[t] for t in taps},
                "exit_temperature": {t: exit_src[t].temperature_[t] for t in taps},
                "route_from_bundle": [t for t in taps if t not in need_route],
+               "stored_in_bundle": from_bundle,
                "trained_now": {"exit": todo_exit, "route": todo_route},
                "params": {**params, "exit_hidden": options.exit_hidden},
                "cache": str(root) if options.cache else None}

@@ -6,12 +6,14 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
+from ..config import DEFAULT_FILL
 from ..errors import SinfError
 from ..subgraph.batchnorm import check_bn_samples
 from ..subgraph.spec import check_fill
 
 MODES = ("sinf", "exit", "cascade")
 CONTENDERS = ("base",) + MODES + ("static",)
+SELECT = "select"  # network selection (``bench.select``), a contender when the options name a chain
 BENCH_FORMAT = "sinf-bench"
 BENCH_VERSION = 1
 
@@ -69,6 +71,9 @@ class BenchOptions:
     ``score_options``: options of the filter scores (as in ``compute_all_scores``).
     ``chain``: registry names of cheaper networks run before this one, cheapest first (network selection,
     the ``select`` contender: each answers what its calibrated confidence is sure of); () = no ``select``.
+    ``pinned``: {mode: operating point} served instead of the timing screen's choice among the mode's
+    candidates, and {"static": mode} for the static network's match (``bench.reproduce``: an earlier
+    run's choices, so that its accuracies can be compared on another machine).
     """
 
     budget: float = 2.0
@@ -80,7 +85,7 @@ class BenchOptions:
     gammas: tuple[float, ...] = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
     taus: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 1.0)
     score: str = "auto"
-    fill: str = "mean"
+    fill: str = DEFAULT_FILL
     bn_samples: int | None = None
     static_scores: tuple[str, ...] = ("l1", "bn_gamma", "mean_act", "taylor")
     static_match: str = "best"
@@ -102,6 +107,7 @@ class BenchOptions:
     score_options: dict = field(default_factory=dict)
     seed: int = 0
     chain: tuple[str, ...] = ()
+    pinned: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "BenchOptions":
@@ -175,6 +181,11 @@ class BenchOptions:
             get_score(s)
         if not self.static_scores:
             raise SinfError("give at least one global score for the static network")
+        pinnable = MODES + (SELECT, "static")
+        if not isinstance(self.pinned, Mapping) or set(self.pinned) - set(pinnable):
+            raise SinfError(f"pinned takes operating points of {list(pinnable)}, got {self.pinned!r}")
+        if "static" in self.pinned and self.pinned["static"] not in MODES:
+            raise SinfError(f"the static network matches one of {MODES}, not {self.pinned['static']!r}")
         if isinstance(self.chain, str) or not all(isinstance(n, str) and n for n in self.chain):
             raise SinfError(f"chain must list registry model names, cheapest first, got {self.chain!r}")
         return self

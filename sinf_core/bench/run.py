@@ -34,6 +34,7 @@ from .metrics import _per_cluster, result_metrics
 from .options import (BENCH_FORMAT, BENCH_VERSION, CONTENDERS, MODES, BenchOptions, LogFn, ProgressFn, recorded_options,
                       runtime_overrides)
 from .precompute import stem_features, tap_sweep_data
+from .reproduce import pin_candidates
 from .select import SELECT, run_select
 from .static import StaticNet, _static_calib_top1, static_for_flops
 from .sweep import TapData, _point_label, _round_point, candidates_within_budget, pareto_front, pick_fastest, sweep_tap
@@ -180,7 +181,7 @@ def _heads(r: BenchRun) -> None:
     if not taps:
         raise SinfError("no swept tap leaves a prunable layer after it")
     r.taps = taps
-    r.route_heads, r.exit_heads, r.head_summary = fit_bench_heads(r.exp, taps, opts, router, r.prog, r.log)
+    r.route_heads, r.exit_heads, r.head_summary = fit_bench_heads(r.exp, taps, opts, router, r.prog, r.log, r.bundle)
     r.lap("heads")
 
 
@@ -225,6 +226,9 @@ def _sweep(r: BenchRun) -> None:
     r.per_tap = {m: {tap: [_round_point(p) for p in candidates_within_budget(
         [p for p in r.points if p["mode"] == m and p["tap"] == tap], base, opts.budget, 1, z)]
         for tap in r.taps} for m in MODES}
+    for m in MODES:
+        if m in opts.pinned:  # an earlier run's choice, served whatever this machine's screen would pick
+            r.cands[m] = pin_candidates(r.points, m, opts.pinned)
     r.lap("sweep")
     r.log(f"sweep: {len(r.points)} points; base calibration top-1 {base:.2f} %; "
           + ", ".join(f"{m}: {len(r.fronts[m])} on the front, {len(r.cands[m])} timed" for m in MODES))
@@ -286,7 +290,7 @@ def _screen(r: BenchRun) -> None:
 def _static(r: BenchRun) -> None:
     """The static network matched to the chosen point's expected FLOPs (its score chosen on calibration)."""
     opts, model, chosen = r.opts, r.model, r.chosen
-    match = opts.static_match
+    match = opts.pinned.get("static", opts.static_match)
     if match == "best":
         match = max(chosen, key=lambda m: chosen[m]["screen_ratio"]) if chosen else None
     r.static_info = {"matched_mode": match}

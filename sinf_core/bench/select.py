@@ -16,9 +16,10 @@ from ..evaluate import collect_logits
 from ..selection import Gate, NetworkSelection, Stage, fit_gate, sweep_chain
 from ..timing import interleaved_throughput, paired_ratios
 from .metrics import _per_cluster
+from .options import SELECT
+from .reproduce import pin_candidates
 from .sweep import _round_point, candidates_within_budget, pick_fastest
 
-SELECT = "select"
 
 
 def chain_networks(exp, names, device) -> list[tuple[str, nn.Module]]:
@@ -69,6 +70,8 @@ def run_select(r) -> None:
     stages.append(Stage(r.exp.model_name, r.base_pred, float(base_cost.flops)))
     points = sweep_chain(labels, r.base_pred, stages)
     cands = candidates_within_budget(points, r.base_top1_calib, opts.budget, opts.candidates_per_mode, r.z)
+    if SELECT in opts.pinned:  # an earlier run's choice (``bench.reproduce``)
+        cands = pin_candidates(points, SELECT, opts.pinned)
     r.log(f"select: {len(points)} points over {' -> '.join(s.name for s in stages)}, {len(cands)} timed")
     if not cands:
         return

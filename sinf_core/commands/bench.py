@@ -65,6 +65,10 @@ def add_arguments(p) -> None:
                         "openvino) or bf16 (torch autocast, openvino)")
     p.add_argument("--no-reference-rows", action="store_true",
                    help="with --backend / --precision: leave out the torch bf16 and torch.compile reference rows")
+    p.add_argument("--reproduce", metavar="RESULT",
+                   help="run an earlier `sinf bench` result again: its options and runtime settings, its chosen "
+                        "operating points served instead of this machine's timing choice; prints whether every "
+                        "point and accuracy is the same (exit status 1 when not)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -113,6 +117,7 @@ def _run_on_runtime(args) -> int:
 
 def run(args) -> int:
     from ..bench import BenchOptions, format_table, run_benchmark
+    from ..bench.reproduce import compare, format_comparison, options_from
 
     if (args.backend, args.precision) != ("torch", "fp32"):
         return _run_on_runtime(args)
@@ -121,17 +126,34 @@ def run(args) -> int:
     from ..report import to_markdown
 
     t0 = time.perf_counter()
-    options = BenchOptions.from_dict(_options(args)).validate()  # a clear error before loading anything
+    earlier = _earlier(args.reproduce) if args.reproduce else None
+    options: dict = options_from(earlier) if earlier else _options(args)
+    BenchOptions.from_dict(options).validate()  # a clear error before loading anything
     bundle = Bundle.open(args.bundle, model=args.model) if args.bundle else None
     exp = open_from_args(args, bundle)  # at the bundle's image size
     bars = StageProgress(quiet=args.json)
     result = run_benchmark(exp, bundle, options, bars, bars.log)
     bars.close()
     result["command_seconds"] = round(time.perf_counter() - t0, 1)
+    if earlier:
+        result["reproduction"] = compare(earlier, result)
     if args.out:
         out = Path(args.out)
         write_json(out, result)
         md = to_markdown(result, f"{args.model}: base vs SINF vs early exit vs cascade vs static pruning")
         atomic_write(out.with_suffix(".md"), lambda p: p.write_text(md))
     print(json.dumps(result) if args.json else format_table(result))
+    if earlier:
+        if not args.json:
+            print(format_comparison(result["reproduction"]))
+        return 0 if result["reproduction"]["reproduced"] else 1
     return 0
+
+
+def _earlier(path: str) -> dict:
+    from ..errors import SinfError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SinfError(f"--reproduce {path}: cannot read a benchmark result there ({exc})") from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from ..config import DEFAULT_BN_SAMPLES
+from ..config import DEFAULT_BN_SAMPLES, DEFAULT_FILL, FILLS
 from .common import StageProgress, add_model_options, open_from_args
 
 NAME = "build"
@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-bench", action="store_true", help="skip the benchmark step")
     p.add_argument("--bench-options", help="benchmark options as a JSON object, e.g. "
                    "'{\"taps\": [\"layer3.2\"], \"head_fit_samples\": 20000}' (see `sinf bench --help`)")
-    p.add_argument("--fill", choices=("mean", "zero"), default="mean",
+    p.add_argument("--fill", choices=FILLS, default=DEFAULT_FILL,
                    help="what replaces a removed channel: its mean activation on the cluster's fit images, folded "
                         "into the next layer (mean replacement, default), or zero")
     p.add_argument("--bn-samples", type=int, default=DEFAULT_BN_SAMPLES,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from ..config import DEFAULT_BN_SAMPLES
+from ..config import DEFAULT_BN_SAMPLES, DEFAULT_FILL, FILLS
 from .common import add_model_options, emit, open_from_args, progress
 
 NAME = "subgraph"
@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--r-m", type=float, default=0.05, help="removed fraction at the first layer after the tap (default 0.05)")
     p.add_argument("--r-l", type=float, default=0.5, help="removed fraction at the last prunable layer (default 0.5)")
     p.add_argument("--multiple-of", type=int, help="round kept channel counts up to a multiple of this (e.g. 8)")
-    p.add_argument("--fill", choices=("mean", "zero"), default="mean",
+    p.add_argument("--fill", choices=FILLS, default=DEFAULT_FILL,
                    help="what replaces a removed channel: its mean activation over the cluster's fit images "
                         "(mean replacement, default) or zero")
     p.add_argument("--bn-samples", type=int, default=DEFAULT_BN_SAMPLES,

@@ -163,7 +163,13 @@ def test_keep_everything_reproduces_base(kind):
             other = [c for c in range(6) if c not in classes]
             assert torch.isneginf(restr[:, other]).all()
             # an empty keep map (every layer kept implicitly) is the unpruned tail too
-            assert torch.allclose(build_subgraph(m, SubgraphSpec("tiny", tap, {}, None))(h), ref, atol=1e-5)
+            whole = build_subgraph(m, SubgraphSpec("tiny", tap, {}, None))
+            assert torch.allclose(whole(h), ref, atol=1e-5)
+            # it owns every tensor: changing the subgraph in place leaves the model as it is
+            base_ptrs = {t.data_ptr() for t in [*m.parameters(), *m.buffers()]}
+            assert not base_ptrs & {t.data_ptr() for t in [*whole.parameters(), *whole.buffers()] if t.numel()}
+            for t in whole.parameters():
+                t.data.mul_(0.0)
     # pure: the base model is untouched
     after = m.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Mapping
 from pathlib import Path
 
 import torch
@@ -144,6 +145,18 @@ class Subgraph(nn.Module):
         return out.index_copy(1, self.classes, logits)
 
 
+def _own_tensors(module: nn.Module, base: Mapping[int, torch.Tensor]) -> None:
+    """Clone every parameter and buffer of ``module`` that is still one of the base model's (``base``
+    by id), so that the subgraph shares no tensor with the model it was cut from."""
+    for mod in module.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None and id(p) in base:
+                mod._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        for name, b in list(mod._buffers.items()):
+            if b is not None and id(b) in base:
+                mod._buffers[name] = b.clone()
+
+
 @torch.no_grad()
 def build_subgraph(model: SinfModel, spec: SubgraphSpec) -> Subgraph:
     """The physically pruned subgraph of ``spec`` (a pure function: ``model`` is deep-copied, never
@@ -152,7 +165,12 @@ def build_subgraph(model: SinfModel, spec: SubgraphSpec) -> Subgraph:
     t = -1 if spec.tap is None else model.unit_index(spec.tap)
     units = model.units()[t + 1 :]
     head_src = model.head_module()
-    memo: dict = {}
+    # the modules are copied, their tensors at first shared (most are replaced by sliced copies below;
+    # ``_own_tensors`` clones the rest at the end): copying every weight only to slice it cost more than
+    # the slicing on a deep tap (VGG16-BN: a third of building 20 subgraphs)
+    base_tensors = {id(t): t for m in [*(m for _, m in units), head_src]
+                    for t in (*m.parameters(), *m.buffers())}
+    memo: dict = dict(base_tensors)
     copied_units, copied_head = copy.deepcopy(([m for _, m in units], head_src), memo)
 
     def twin(module: nn.Module) -> nn.Module:
@@ -195,6 +213,7 @@ def build_subgraph(model: SinfModel, spec: SubgraphSpec) -> Subgraph:
         fc = model.classifier_layer()
         _linear_out(twin(fc), torch.as_tensor(spec.classes, dtype=torch.long, device=fc.weight.device))
     sub = Subgraph(list(zip([n for n, _ in units], copied_units)), copied_head, model.num_classes, spec.classes, spec.tap)
+    _own_tensors(sub, base_tensors)
     p = next(model.parameters(), None)
     if p is not None and sub.classes is not None:
         sub.classes = sub.classes.to(p.device)

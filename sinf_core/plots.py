@@ -86,6 +86,7 @@ def fmt_count(v: float | int | None, unit: str = "") -> str:
 
 
 # ------------------------------------------------------------------------------------ clusters
+SVG_POINTS = 5000  # maps with at most this many points are drawn as SVG, larger ones with WebGL
 def cluster_map_figure(
     xy: np.ndarray,
     cluster: Sequence[int],
@@ -101,11 +102,14 @@ def cluster_map_figure(
     cluster = np.asarray(cluster, dtype=int)
     hover = np.asarray(list(hover), dtype=object)
     fig = go.Figure()
+    # SVG up to a few thousand points: it draws without WebGL, which a browser without a GPU (a server,
+    # a headless test) emulates slowly (the 2,000-sample map took a second to redraw there); WebGL beyond
+    trace = go.Scatter if len(xy) <= SVG_POINTS else go.Scattergl
     for m, name in enumerate(cluster_names):
         sel = np.flatnonzero(cluster == m)
         if not len(sel):
             continue
-        fig.add_trace(go.Scattergl(
+        fig.add_trace(trace(
             x=xy[sel, 0], y=xy[sel, 1], mode="markers", name=str(name),
             marker={"size": marker_size, "color": cluster_color(m), "opacity": opacity,
                     "line": {"width": 0.5, "color": "white"}},

@@ -449,11 +449,17 @@ def test_bad_options_and_empty_splits_raise_clear_errors(tmp_path):
         run_benchmark(no_calib, None, {**QUICK, "cache_dir": str(tmp_path)})
 
 
-def test_cli_rejects_a_negative_budget_before_loading_anything(capsys):
+def test_cli_rejects_a_negative_budget_before_loading_anything(capsys, tmp_path):
     from sinf_core.cli import main
 
     assert main(["bench", "no_such_model", "--budget", "-1"]) == 2
     assert "budget" in capsys.readouterr().err
+    # `--reproduce` with no result there, or a file that is not one, before any work
+    assert main(["bench", "no_such_model", "--reproduce", str(tmp_path / "none.json")]) == 2
+    assert "cannot read a benchmark result there" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text('{"format": "sinf-bench-runtime"}')
+    assert main(["bench", "no_such_model", "--reproduce", str(tmp_path / "other.json")]) == 2
+    assert "takes the JSON result of `sinf bench`" in capsys.readouterr().err
     # `sinf build --bench-options`: a typo, a non-object and bad JSON are refused before any work
     assert main(["build", "no_such_model", "--bench-options", '{"tapz": ["a"]}']) == 2
     assert "unknown benchmark option(s) ['tapz']" in capsys.readouterr().err

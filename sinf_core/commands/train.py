@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..runtime import add_runtime_options
 from .common import MODEL_HELP, add_data_options, progress
 
 NAME = "train"
@@ -25,7 +26,7 @@ def add_arguments(p) -> None:
                    "a .safetensors or .pt state dict, or 'published' for the model's weights in assets/")
     p.add_argument("--checkpoint-every", type=int, default=100, help="optimizer steps between checkpoints")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bf16 autocast only where it is fast: AMX CPU or a bf16 GPU)")
-    p.add_argument("--device", default="auto")
+    add_runtime_options(p, ("device",))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-after-steps", type=int, help=argparse_suppress())
 

@@ -92,8 +92,7 @@ class Runtime:
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` on the device, in the runtime's memory layout (4-D tensors)."""
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+        return self.layout(x.to(self.device, non_blocking=True))
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the runtime's memory layout, where it is (4-D tensors)."""

@@ -240,9 +240,7 @@ def evaluate_schedule(
         preds = torch.empty(idx.shape[0], dtype=torch.long)
         for s in range(0, idx.shape[0], batch_size):
             piece = idx[s : s + batch_size]
-            h = rt.inputs(h_all.index_select(0, piece))
-            with rt.autocast():
-                preds[s : s + piece.shape[0]] = sub(h).float().argmax(1).cpu()
+            preds[s : s + piece.shape[0]] = sub(rt.inputs(h_all.index_select(0, piece))).float().argmax(1).cpu()
         oracle[idx[own[idx]]] = preds[own[idx]]
         routed_pred[idx[(routed_to == m)[idx]]] = preds[(routed_to == m)[idx]]
     rows = []

@@ -71,6 +71,26 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def write_colour_folder(root: Path, clusters: dict[str, list[str]], n: tuple[int, int] = (16, 10), size: int = 32,
+                        spread: float = 60.0, step: float = 30.0) -> Path:
+    """An image-folder data set at ``root``: ``{train,test}/<class>/*.png`` (``n`` images per class in each
+    split, ``size`` x ``size`` noise around a per-class grey level ``step * i``) plus ``hierarchy.json``."""
+    import json
+
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    classes = [c for cs in clusters.values() for c in cs]
+    for split, count in zip(("train", "test"), n):
+        for i, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True)
+            for j in range(count):
+                px = (torch.rand(size, size, 3, generator=g) * spread + step * i).clamp(0, 255).to(torch.uint8).numpy()
+                Image.fromarray(px).save(root / split / c / f"{j}.png")
+    (root / "hierarchy.json").write_text(json.dumps({"clusters": clusters}))
+    return root
+
+
 def make_tiny_dataset(n_per_class: int = 20, seed: int = 0, size: int = 32) -> ImageDataset:
     """6 classes in 3 clusters of 2; each class has its own colour/stripe pattern plus noise."""
     g = torch.Generator().manual_seed(seed)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import run_cli as _run
+from conftest import write_colour_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
@@ -17,19 +18,7 @@ CLUSTERS = {"warm": ["red", "orange"], "cool": ["blue", "teal"], "grey": ["black
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """root/{train,test}/<6 classes>/*.png with hierarchy.json: 3 clusters of 2 colour classes."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("anycnn") / "colours"
-    g = torch.Generator().manual_seed(0)
-    classes = [c for cs in CLUSTERS.values() for c in cs]
-    for split, n in (("train", 16), ("test", 10)):
-        for i, c in enumerate(classes):
-            (root / split / c).mkdir(parents=True)
-            for j in range(n):
-                px = (torch.rand(32, 32, 3, generator=g) * 60 + 30 * i).clamp(0, 255).to(torch.uint8).numpy()
-                Image.fromarray(px).save(root / split / c / f"{j}.png")
-    (root / "hierarchy.json").write_text(json.dumps({"clusters": CLUSTERS}))
-    return root
+    return write_colour_folder(tmp_path_factory.mktemp("anycnn") / "colours", CLUSTERS)
 
 
 def _checkpoint(spec, tmp_path):

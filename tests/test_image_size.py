@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from conftest import run_cli as _run
+from conftest import write_colour_folder
 from sinf_core.errors import SinfError
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
@@ -21,19 +22,7 @@ SIZE = 48
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """root/{train,test}/<6 classes>/*.png (48x48) with hierarchy.json: 3 clusters of 2 colour classes."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("sizes") / "colours48"
-    g = torch.Generator().manual_seed(0)
-    classes = [c for cs in CLUSTERS.values() for c in cs]
-    for split, n in (("train", 16), ("test", 10)):
-        for i, c in enumerate(classes):
-            (root / split / c).mkdir(parents=True)
-            for j in range(n):
-                px = (torch.rand(SIZE, SIZE, 3, generator=g) * 60 + 30 * i).clamp(0, 255).to(torch.uint8).numpy()
-                Image.fromarray(px).save(root / split / c / f"{j}.png")
-    (root / "hierarchy.json").write_text(json.dumps({"clusters": CLUSTERS}))
-    return root
+    return write_colour_folder(tmp_path_factory.mktemp("sizes") / "colours48", CLUSTERS, size=SIZE)
 
 
 @pytest.fixture(scope="module")

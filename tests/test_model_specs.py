@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import run_cli as _run
+from conftest import write_colour_folder
 from sinf_core.errors import SinfError
 from sinf_core.models import build_model, get_entry, load_model, model_for_classes, parse_spec, same_model
 from sinf_core.models.specs import ModelSpec, folder_name
@@ -20,18 +21,8 @@ CLASSES = ["cat", "dog", "eel"]
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """root/{train,test}/{cat,dog,eel}/*.png (4 images each) plus hierarchy.json: a 3-class data set."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("specs") / "pets"
-    g = torch.Generator().manual_seed(0)
-    for split in ("train", "test"):
-        for i, c in enumerate(CLASSES):
-            (root / split / c).mkdir(parents=True)
-            for j in range(4):
-                px = (torch.rand(32, 32, 3, generator=g) * 80 + 60 * i).clamp(0, 255).to(torch.uint8).numpy()
-                Image.fromarray(px).save(root / split / c / f"{j}.png")
-    (root / "hierarchy.json").write_text(json.dumps({"clusters": {"pets": ["cat", "dog"], "fish": ["eel"]}}))
-    return root
+    return write_colour_folder(tmp_path_factory.mktemp("specs") / "pets", {"pets": ["cat", "dog"], "fish": ["eel"]},
+                               n=(4, 4), spread=80.0, step=60.0)
 
 
 def _test_batch(exp) -> torch.Tensor:

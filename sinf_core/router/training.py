@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageDataset, augment_crop_flip, iterate_batches, normalise, stratified_split
-from ..device import autocast, resolve_bf16
+from ..device import bf16_is_fast
 from ..errors import SinfError
 from ..models import SinfModel
 from ..runtime import Runtime
@@ -41,14 +41,10 @@ class _Job:
 # --------------------------------------------------------------------------------------------
 
 
-def _prep(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 def heads_bf16(lead: "TapHeads", rt: Runtime) -> bool:
     """Whether heads train and run in bf16: the predictor's ``bf16`` when set, else on when the runtime
     runs in bf16 or where bf16 is fast on its device (``device.bf16_is_fast``)."""
-    return bool(lead.bf16) if lead.bf16 is not None else (rt.bf16 or resolve_bf16(None, rt.device))
+    return bool(lead.bf16) if lead.bf16 is not None else (rt.bf16 or bf16_is_fast(rt.device))
 
 
 def _collect_head_logits(
@@ -115,8 +111,8 @@ class _HeadTrainer:
         rt = Runtime.resolve(rt, model)
         self.dev = rt.device
         self.bf16 = heads_bf16(lead, rt)  # what runs; each trained predictor records it as ``bf16_``
-        # the calibration passes: the predictor's batch size and layout, the heads' precision
-        self.eval_rt = rt.with_(batch_size=lead.eval_batch_size, channels_last=lead.channels_last, bf16=self.bf16)
+        # how the trainer's passes run: the predictor's batch size (calibration) and layout, the heads' precision
+        self.pass_rt = rt.with_(batch_size=lead.eval_batch_size, channels_last=lead.channels_last, bf16=self.bf16)
         self.progress = on_progress or (lambda stage, done, total: None)
         self.t0 = time.perf_counter()
         self.units = sorted({u for _, u in taps})
@@ -164,8 +160,8 @@ class _HeadTrainer:
         imgs = self.data.images[self.idx[sel]]
         if self.lead.augment:
             imgs = augment_crop_flip(imgs, self.gen)
-        x = _prep(normalise(imgs.to(self.dev), self.data.mean, self.data.std), self.lead.channels_last)
-        with torch.no_grad(), autocast(self.dev, self.bf16):
+        x = self.pass_rt.layout(normalise(imgs.to(self.dev), self.data.mean, self.data.std))
+        with torch.no_grad(), self.pass_rt.autocast():
             feats = forward_taps(self.model, x, self.units)
             if not self.soft_targets:
                 return feats, None
@@ -225,8 +221,8 @@ class _HeadTrainer:
                 total_loss = 0.0
                 for i, job in enumerate(jobs):
                     y = self.labels[job.owner.target][sel].to(dev)
-                    h = _prep(feats[job.unit], lead.channels_last)
-                    with autocast(dev, self.bf16):
+                    h = self.pass_rt.layout(feats[job.unit])
+                    with self.pass_rt.autocast():
                         logits = heads[i](h)
                     loss = _head_loss(logits.float(), y, soft, float(job.owner.distill),
                                       self.cluster_of if job.owner.target == "cluster" else None)
@@ -258,7 +254,7 @@ class _HeadTrainer:
         pairs = [(p, t) for p in predictors for t in p.taps_]
         self.progress("calibrate", 0, len(calib_data))
         logits = _collect_head_logits(self.model, [(p.heads_[t], self.model.unit_index(t)) for p, t in pairs],
-                                      calib_data, self.eval_rt)
+                                      calib_data, self.pass_rt)
         self.progress("calibrate", len(calib_data), len(calib_data))
         now = time.perf_counter()
         elapsed, self.t0 = round(now - self.t0, 2), now  # time since the previous calibration (or start)

@@ -19,7 +19,8 @@ from .spec import SPECS_FORMAT, SPECS_VERSION, SubgraphSpec, tail_batchnorms, va
 
 
 def _param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
-    return nn.Parameter(t.clone().contiguous(), requires_grad=like.requires_grad)
+    """``t``, a new tensor (a slice taken by ``index_select`` or a sum), as a parameter like ``like``."""
+    return nn.Parameter(t.contiguous(), requires_grad=like.requires_grad)
 
 
 def _conv_out(conv: nn.Conv2d, idx: torch.Tensor) -> None:
@@ -41,8 +42,8 @@ def _bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
         bn.weight = _param(bn.weight.data.index_select(0, idx), bn.weight)
         bn.bias = _param(bn.bias.data.index_select(0, idx), bn.bias)
     if bn.track_running_stats:
-        bn.running_mean = bn.running_mean.index_select(0, idx).clone()
-        bn.running_var = bn.running_var.index_select(0, idx).clone()
+        bn.running_mean = bn.running_mean.index_select(0, idx)
+        bn.running_var = bn.running_var.index_select(0, idx)
     bn.num_features = int(idx.numel())
 
 

@@ -276,6 +276,13 @@ def _take_built(src: Source, cfg: dict, specs_now: dict) -> dict | None:
     return got[1] if got is not None and got[0] is specs_now else None
 
 
+def _unit_reuse(src: Source, tap: str):
+    """The first units' outputs on the calibration outputs at ``tap``, kept from one Apply to the next."""
+    from sinf_core.subgraph import FirstUnitReuse
+
+    return memo((src.key, "unit_reuse", tap, step_key(src, "router"), step_key(src, "studio")), FirstUnitReuse)
+
+
 def evaluation(src: Source, cfg: dict) -> dict:
     """``tuning.evaluate_schedule`` of ``cfg`` on the calibration outputs at its tap (oracle accuracy
     per cluster, costs, and, unless the mode is the early exit alone, each image's routed prediction),
@@ -290,7 +297,7 @@ def evaluation(src: Source, cfg: dict) -> dict:
         with st.spinner("Running the subgraphs' tails over the calibration split ..."):
             return evaluate_schedule(exp.model, sp, calibration_outputs(src, cfg["tap"]), exp.hierarchy,
                                      costs(src), float(cfg["r_M"]), float(cfg["r_L"]), exp.runtime, routed=routed,
-                                     built=_take_built(src, cfg, sp))
+                                     built=_take_built(src, cfg, sp), reuse=_unit_reuse(src, cfg["tap"]))
 
     return memo((src.key, "evaluation", _cfg_key(cfg, SPEC_KEYS), routed, step_key(src, "scores"),
                  step_key(src, "router"), step_key(src, "studio")), compute)

@@ -33,6 +33,7 @@ from .errors import SinfError
 from .models import SinfModel
 from .router import RouteHead
 from .runtime import Runtime
+from .subgraph.reuse import FirstUnitReuse
 from .subgraph.slicing import build_subgraph
 from .subgraph.spec import SubgraphSpec
 
@@ -199,6 +200,7 @@ def evaluate_schedule(
     fold_bn: bool = False,
     routed: bool = True,
     built: Mapping[int, nn.Module] | None = None,
+    reuse: FirstUnitReuse | None = None,
 ) -> dict:
     """One configuration (a spec per cluster at ``outputs.tap``) on the calibration outputs.
 
@@ -211,7 +213,9 @@ def evaluate_schedule(
     first (as served; the same predictions up to float rounding; folding 20 subgraphs costs more than it
     saves on 5,000 tails). ``routed=False``: skip the routed predictions (``schedule.pred`` all -1), for
     a mode that never routes. ``built``: each cluster's subgraph already built from its spec (as
-    ``make_cluster_specs(..., built=...)`` fills it), so it is not built again."""
+    ``make_cluster_specs(..., built=...)`` fills it), so it is not built again. ``reuse``: kept across
+    the configurations of one tuning session on these outputs (keyed by cluster), so a subgraph whose
+    first unit did not change (r_L moved, another cluster overridden) takes that unit's outputs from it."""
     tap = outputs.tap
     if any(s.tap != tap for s in specs.values()):
         raise SinfError(f"every spec must start after tap {tap!r}")
@@ -238,9 +242,15 @@ def evaluate_schedule(
         need = own | (routed_to == m)
         idx = need.nonzero().flatten()
         preds = torch.empty(idx.shape[0], dtype=torch.long)
-        for s in range(0, idx.shape[0], batch_size):
-            piece = idx[s : s + batch_size]
-            preds[s : s + piece.shape[0]] = sub(rt.inputs(h_all.index_select(0, piece))).float().argmax(1).cpu()
+        pieces = [idx[s : s + batch_size] for s in range(0, idx.shape[0], batch_size)]
+        if reuse is None or not len(sub.units):
+            logits = (sub(rt.inputs(h_all.index_select(0, p))) for p in pieces)
+        else:
+            firsts, _ = reuse.outputs(m, sub.units[0], (h_all, idx, batch_size, str(device), rt.channels_last),
+                                      lambda unit: ([unit(rt.inputs(h_all.index_select(0, p))) for p in pieces], None))
+            logits = (sub.logits(sub.features(x, 1)) for x in firsts)
+        for s, out in zip(range(0, idx.shape[0], batch_size), logits):
+            preds[s : s + out.shape[0]] = out.float().argmax(1).cpu()
         oracle[idx[own[idx]]] = preds[own[idx]]
         routed_pred[idx[(routed_to == m)[idx]]] = preds[(routed_to == m)[idx]]
     rows = []

@@ -16,6 +16,7 @@ The package, imports pointing one way (each module imports only those above it):
 
 - ``spec``: ``SubgraphSpec`` (plain data), its validation against a base model, the BatchNorms after a
   tap, the spec file (``SPECS_FORMAT``).
+- ``reuse``: ``FirstUnitReuse``, the first unit's outputs kept across a run of configurations.
 - ``slicing``: ``build_subgraph`` -> ``Subgraph``, mean fill, the sliced tensors' file.
 - ``batchnorm``: BatchNorm re-estimation (``estimate_bn_stats``, ``BatchNormSamples``,
   ``DEFAULT_BN_SAMPLES``).
@@ -29,6 +30,7 @@ from .batchnorm import (
     DEFAULT_BN_SAMPLES, BatchNormSamples, check_bn_samples, estimate_bn_stats, estimate_bn_stats_built,
     unpruned_batch_statistics,
 )
+from .reuse import FirstUnitReuse
 from .evaluate import compare_tail_speed, evaluate_cluster_subgraphs, run_tail_fn
 from .schedule import (
     first_pruned_index, keep_indices, kept_count, make_cluster_specs, model_schedule, removed_fractions,
@@ -41,7 +43,7 @@ from .spec import (
 )
 
 __all__ = [
-    "BatchNormSamples", "DEFAULT_BN_SAMPLES", "FILLS", "SPECS_FORMAT", "SPECS_VERSION", "Subgraph", "SubgraphSpec",
+    "BatchNormSamples", "DEFAULT_BN_SAMPLES", "FILLS", "FirstUnitReuse", "SPECS_FORMAT", "SPECS_VERSION", "Subgraph", "SubgraphSpec",
     "build_subgraph", "check_bn_samples", "check_fill", "compare_tail_speed", "estimate_bn_stats",
     "estimate_bn_stats_built", "evaluate_cluster_subgraphs", "first_pruned_index", "keep_indices", "kept_count",
     "load_subgraph_specs", "load_subgraph_weights", "make_cluster_specs", "model_schedule", "removed_fractions",

@@ -14,6 +14,7 @@ from ..data import Hierarchy, ImageDataset, iterate_batches
 from ..errors import SinfError
 from ..models import SinfModel
 from ..runtime import Runtime
+from .reuse import FirstUnitReuse
 from .slicing import Subgraph, build_subgraph
 from .spec import SubgraphSpec, _tail_batchnorm_kept
 
@@ -25,19 +26,36 @@ def check_bn_samples(n) -> int:
     return int(n)
 
 
+def _stats(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(bn.running_mean.clone(), bn.running_var.clone()) for bn in module.modules() if isinstance(bn, nn.BatchNorm2d)]
+
+
 @torch.no_grad()
-def _batch_statistics(sub: Subgraph, h: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _batch_statistics(sub: Subgraph, h: torch.Tensor, batch_size: int, reuse: FirstUnitReuse | None = None,
+                      reuse_key=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per BatchNorm of ``sub.units`` (module order): the mean and variance of its input over ``h``,
-    every BatchNorm normalising with its batch statistics (``sub`` is modified: pass a throwaway copy)."""
+    every BatchNorm normalising with its batch statistics (``sub`` is modified: pass a throwaway copy).
+    ``reuse``: the first unit's outputs and statistics are taken from it (under ``reuse_key``) when
+    that unit and ``h`` are the same as in its last pass there."""
     bns = [m for m in sub.units.modules() if isinstance(m, nn.BatchNorm2d)]
     sub.eval()
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the batches
         bn.train()
-    for start in range(0, len(h), batch_size):
-        sub.features(h[start : start + batch_size])
-    return [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
+    batches = [h[start : start + batch_size] for start in range(0, len(h), batch_size)]
+    if reuse is None or not len(sub.units):
+        for x in batches:
+            sub.features(x)
+        return _stats(sub.units)
+
+    def first(unit: nn.Module):
+        return [unit(x) for x in batches], _stats(unit)
+
+    outs, first_stats = reuse.outputs(reuse_key, sub.units[0], (h, batch_size), first)
+    for x in outs:
+        sub.features(x, 1)
+    return first_stats + _stats(sub.units[1:])
 
 
 def unpruned_batch_statistics(model: SinfModel, tap: str | None, h: torch.Tensor,
@@ -69,16 +87,18 @@ def estimate_bn_stats(model: SinfModel, spec: SubgraphSpec, h: torch.Tensor, bat
 
 
 def estimate_bn_stats_built(model: SinfModel, spec: SubgraphSpec, h: torch.Tensor, batch_size: int = 256,
-                            unpruned: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[SubgraphSpec, "Subgraph"]:
+                            unpruned: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                            reuse: FirstUnitReuse | None = None, reuse_key=None) -> tuple[SubgraphSpec, "Subgraph"]:
     """``estimate_bn_stats`` and the subgraph of the returned spec, built once: the module the
-    statistics pass ran, with the new statistics set (equal to ``build_subgraph`` of the spec)."""
+    statistics pass ran, with the new statistics set (equal to ``build_subgraph`` of the spec).
+    ``reuse`` / ``reuse_key``: see ``_batch_statistics`` (the same statistics, computed once)."""
     if h.shape[0] < 2:
         raise SinfError("re-estimating BatchNorm statistics needs at least 2 samples")
     h = h.float()
     sub = build_subgraph(model, dataclasses.replace(spec, bn={}))
     bns = [m for m in sub.units.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [(bn.momentum, bn.num_batches_tracked.clone() if bn.num_batches_tracked is not None else None) for bn in bns]
-    pruned = _batch_statistics(sub, h, batch_size)
+    pruned = _batch_statistics(sub, h, batch_size, reuse, reuse_key)
     full = unpruned if unpruned is not None else unpruned_batch_statistics(model, spec.tap, h, batch_size)
     out = {}
     for (name, base_bn, kept), (mp, vp), (mu, vu), bn, (momentum, tracked) in zip(
@@ -116,6 +136,7 @@ class BatchNormSamples:
                         for m in range(hierarchy.num_clusters)}
         self._stem: dict[str | None, tuple[torch.Tensor, dict[int, slice]]] = {}
         self._unpruned: dict[tuple[str | None, int | None], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.reuse = FirstUnitReuse()  # a run of configurations (a grid, a tuning session) shares first units
 
     @torch.no_grad()
     def _at(self, tap: str | None) -> tuple[torch.Tensor, dict[int, slice]]:
@@ -162,4 +183,4 @@ class BatchNormSamples:
         key = (spec.tap, None if cluster is None else int(cluster))
         if key not in self._unpruned:
             self._unpruned[key] = unpruned_batch_statistics(self.model, spec.tap, h, self.rt.batch_size)
-        return estimate_bn_stats_built(self.model, spec, h, self.rt.batch_size, self._unpruned[key])
+        return estimate_bn_stats_built(self.model, spec, h, self.rt.batch_size, self._unpruned[key], self.reuse, key)

@@ -133,13 +133,18 @@ class Subgraph(nn.Module):
         self.register_buffer("classes", None if classes is None else torch.as_tensor(classes, dtype=torch.long),
                              persistent=False)
 
-    def features(self, h: torch.Tensor) -> torch.Tensor:
-        for unit in self.units:
+    def features(self, h: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The output of the last unit; ``start``: ``h`` is the output of the first ``start`` units."""
+        for unit in self.units[start:]:
             h = unit(h)
         return h
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.features(h))
+        return self.logits(self.features(h))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The head on the last unit's output, in the global class space."""
+        logits = self.head(features)
         if self.classes is None:
             return logits
         out = logits.new_full((logits.shape[0], self.num_classes), float("-inf"))

@@ -408,16 +408,17 @@ def engine(src: Source, cfg: dict):
                 compute)
 
 
-def time_one_image(src: Source, eng, x_u8: torch.Tensor, calls: int = 30) -> dict:
-    """Batch-of-one latency of the base model and of ``eng`` on the same image, interleaved, both with
-    pre-processing: {"base": {...}, "sinf": {...}} with median / quartiles (ms) and the paired ratio."""
+def time_one_image(src: Source, base, sinf, x_u8: torch.Tensor, calls: int = 30) -> dict:
+    """Batch-of-one latency of ``base`` and of ``sinf`` (None: the base alone) on the same image,
+    interleaved, both with pre-processing: {"base": {...}, "sinf": {...}} with median / quartiles (ms)
+    and the paired ratio."""
     from sinf_core.timing import interleaved_latency, spread
 
-    fns = {"base": base_predict(src)}
-    if eng is not None:
-        fns["sinf"] = eng.run
+    fns = {"base": base}
+    if sinf is not None:
+        fns["sinf"] = sinf
     lat = interleaved_latency(fns, x_u8, calls=calls, warmup=3, device=state.experiment(src).device)
-    if eng is not None:
+    if sinf is not None:
         lat["ratio"] = spread([a / b for a, b in zip(lat["base"]["all_ms"], lat["sinf"]["all_ms"])])
     return lat
 

@@ -319,6 +319,19 @@ def export_onnx(rm: RoutedModel, out: str | Path, precision: str = "fp32",
     return manifest
 
 
+def export_once(rm: RoutedModel, folder: str | Path, precision: str = "fp32",
+                calibration: "CalibrationSet | None" = None, on_progress: ProgressFn | None = None) -> tuple[dict, bool]:
+    """``export_onnx`` of ``rm`` into ``folder`` unless the folder already holds a sound export of the
+    same operating point (``rm.point``), mode and precision: (manifest, whether it was written now)."""
+    try:
+        man = read_manifest(folder)
+        if man.get("operating_point") == rm.point and man.get("precision") == precision and man.get("mode") == rm.mode:
+            return man, False
+    except (SinfError, KeyError):
+        pass
+    return export_onnx(rm, folder, precision, calibration if precision == "int8" else None, on_progress), True
+
+
 def read_manifest(folder: str | Path, verify: bool = True) -> dict:
     """The routing manifest of an export folder, checked (format, version, every file's sha256)."""
     folder = Path(folder)

@@ -106,17 +106,11 @@ def rechoose_thresholds(rm, outs: dict, labels: torch.Tensor, base_top1: float, 
 
 def _export(rm, folder: Path, precision: str, calib_set, log: LogFn) -> Path:
     """``rm`` exported into ``folder`` unless an export of the same point and precision is there."""
-    from .export import export_onnx, read_manifest
+    from .export import export_once
 
-    try:
-        man = read_manifest(folder)
-        if man["operating_point"] == rm.point and man["precision"] == precision and man["mode"] == rm.mode:
-            return folder
-    except (SinfError, KeyError):
-        pass
     t0 = time.perf_counter()
-    export_onnx(rm, folder, precision, calib_set if precision == "int8" else None)
-    log(f"exported {rm.mode} ({precision}) in {time.perf_counter() - t0:.0f} s")
+    if export_once(rm, folder, precision, calib_set)[1]:
+        log(f"exported {rm.mode} ({precision}) in {time.perf_counter() - t0:.0f} s")
     return folder
 
 

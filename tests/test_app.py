@@ -624,3 +624,25 @@ def test_default_resnet56_without_a_bundle(real_env, tmp_path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_live_on_onnx_runtime_against_its_own_base(tiny_env):
+    """Live on ONNX Runtime: the configuration is exported once, SINF and the base both run on it, and the
+    batch run also shows the PyTorch float32 base; with gamma = 1 everything falls back, so SINF answers
+    exactly as the exported base."""
+    at = open_page("live")
+    by_label(at.radio, "Mode").set_value("sinf").run()
+    by_label(at.slider, "gamma").set_value(1.0).run()
+    box = by_label(at.selectbox, "Runtime and precision")
+    assert box.options[0] == "PyTorch float32" and "ONNX Runtime int8" in box.options
+    box.select_index(box.options.index("ONNX Runtime float32")).run()
+    no_exception(at)
+    sinf = [m for m in at.metric if m.label.startswith("SINF (")][0]
+    assert sinf.label == "SINF (fallback) on ONNX Runtime float32"
+    assert sinf.value == metric(at, "Base model on ONNX Runtime float32")
+    at.slider(key="batch_n").set_value(100)
+    at.button(key="batch_run").click().run()
+    no_exception(at)
+    assert metric(at, "SINF accuracy").split(" ")[0] == metric(at, "Base accuracy").split(" ")[0]
+    assert metric(at, "SINF speed vs base (paired, median) on ONNX Runtime float32").endswith("x")
+    assert "Against the PyTorch float32 base" in texts(at)

@@ -8,11 +8,11 @@ import numpy as np
 import streamlit as st
 import torch
 
-from app import state, studio, ui
+from app import runtimes, state, studio, ui
 from sinf_core import plots, tuning_plots
 from sinf_core.engine import MODE_NAMES
 from sinf_core.errors import SinfError
-from sinf_core.timing import NOISY_SPREAD, paired_stream
+from sinf_core.timing import NOISY_SPREAD, paired_stream, spread
 
 st.title("Live inference")
 st.markdown(
@@ -58,6 +58,19 @@ eng = None
 if taps and (cfg["mode"] == "exit" or ui.ensure_scores(src, cfg["method"], "SINF's subgraphs")):
     with ui.guard("SINF is not available"):
         eng = studio.engine(src, cfg)
+
+offered = runtimes.choices(str(exp.device))
+backend = st.selectbox(
+    "Runtime and precision (SINF and the base model both run on it)", offered, format_func=lambda b: b.label,
+    key="live_backend", help="ONNX Runtime / OpenVINO run the configuration exported as ONNX pieces (int8: static "
+    "quantization calibrated on the calibration split); the export is written once per configuration. Speeds are "
+    "against the base model on the same runtime and precision; the batch run also shows PyTorch float32's base.")
+run = runtimes.runners(src, cfg, runtimes.PYTORCH_FP32, eng)
+if eng is not None and not backend.is_default:
+    with ui.guard(f"SINF cannot run on {backend.label}"):
+        run = runtimes.runners(src, cfg, backend, eng)
+if run.backend != backend:
+    st.caption(f"Running on {run.backend.label} instead.")
 
 
 def ms(d: dict) -> str:
@@ -107,22 +120,27 @@ if image is not None:
         with torch.inference_mode():
             base_logits = studio.base_predict(src)(x).float()
         base_pred = int(base_logits.argmax(1))
-        # timed once per image and configuration (a rerun that changes neither shows the same figures)
-        tkey = ("one_image_timing", src.key, hash(x.numpy().tobytes()), studio.config_key(cfg), eng is None)
+        # timed once per image, configuration and runtime (a rerun that changes none shows the same figures)
+        tkey = ("one_image_timing", src.key, hash(x.numpy().tobytes()), studio.config_key(cfg), eng is None,
+                run.backend)
         again = st.button("Time again", key="time_again", help="30 interleaved calls of each, batch of 1")
         if again or st.session_state.get("one_image_timing", (None,))[0] != tkey:
-            st.session_state["one_image_timing"] = (tkey, studio.time_one_image(src, eng, x))
+            st.session_state["one_image_timing"] = (tkey, studio.time_one_image(
+                src, run.base, run.sinf if eng is not None else None, x))
         lat = st.session_state["one_image_timing"][1]
+        if not run.backend.is_default:
+            base_pred = int(runtimes.predictions(run.base(x))[0])
         cols = st.columns(2)
         verdict = "" if true_label is None else (" (correct)" if base_pred == true_label else " (wrong)")
-        cols[1].metric("Base model", h.class_names[base_pred] + verdict, delta=f"{ms(lat['base'])}, batch of 1",
-                       delta_color="off", delta_arrow="off", border=True)
+        on = "" if run.backend.is_default else f" on {run.backend.label}"
+        cols[1].metric(f"Base model{on}", h.class_names[base_pred] + verdict,
+                       delta=f"{ms(lat['base'])}, batch of 1", delta_color="off", delta_arrow="off", border=True)
         if eng is not None:
-            res = eng.run(x)
+            res = run.sinf(x)
             pred = int(res.pred[0])
             decided = MODE_NAMES[int(res.mode_per_sample[0])]
             verdict = "" if true_label is None else (" (correct)" if pred == true_label else " (wrong)")
-            cols[0].metric(f"SINF ({decided})", h.class_names[pred] + verdict, delta=f"{ms(lat['sinf'])}, batch of 1",
+            cols[0].metric(f"SINF ({decided}){on}", h.class_names[pred] + verdict, delta=f"{ms(lat['sinf'])}, batch of 1",
                            delta_color="off", delta_arrow="off", border=True)
             r = lat["ratio"]
             st.caption(f"Speed vs base on this image: **{r['median']:.2f}x** (paired over {r['n']} interleaved calls, "
@@ -166,7 +184,7 @@ if image is not None:
                     colors=cl_colors, x_title="exit probability"), key="exit_fig")
         base_p = torch.softmax(base_logits, 1)[0].numpy()
         st.plotly_chart(plots.probability_bars_figure(
-            base_p, h.class_names, "Base model: top classes", colors=[plots.cluster_color(c) for c in h.cluster_of_class],
+            base_p, h.class_names, "Base model (PyTorch float32): top classes", colors=[plots.cluster_color(c) for c in h.cluster_of_class],
             x_title="softmax probability", top=5), key="base_fig")
 
 # ------------------------------------------------------------------------------------ batch run
@@ -183,7 +201,9 @@ if go and eng is not None:
     idx = np.random.default_rng(0).permutation(len(report))[:n]
     imgs, labels = report.images[idx], report.labels[idx]
     batches = list(imgs.split(bs))
-    base_fn = studio.base_predict(src)
+    fns = {"base": run.base, "sinf": run.sinf}
+    if not run.backend.is_default:  # the PyTorch float32 base as well: what the runtime itself gives
+        fns["pytorch"] = studio.base_predict(src)
     bar = st.progress(0.0, text="timing ...")
     live = st.empty()
 
@@ -192,12 +212,11 @@ if go and eng is not None:
         if "ratio" in part.get("sinf", {}):
             live.caption(f"so far: {part['sinf']['ratio']['median']:.2f}x base (median of {done} paired batches)")
 
-    tp = paired_stream({"base": base_fn, "sinf": eng.run}, batches, "base", rounds=2, warmup=1, on_batch=on_batch,
-                       device=exp.device)
+    tp = paired_stream(fns, batches, "base", rounds=2, warmup=1, on_batch=on_batch, device=exp.device)
     bar.progress(1.0, text="accuracy ...")
     with torch.inference_mode():
-        base_pred = torch.cat([base_fn(xb).argmax(1) for xb in batches])
-        results = [eng.run(xb) for xb in batches]
+        base_pred = torch.cat([runtimes.predictions(run.base(xb)) for xb in batches])
+        results = [run.sinf(xb) for xb in batches]
     sinf_pred = torch.cat([r.pred for r in results])
     counts = {k: sum(r.counts()[k] for r in results) for k in MODE_NAMES}
     bar.empty()
@@ -208,7 +227,11 @@ if go and eng is not None:
         "sinf_top1": 100 * float((sinf_pred == labels).double().mean()), "counts": counts,
         "base_ips": tp["base"]["ips"], "sinf_ips": tp["sinf"]["ips"], "ratio": tp["sinf"]["ratio"],
         "ratios": [a / b for a, b in zip(tp["base"]["seconds"], tp["sinf"]["seconds"])],
-        "at_point": studio.at_point(src, cfg)}
+        "at_point": studio.at_point(src, cfg) and run.backend.is_default, "backend": run.backend.label,
+        "pytorch": None if "pytorch" not in tp else {
+            "ips": tp["pytorch"]["ips"],
+            "base": spread([a / b for a, b in zip(tp["pytorch"]["seconds"], tp["base"]["seconds"])]),
+            "sinf": spread([a / b for a, b in zip(tp["pytorch"]["seconds"], tp["sinf"]["seconds"])])}}
 res = st.session_state.get("batch_result")
 if res is not None:
     r = res["ratio"]
@@ -216,7 +239,8 @@ if res is not None:
     m1.metric("Base accuracy", f"{res['base_top1']:.2f} %", border=True)
     m2.metric(f"SINF accuracy ({res['mode']})", f"{res['sinf_top1']:.2f} %",
               delta=f"{res['sinf_top1'] - res['base_top1']:+.2f} points", border=True)
-    m3.metric("SINF speed vs base (paired, median)", f"{r['median']:.2f}x",
+    on = "" if res.get("pytorch") is None else f" on {res['backend']}"
+    m3.metric(f"SINF speed vs base (paired, median){on}", f"{r['median']:.2f}x",
               delta=f"IQR {r['q25']:.2f}-{r['q75']:.2f}x" + (" - too noisy to trust" if r["noisy"] else ""),
               delta_color="off", delta_arrow="off", border=True,
               help=f"batch size {res['bs']}, {res['n']} images, wall clock, router and heads included")
@@ -224,6 +248,12 @@ if res is not None:
     c = res["counts"]
     st.caption(f"Mode {res['mode']} at {res['tap']}, gamma {res['gamma']:.2f}, tau {res['tau']:.2f}: exit {c['exit']}, "
                f"routed {c['route']}, fell back {c['fallback']} of {res['n']}.")
+    pt = res.get("pytorch")
+    if pt is not None:
+        st.caption(f"Against the PyTorch float32 base ({pt['ips']:,.0f} images/s), same batches, paired: "
+                   f"{res['backend']} base **{pt['base']['median']:.2f}x** (IQR {pt['base']['q25']:.2f}-"
+                   f"{pt['base']['q75']:.2f}x), SINF on it **{pt['sinf']['median']:.2f}x** (IQR {pt['sinf']['q25']:.2f}-"
+                   f"{pt['sinf']['q75']:.2f}x).")
     bench_point = (state.bench(src) or {}).get(res["mode"]) if res["at_point"] else None
     ref = bench_point.get("throughput_ratio") if isinstance(bench_point, dict) else None
     if ref is not None:

@@ -1,0 +1,155 @@
+"""The Live page on the deployment runtimes: the current configuration as ONNX pieces (``sinf export``;
+int8 quantized on the calibration split) run by ONNX Runtime or OpenVINO, or PyTorch in bf16, with the
+base network on the same runtime and precision beside it, so a speed-up is against that runtime's base."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import streamlit as st
+import torch
+
+from sinf_core.artifacts import folder_name
+from sinf_core.errors import SinfError
+from sinf_core.io import cache_dir
+
+from . import state, studio
+from .progress import Progress, memo
+from .session import Source
+
+EXPORTS = "exports"  # under the cache folder: <model>/<mode>_<configuration>_<precision>
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One choice of runtime and precision, as the Live page offers it."""
+
+    backend: str
+    precision: str
+    label: str
+
+    @property
+    def is_default(self) -> bool:
+        return self.backend == "torch" and self.precision == "fp32"
+
+
+PYTORCH_FP32 = Backend("torch", "fp32", "PyTorch float32")
+_OFFERED = (PYTORCH_FP32, Backend("torch", "bf16", "PyTorch bf16 autocast"),
+            Backend("onnxruntime", "fp32", "ONNX Runtime float32"), Backend("onnxruntime", "int8", "ONNX Runtime int8"),
+            Backend("openvino", "fp32", "OpenVINO float32"), Backend("openvino", "int8", "OpenVINO int8"),
+            Backend("openvino", "bf16", "OpenVINO bf16"))
+
+
+@st.cache_resource(show_spinner=False)
+def choices(device: str = "cpu") -> list[Backend]:
+    """The combinations this machine runs: the runtime is installed, bf16 only where it is fast, and
+    OpenVINO only on a CPU device."""
+    import importlib.util
+
+    from sinf_core.backends import openvino_supports_bf16
+    from sinf_core.device import bf16_is_fast
+
+    out = []
+    for b in _OFFERED:
+        if b.backend != "torch" and importlib.util.find_spec(b.backend) is None:
+            continue
+        if b.backend == "openvino" and not device.startswith("cpu"):
+            continue
+        if b.precision == "bf16" and not (bf16_is_fast(torch.device(device)) if b.backend == "torch"
+                                          else openvino_supports_bf16()):
+            continue
+        out.append(b)
+    return out
+
+
+def _point(src: Source, cfg: dict) -> dict:
+    """What the export depends on (the thresholds are set per engine, not exported): JSON as stored."""
+    keys = dict.fromkeys(studio.SPEC_KEYS + ("mode",))
+    point = {k: cfg.get(k) for k in keys}
+    point["steps"] = {s: state.step_key(src, s) for s in ("scores", "stats", "studio")}
+    return json.loads(json.dumps(point, sort_keys=True, default=str))
+
+
+def routed(src: Source, cfg: dict):
+    """The ``RoutedModel`` of ``cfg``: the app's own subgraphs and heads at its tap (what Live runs in PyTorch)."""
+    from sinf_core.export import routed_model
+
+    def compute():
+        exp = state.experiment(src)
+        mode, tap = cfg.get("mode") or "sinf", cfg["tap"]
+        hd = studio.heads(src)
+        subs = studio.subgraph_modules(src, cfg) if mode != "exit" else None
+        return routed_model(exp.model.eval(), exp.model_name, tap, mode, route=hd["route"].get(tap),
+                            exit=hd["exit"].get(tap), subgraphs=subs, gamma=float(cfg["gamma"]), tau=float(cfg["tau"]),
+                            cluster_names=exp.hierarchy.cluster_names, mean=exp.train.mean, std=exp.train.std,
+                            input_shape=exp.input_shape, point=_point(src, cfg))
+
+    return memo((src.key, "routed", studio.config_key(_point(src, cfg))), compute)
+
+
+def export_folder(src: Source, cfg: dict, precision: str):
+    """The export of ``cfg`` at ``precision`` ('fp32' or 'int8') in the cache, written once (a bar)."""
+    from sinf_core.export import calibration_set, export_once
+
+    point = _point(src, cfg)
+    key = hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:12]
+    folder = cache_dir() / EXPORTS / folder_name(src.model) / f"{point['mode']}_{key}_{precision}"
+
+    def compute():
+        rm = routed(src, cfg)
+        progress = Progress(f"Exporting the pieces as ONNX ({precision}"
+                            + (", quantized on the calibration split" if precision == "int8" else "") + "; once)")
+        try:
+            calib = calibration_set(state.experiment(src)) if precision == "int8" else None
+            export_once(rm, folder, precision, calib, lambda stage, done, total: progress(done, total, stage))
+        finally:
+            progress.close()
+        return folder
+
+    return memo((src.key, "export", key, precision), compute)
+
+
+def _sessions(src: Source, cfg: dict, b: Backend):
+    """A ``RuntimeInference`` over ``cfg``'s pieces on ``b`` (sessions created once), with the base piece."""
+    from sinf_core.backends import open_runtime, torch_runtime
+
+    def compute():
+        if b.backend == "torch":
+            return torch_runtime(routed(src, cfg), b.precision, device=str(state.experiment(src).device))
+        folder = export_folder(src, cfg, "int8" if b.precision == "int8" else "fp32")
+        with st.spinner(f"Opening {b.label} sessions ..."):
+            return open_runtime(folder, b.backend, b.precision, threads=torch.get_num_threads())
+
+    return memo((src.key, "sessions", b.backend, b.precision, studio.config_key(_point(src, cfg))), compute)
+
+
+@dataclass
+class LiveRunners:
+    """What the Live page times on one backend: SINF (``sinf(x_u8) -> InferenceResult``) and the base network
+    (``base(x_u8) -> logits or predictions [N]``), both on ``backend``, both including pre-processing."""
+
+    backend: Backend
+    sinf: object
+    base: object
+
+
+def runners(src: Source, cfg: dict, b: Backend, eng=None) -> LiveRunners:
+    """SINF and the base on ``b``; on PyTorch float32 the page's own engine (``eng``) and base model."""
+    if b.is_default:
+        return LiveRunners(b, None if eng is None else eng.run, studio.base_predict(src))
+    from sinf_core.backends import RuntimeInference
+
+    if b not in choices():
+        raise SinfError(f"{b.label} cannot run on this machine")
+    rt = _sessions(src, cfg, b)
+    mode = cfg.get("mode") or "sinf"
+    sinf = RuntimeInference(rt.sessions, rt.manifest, mode, float(cfg["gamma"]), float(cfg["tau"]), rt.backend,
+                            rt.precision)  # its own thresholds: the sessions are shared by every browser session
+    return LiveRunners(b, sinf.run, rt.run_base)
+
+
+def predictions(out: torch.Tensor) -> torch.Tensor:
+    """Class predictions [N] of a base runner's output (logits [N, classes] or predictions [N])."""
+    return out.argmax(1) if out.ndim == 2 else out

@@ -467,3 +467,35 @@ def grid(src: Source) -> list[dict] | None:
 
 def bench(src: Source) -> dict | None:
     return bundle_json(src, A.BENCH)
+
+
+def runtime_results(src: Source) -> list[dict]:
+    """The bundle's runtime benchmarks (``sinf bench --backend B --precision P`` saves them in its
+    ``runtime/`` folder), best first by backend / precision name: each ``{"file", "bench", "stale",
+    "problem"}``; ``stale`` when it ran the points of an earlier benchmark of the bundle; ``problem`` (and
+    no ``bench``) when the file cannot be read or is of another model."""
+    from sinf_core.report import load_bench
+
+    try:
+        b = bundle(src)
+    except SinfError:
+        return []
+    if b is None or not (b.root / A.RUNTIME_DIR).is_dir():
+        return []
+    out = []
+    for p in sorted((b.root / A.RUNTIME_DIR).glob("*" + A.JSON)):
+        rec = {"file": f"{A.RUNTIME_DIR}/{p.name}", "bench": None, "stale": False, "problem": None}
+        try:
+            got = load_bench(_read_json(str(p), p.stat().st_mtime))
+        except (SinfError, ValueError, OSError) as exc:
+            rec["problem"] = str(exc)
+        else:
+            if got.get("backend") is None:
+                rec["problem"] = "not a runtime benchmark (no backend)"
+            elif got["model"] != b.manifest.get("model"):
+                rec["problem"] = f"a benchmark of {got['model']}, not of this bundle's {b.manifest.get('model')}"
+            else:
+                rec["bench"] = got
+                rec["stale"] = got.get("bundle_bench") not in (None, b.step_key("bench"))
+        out.append(rec)
+    return out

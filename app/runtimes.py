@@ -153,3 +153,35 @@ def runners(src: Source, cfg: dict, b: Backend, eng=None) -> LiveRunners:
 def predictions(out: torch.Tensor) -> torch.Tensor:
     """Class predictions [N] of a base runner's output (logits [N, classes] or predictions [N])."""
     return out.argmax(1) if out.ndim == 2 else out
+
+
+def selection(src: Source):
+    """The benchmark's network-selection contender (``select``: its chain, gate temperatures and chosen
+    thresholds) served on PyTorch like the base model: ``(run(x_u8) -> SelectionResult, record)``, or None
+    when the bundle's benchmark has none. The chain's networks come from the registry (weights fetched
+    on first use, as for the app's model)."""
+    from sinf_core.bench.select import chain_networks
+    from sinf_core.selection import Gate, NetworkSelection
+
+    rec = (state.bench(src) or {}).get("select")
+    point = rec.get("operating_point") if isinstance(rec, dict) else None
+    if not point or not rec.get("networks") or len(rec["networks"]) < 2:
+        return None
+
+    def compute():
+        from .downloads import ensure_weights
+
+        exp = state.experiment(src)
+        names = rec["networks"][:-1]
+        if rec["networks"][-1] != exp.model_name:
+            raise SinfError(f"the benchmark's chain ends with {rec['networks'][-1]}, not with {exp.model_name}")
+        for name in names:
+            ensure_weights(name)
+        with st.spinner(f"Loading {', '.join(names)} for network selection ..."):
+            nets = [studio._ready(src, m) for _, m in chain_networks(exp, names, exp.device)]
+        gates = [Gate(float(t), float(th)) for t, th in zip(rec["gate_temperatures"], point["thresholds"])]
+        base = studio.inference_base(src)
+        chain = NetworkSelection([lambda x, n=n: n(x).float() for n in nets], gates, lambda x: base(x).argmax(1))
+        return lambda x_u8: chain.run(studio.prepare_images(x_u8, src))
+
+    return memo((src.key, "selection", state.step_key(src, "bench")), compute), rec

@@ -30,7 +30,13 @@ STUDIO = "studio.json"  # step studio: the benchmark's taps, head shapes and cho
 STUDIO_HEADS = "studio_heads.safetensors"  # step studio: the benchmark's route and exit heads at every tap
 CONFIG = "config.json"  # step config: the user's saved pruning configuration (the app's Save; Bundle.put)
 SCORES_PREFIX, STUDIO_CALIB_PREFIX = "scores_", "studio_calib_"
-RUNTIME_DIR = "runtime"  # not a bundle file: the runtime benchmark's default export work folder in a bundle folder
+RUNTIME_DIR = "runtime"  # not a bundle file: the runtime benchmark's default export work folder in a bundle folder,
+# and its results (runtime_result_file): each names the bench step it ran the points of (``bundle_bench``)
+
+
+def runtime_result_file(backend: str, precision: str) -> str:
+    """``runtime/<backend>_<precision>.json`` in a bundle folder: ``sinf bench --backend B --precision P``'s result."""
+    return f"{RUNTIME_DIR}/{safe_name(backend)}_{safe_name(precision)}{JSON}"
 
 
 def scores_file(method: str) -> str:

@@ -35,7 +35,7 @@ BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")
 OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
 DEFAULT_OPENVINO_HINT = "LATENCY"  # one stream using every thread: the engine calls its sessions one at a time
 
-Session = Callable[[np.ndarray], np.ndarray]  # float32 [n, ...] -> float32 [n, ...]
+Session = Callable[[np.ndarray], np.ndarray]  # float32 [n, ...] -> float32 [n, ...] (a tuple of them: the front piece)
 
 
 def check_backend(backend: str, precision: str) -> None:
@@ -93,10 +93,11 @@ class OrtSession:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), so, providers=providers)
         self.input = self.session.get_inputs()[0].name
-        self.output = self.session.get_outputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output], {self.input: x})[0]
+    def __call__(self, x: np.ndarray):
+        out = self.session.run(self.outputs, {self.input: x})
+        return out[0] if len(out) == 1 else tuple(out)
 
 
 _OV_CORE = None
@@ -135,10 +136,12 @@ class OvSession:
                   "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
+        self.n_outputs = len(self.compiled.outputs)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray):
         self.request.infer({0: x})
-        return self.request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
+        out = tuple(self.request.get_output_tensor(i).data.copy() for i in range(self.n_outputs))  # buffers are reused
+        return out[0] if len(out) == 1 else out
 
 
 class TorchSession:
@@ -160,8 +163,10 @@ class TorchSession:
         if self.channels_last and t.ndim == 4:
             t = t.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            y = self.module(t).float()
-        return y.contiguous().cpu().numpy()
+            y = self.module(t)
+        if isinstance(y, tuple):
+            return tuple(v.float().contiguous().cpu().numpy() for v in y)
+        return y.float().contiguous().cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,7 +191,8 @@ class RuntimeInference:
     manifest's mean and std)."""
 
     def __init__(self, sessions: Mapping[str, Session], manifest: Mapping, mode: str | None = None,
-                 gamma: float | None = None, tau: float | None = None, backend: str = "?", precision: str = "?"):
+                 gamma: float | None = None, tau: float | None = None, backend: str = "?", precision: str = "?",
+                 fused: bool = True):
         from .engine import _check_unit_interval
 
         self.manifest, self.sessions = dict(manifest), dict(sessions)
@@ -217,6 +223,11 @@ class RuntimeInference:
         self.has_sub = torch.tensor([s is not None for s in self.cluster_session] or [False], dtype=torch.bool)
         if self.mode != "exit" and not any(s is not None for s in self.cluster_session):
             raise SinfError("no cluster subgraphs in this export: every routed input would fall back")
+        # the front piece (stem + the head every input meets first, one graph) when the export has it for this
+        # mode's first head; ``fused=False``: the stem and the head as separate sessions
+        first = "route" if self.mode == "sinf" else "exit"
+        self.front_head = first if fused and "front" in self.sessions and (
+            pieces.get("front") or {}).get("head") == first else None
 
     def set_thresholds(self, gamma: float | None = None, tau: float | None = None) -> "RuntimeInference":
         from .engine import _check_unit_interval
@@ -246,7 +257,11 @@ class RuntimeInference:
     # -- the front: stem + heads ----------------------------------------------------------------
     def _front(self, x: np.ndarray):
         n, K = x.shape[0], self.K
-        h = self.sessions["stem"](x)
+        first = None  # the logits of the head every input meets first, when the front piece computed them
+        if self.front_head is not None:
+            h, first = self.sessions["front"](x)
+        else:
+            h = self.sessions["stem"](x)
         group = torch.full((n,), K, dtype=torch.long)
         route = torch.full((n,), -1, dtype=torch.long)
         route_conf = torch.full((n,), math.nan, dtype=torch.float32)
@@ -254,7 +269,7 @@ class RuntimeInference:
         exit_pred = None
         rest = None
         if self.mode != "sinf":
-            conf, exit_pred = _softmax_max(self.sessions["exit"](h), self.exit_T)
+            conf, exit_pred = _softmax_max(self.sessions["exit"](h) if first is None else first, self.exit_T)
             exit_conf = conf
             exits = exit_decision(conf, self.tau)
             group = torch.where(exits, torch.full_like(group, K + 1), group)
@@ -262,7 +277,8 @@ class RuntimeInference:
                 rest = (~exits).nonzero().squeeze(1)
         if self.mode != "exit" and (rest is None or rest.numel()):
             hr = h if rest is None else h[rest.numpy()]
-            rconf, rcls = _softmax_max(self.sessions["route"](hr), self.route_T)
+            rconf, rcls = _softmax_max(first if self.mode == "sinf" and first is not None else self.sessions["route"](hr),
+                                       self.route_T)
             g = route_decision(rconf, rcls, self.gamma, self.has_sub)
             group, route, route_conf = merge_routes((group, route, route_conf), rest, (g, rcls, rconf))
         return h, group, route, route_conf, exit_conf, exit_pred
@@ -340,10 +356,11 @@ class RuntimeInference:
 def open_runtime(folder: str | Path, backend: str = "onnxruntime", precision: str | None = None, *,
                  threads: int | None = None, device: str = "cpu", hint: str = DEFAULT_OPENVINO_HINT,
                  pieces: Sequence[str] | None = None, mode: str | None = None, gamma: float | None = None,
-                 tau: float | None = None) -> RuntimeInference:
+                 tau: float | None = None, fused: bool = True) -> RuntimeInference:
     """A ``RuntimeInference`` over an export folder (``sinf export``) on ``backend`` ('onnxruntime' or
     'openvino'). ``precision`` defaults to the export's; 'bf16' (OpenVINO) runs a float32 export in
-    bf16. ``pieces``: only these (e.g. ['base']); default every piece. One session per piece, created here."""
+    bf16. ``pieces``: only these (e.g. ['base']); default every piece. One session per piece, created here.
+    ``fused``: run the front piece (stem + first head in one graph) where the export has it."""
     if backend == "torch":
         raise SinfError("the torch backend runs PyTorch modules, not an export folder: use torch_runtime(routed_model)")
     man = read_manifest(folder)
@@ -367,7 +384,7 @@ def open_runtime(folder: str | Path, backend: str = "onnxruntime", precision: st
     sessions = {name: make(folder / man["pieces"][name]["file"]) for name in names}
     if pieces is not None and set(names) <= {"base"}:
         return _BaseOnly(sessions, man, backend, precision)
-    return RuntimeInference(sessions, man, mode, gamma, tau, backend, precision)
+    return RuntimeInference(sessions, man, mode, gamma, tau, backend, precision, fused)
 
 
 class _BaseOnly(RuntimeInference):
@@ -381,10 +398,11 @@ class _BaseOnly(RuntimeInference):
 
 
 def torch_runtime(rm: RoutedModel, precision: str = "fp32", *, device: str = "cpu", channels_last: bool = True,
-                  mode: str | None = None, gamma: float | None = None, tau: float | None = None) -> RuntimeInference:
+                  mode: str | None = None, gamma: float | None = None, tau: float | None = None,
+                  fused: bool = True) -> RuntimeInference:
     """A ``RuntimeInference`` over ``rm``'s PyTorch modules (the torch backend: fp32 or bf16 autocast)."""
     check_backend("torch", precision)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SinfError("device 'cuda' asked for, but torch sees no CUDA device here")
     sessions = {name: TorchSession(mod, precision, device, channels_last) for name, mod in rm.pieces().items()}
-    return RuntimeInference(sessions, routing_info(rm, precision), mode, gamma, tau, "torch", precision)
+    return RuntimeInference(sessions, routing_info(rm, precision), mode, gamma, tau, "torch", precision, fused)

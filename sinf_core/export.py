@@ -47,7 +47,8 @@ FORMAT_VERSION = 1
 MANIFEST = ROUTING  # the export folder's manifest (re-exported)
 OPSET = 18
 PRECISIONS = ("fp32", "int8")
-FIXED_PIECES = ("base", "stem", "route", "exit", "tail")
+FIXED_PIECES = ("base", "stem", "front", "route", "exit", "tail")
+FRONT_OUTPUTS = ("h", "logits")  # the front piece: the tap features and its head's logits
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -70,6 +71,20 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_stem(x, self.tap_index)
+
+
+class Front(nn.Module):
+    """The stem and the first head a mode runs on every input (the exit head; the route head for SINF
+    alone) as one graph: images -> (tap features, head logits). One call instead of two, and the runtime
+    compiles both together (the tap features are not read back into a second session)."""
+
+    def __init__(self, model: SinfModel, tap: str, head: nn.Module):
+        super().__init__()
+        self.stem, self.head = Stem(model, tap), head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.stem(x)
+        return h, self.head(h)
 
 
 class Tail(nn.Module):
@@ -128,6 +143,8 @@ class RoutedModel:
     def pieces(self) -> dict[str, nn.Module]:
         """{piece name: module} in export order (each module maps one tensor to one tensor)."""
         out: dict[str, nn.Module] = {"base": self.model, "stem": Stem(self.model, self.tap)}
+        if self.front_head is not None:
+            out["front"] = Front(self.model, self.tap, getattr(self, self.front_head))
         if self.route is not None:
             out["route"] = self.route
         if self.exit is not None:
@@ -138,7 +155,16 @@ class RoutedModel:
         return out
 
     def piece_input(self, name: str) -> str:
-        return "x" if name in ("base", "stem") else "h"
+        return "x" if name in ("base", "stem", "front") else "h"
+
+    def piece_output(self, name: str) -> str | list[str]:
+        return list(FRONT_OUTPUTS) if name == "front" else "h" if name == "stem" else "logits"
+
+    @property
+    def front_head(self) -> str | None:
+        """The head every input meets first ('exit', or 'route' for SINF alone), fused into the front piece."""
+        head = "route" if self.mode == "sinf" else "exit"
+        return head if getattr(self, head) is not None else None
 
     def tap_shape(self) -> tuple[int, ...]:
         with torch.inference_mode():
@@ -216,8 +242,10 @@ def routed_model_from_bundle(exp, bundle, mode: str | None = None) -> RoutedMode
 def routing_info(rm: RoutedModel, precision: str = "fp32") -> dict:
     """What a runtime needs besides the graphs (the manifest without files): tap, mode, thresholds,
     head temperatures, clusters with their classes and piece names, normalisation."""
-    pieces: dict[str, dict] = {name: {"input": rm.piece_input(name), "output": "h" if name == "stem" else "logits"}
+    pieces: dict[str, dict] = {name: {"input": rm.piece_input(name), "output": rm.piece_output(name)}
                                for name in rm.pieces()}
+    if "front" in pieces:
+        pieces["front"]["head"] = rm.front_head
     for name, head in (("route", rm.route), ("exit", rm.exit)):
         if head is not None:
             pieces[name].update({"temperature": float(head.temperature), "num_outputs": int(head.num_outputs)})
@@ -254,8 +282,10 @@ def _require(module: str, what: str):
         raise SinfError(f"{what} needs the Python package {module!r}: pip install -r requirements.txt") from None
 
 
-def export_module(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> Path:
-    """``module`` (one tensor in, one out) as an ONNX graph at ``path`` with a dynamic batch axis, atomically."""
+def export_module(module: nn.Module, example: torch.Tensor, path: Path, input_name: str,
+                  output_name: str | Sequence[str]) -> Path:
+    """``module`` (one tensor in; one out, or a tuple named by a list ``output_name``) as an ONNX graph at
+    ``path`` with a dynamic batch axis, atomically."""
     _require("onnx", "ONNX export")
     _require("onnxscript", "ONNX export")
     batch = torch.export.Dim("batch", min=1)
@@ -264,7 +294,8 @@ def export_module(module: nn.Module, example: torch.Tensor, path: Path, input_na
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its stages
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(module.eval(), (example,), None, input_names=[input_name],
-                                     output_names=[output_name], dynamic_shapes=({0: batch},), opset_version=OPSET,
+                                     output_names=[output_name] if isinstance(output_name, str) else list(output_name),
+                                     dynamic_shapes=({0: batch},), opset_version=OPSET,
                                      dynamo=True, verbose=False, optimize=True)
         prog.save(str(tmp), external_data=False)
 
@@ -300,7 +331,7 @@ def export_onnx(rm: RoutedModel, out: str | Path, precision: str = "fp32",
     with tempfile.TemporaryDirectory(dir=out, prefix=".export.") as tmp:
         for i, (name, module) in enumerate(pieces.items()):
             inp = rm.piece_input(name)
-            oname = "h" if name == "stem" else "logits"
+            oname = rm.piece_output(name)
             fname = onnx_file(name)
             if precision == "fp32":
                 export_module(module, _example(shapes[inp]), out / fname, inp, oname)
@@ -322,10 +353,11 @@ def export_onnx(rm: RoutedModel, out: str | Path, precision: str = "fp32",
 def export_once(rm: RoutedModel, folder: str | Path, precision: str = "fp32",
                 calibration: "CalibrationSet | None" = None, on_progress: ProgressFn | None = None) -> tuple[dict, bool]:
     """``export_onnx`` of ``rm`` into ``folder`` unless the folder already holds a sound export of the
-    same operating point (``rm.point``), mode and precision: (manifest, whether it was written now)."""
+    same operating point (``rm.point``), mode, precision and pieces: (manifest, whether it was written now)."""
     try:
         man = read_manifest(folder)
-        if man.get("operating_point") == rm.point and man.get("precision") == precision and man.get("mode") == rm.mode:
+        if (man.get("operating_point") == rm.point and man.get("precision") == precision and man.get("mode") == rm.mode
+                and set(man.get("pieces", {})) == set(rm.pieces())):  # an export of an earlier version may lack one
             return man, False
     except (SinfError, KeyError):
         pass
@@ -381,7 +413,7 @@ class CalibrationSet:
         with torch.inference_mode():
             h = torch.cat([stem(x) for x in self.images.split(batch)])
         x, h = self.images.numpy(), h.numpy()
-        out = {"base": x, "stem": x, "route": h, "exit": h, "tail": h}
+        out = {"base": x, "stem": x, "front": x, "route": h, "exit": h, "tail": h}
         for m in rm.subgraphs:
             own = (self.clusters == m).numpy()
             if not own.any():

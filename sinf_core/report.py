@@ -547,3 +547,37 @@ def to_markdown(bench: Mapping[str, Any], title: str | None = None, front_rows: 
         lines.append("")
     lines += [f"{info_text(bench)}.", "", f"Hardware: {hardware_text(bench)}", ""]
     return "\n".join(lines)
+
+
+SINF_FAMILY = ("sinf", "exit", "cascade")  # SINF's own modes (routing, early exit, both)
+
+
+def best_combination(benches: Mapping[str, Mapping[str, Any]], budget_points: float = 1.0) -> dict | None:
+    """The headline over benchmarks of one model on several runtimes ({label: benchmark}; a PyTorch
+    float32 benchmark, runtime benchmarks): the fastest mode on any of them against the PyTorch float32
+    base, at no more than ``budget_points`` below that base's top-1, and on the same runtime what SINF's
+    best mode within the same budget of that runtime's own base adds to it. None when no benchmark has a
+    PyTorch float32 reference. Returns {"label", "mode", "vs_reference", "top1_vs_reference",
+    "sinf_mode", "sinf_vs_base", "sinf_top1_vs_base"} (the SINF keys None when no SINF mode is within)."""
+    best = None
+    for label, bench in benches.items():
+        rows = {r["mode"]: r for r in bench_table(bench)}
+        ref = rows.get("reference") or (rows["base"] if _is_torch_fp32(bench_info(bench)) else None)
+        if ref is None or ref.get("top1") is None:
+            continue
+        for name, r in rows.items():
+            if name == "reference" or r.get("top1") is None or r.get("throughput_vs_reference") is None:
+                continue
+            if r["top1"] >= ref["top1"] - budget_points and (best is None or r["throughput_vs_reference"] > best["vs_reference"]):
+                best = {"label": label, "mode": name, "vs_reference": r["throughput_vs_reference"],
+                        "top1_vs_reference": r["top1"] - ref["top1"], "_rows": rows}
+    if best is None:
+        return None
+    rows = best.pop("_rows")
+    fam = [rows[m] for m in SINF_FAMILY if m in rows and rows[m].get("throughput_ratio") is not None
+           and rows[m].get("delta_top1") is not None and rows[m]["delta_top1"] >= -budget_points]
+    top = max(fam, key=lambda r: r["throughput_ratio"], default=None)
+    best.update({"sinf_mode": None if top is None else top["mode"],
+                 "sinf_vs_base": None if top is None else top["throughput_ratio"],
+                 "sinf_top1_vs_base": None if top is None else top["delta_top1"]})
+    return best

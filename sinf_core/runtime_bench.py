@@ -294,7 +294,8 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
                             "latency_calls": latency_calls, "budget": budget, "budget_z": opts["budget_z"],
                             "calibration_images": None if calib_set is None else int(calib_set.images.shape[0])},
                 "quantization": None if calib_set is None else calib_set.summary(),
-                "base_calib_top1": base_calib_top1, "seconds": round(time.perf_counter() - t_start, 1)})
+                "base_calib_top1": base_calib_top1, "seconds": round(time.perf_counter() - t_start, 1),
+                "bundle_bench": bundle.step_key("bench")})
     return out
 
 

@@ -450,6 +450,28 @@ def test_live_uploads_good_and_bad(tiny_env):
     no_exception(at)
 
 
+def test_live_on_onnx_runtime_against_its_own_base(tiny_env):
+    """Live on ONNX Runtime: the configuration is exported once, SINF and the base both run on it, and the
+    batch run also shows the PyTorch float32 base; with gamma = 1 everything falls back, so SINF answers
+    exactly as the exported base."""
+    at = open_page("live")
+    by_label(at.radio, "Mode").set_value("sinf").run()
+    by_label(at.slider, "gamma").set_value(1.0).run()
+    box = by_label(at.selectbox, "Runtime and precision")
+    assert box.options[0] == "PyTorch float32" and "ONNX Runtime int8" in box.options
+    box.select_index(box.options.index("ONNX Runtime float32")).run()
+    no_exception(at)
+    sinf = [m for m in at.metric if m.label.startswith("SINF (")][0]
+    assert sinf.label == "SINF (fallback) on ONNX Runtime float32"
+    assert sinf.value == metric(at, "Base model on ONNX Runtime float32")
+    at.slider(key="batch_n").set_value(100)
+    at.button(key="batch_run").click().run()
+    no_exception(at)
+    assert metric(at, "SINF accuracy").split(" ")[0] == metric(at, "Base accuracy").split(" ")[0]
+    assert metric(at, "SINF speed vs base (paired, median) on ONNX Runtime float32").endswith("x")
+    assert "Against the PyTorch float32 base" in texts(at)
+
+
 def test_report_page_upload_and_exports(tiny_env):
     at = open_page("report")
     no_exception(at)
@@ -626,23 +648,38 @@ def test_default_resnet56_without_a_bundle(real_env, tmp_path):
                 os.environ[k] = v
 
 
-def test_live_on_onnx_runtime_against_its_own_base(tiny_env):
-    """Live on ONNX Runtime: the configuration is exported once, SINF and the base both run on it, and the
-    batch run also shows the PyTorch float32 base; with gamma = 1 everything falls back, so SINF answers
-    exactly as the exported base."""
-    at = open_page("live")
-    by_label(at.radio, "Mode").set_value("sinf").run()
-    by_label(at.slider, "gamma").set_value(1.0).run()
-    box = by_label(at.selectbox, "Runtime and precision")
-    assert box.options[0] == "PyTorch float32" and "ONNX Runtime int8" in box.options
-    box.select_index(box.options.index("ONNX Runtime float32")).run()
+@pytest.mark.realdata
+def test_live_times_the_benchmarks_network_selection(real_env, tmp_path, monkeypatch):
+    """The shipped ResNet-56 bundle's benchmark serves network selection (ResNet-20 -> ResNet-56): Live's batch
+    run times it beside the base, and its accuracy and shares equal the chain recomputed from each network's
+    own logits and the benchmark's gate (ties at the threshold aside: at most one image apart)."""
+    from sinf_core.data import normalise
+    from sinf_core.experiment import open_experiment
+    from sinf_core.models.registry import load_model
+
+    monkeypatch.setenv("SINF_APP_MODEL", "cifar100_resnet56")
+    monkeypatch.setenv("SINF_CACHE_DIR", str(tmp_path / "cache"))
+    for k in ("SINF_APP_BUNDLE", "SINF_APP_CHECKPOINT", "SINF_APP_DATASET"):
+        monkeypatch.delenv(k, raising=False)
+    at = open_page("live", timeout=300)
     no_exception(at)
-    sinf = [m for m in at.metric if m.label.startswith("SINF (")][0]
-    assert sinf.label == "SINF (fallback) on ONNX Runtime float32"
-    assert sinf.value == metric(at, "Base model on ONNX Runtime float32")
-    at.slider(key="batch_n").set_value(100)
-    at.button(key="batch_run").click().run()
+    at.slider(key="batch_n").set_value(300)
+    assert at.checkbox(key="batch_select").value
+    at.button(key="batch_run").click().run(timeout=600)
     no_exception(at)
-    assert metric(at, "SINF accuracy").split(" ")[0] == metric(at, "Base accuracy").split(" ")[0]
-    assert metric(at, "SINF speed vs base (paired, median) on ONNX Runtime float32").endswith("x")
-    assert "Against the PyTorch float32 base" in texts(at)
+    bench = json.loads((REPO / "assets" / "bundles" / "cifar100_resnet56" / "bench.json").read_text())["select"]
+    exp = open_experiment("cifar100_resnet56", runtime="cpu")
+    rep = exp.report_data()
+    idx = np.random.default_rng(0).permutation(len(rep))[:300]
+    x = normalise(rep.images[idx], rep.mean, rep.std)
+    with torch.inference_mode():
+        small = load_model("cifar100_resnet20").eval()(x)
+        big = exp.model.eval()(x).argmax(1)
+    conf = torch.softmax(small / bench["gate_temperatures"][0], 1).max(1).values
+    take = conf >= bench["operating_point"]["thresholds"][0]
+    pred = torch.where(take, small.argmax(1), big)
+    shown = float(metric(at, "Network selection accuracy").split(" ")[0])
+    assert abs(shown - 100 * float((pred == rep.labels[idx]).double().mean())) <= 100 / 300 + 1e-9
+    shares = metric(at, "Answered by each network")
+    assert abs(int(shares.split(" %")[0]) - round(100 * float(take.double().mean()))) <= 1
+    assert metric(at, "Network selection speed vs base (paired, median)").endswith("x")

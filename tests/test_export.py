@@ -70,8 +70,9 @@ def test_every_piece_equals_its_pytorch_module(exported):
     rm, out, _ = exported
     man = read_manifest(out)
     pieces = rm.pieces()
-    assert set(man["pieces"]) == set(pieces) == {"base", "stem", "route", "exit", "tail", "cluster_00", "cluster_01",
-                                                 "cluster_02"}
+    assert set(man["pieces"]) == set(pieces) == {"base", "stem", "front", "route", "exit", "tail", "cluster_00",
+                                                 "cluster_01", "cluster_02"}
+    assert man["pieces"]["front"]["head"] == "exit" and man["pieces"]["front"]["output"] == ["h", "logits"]
     shapes = {"x": rm.input_shape, "h": rm.tap_shape()}
     g = torch.Generator().manual_seed(5)
     for name, module in pieces.items():
@@ -79,10 +80,13 @@ def test_every_piece_equals_its_pytorch_module(exported):
         for n in (1, 5):  # the batch axis is dynamic
             x = torch.randn(n, *shapes[rm.piece_input(name)], generator=g)
             with torch.inference_mode():
-                ref = module(x).numpy()
-            got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-            assert got.shape == ref.shape, name
-            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=name)
+                ref = module(x)
+            refs = [t.numpy() for t in (ref if isinstance(ref, tuple) else (ref,))]
+            gots = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+            assert len(gots) == len(refs), name
+            for got, want in zip(gots, refs):
+                assert got.shape == want.shape, name
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 def test_manifest_describes_the_routing(exported):
@@ -119,7 +123,11 @@ def test_runtime_sessions_decide_as_the_engine(exported, mode):
                             rm.subgraphs if mode != "exit" else None, rm.exit if mode != "sinf" else None, tap=rm.tap,
                             mode=mode, gamma=rm.gamma, tau=rm.tau)
     ref = eng.run(x)
-    runtimes = [open_runtime(out, "onnxruntime", threads=1, mode=mode), torch_runtime(rm, mode=mode)]
+    runtimes = [open_runtime(out, "onnxruntime", threads=1, mode=mode), torch_runtime(rm, mode=mode),
+                open_runtime(out, "onnxruntime", threads=1, mode=mode, fused=False), torch_runtime(rm, mode=mode, fused=False)]
+    # a cascade export's front holds the exit head: the exit and cascade modes use it, SINF alone cannot
+    assert runtimes[0].front_head == (None if mode == "sinf" else "exit") == runtimes[1].front_head
+    assert runtimes[2].front_head is None
     try:
         runtimes.append(open_runtime(out, "openvino", threads=1, mode=mode))
     except SinfError as exc:  # openvino not installed

@@ -321,3 +321,56 @@ def test_a_runtime_benchmark_is_reported_against_both_bases():
     assert report.table_columns(load(VGG)) == report.COLUMNS
     with pytest.raises(SinfError, match="expected 'sinf-bench' or 'sinf-bench-runtime'"):
         report.load_bench({**bench, "format": "other"})
+
+
+def test_best_combination_is_the_fastest_within_the_budget_and_says_what_sinf_adds(vgg):
+    """Home's headline over the PyTorch float32 benchmark and a runtime one, against a brute force over the
+    raw JSON: the fastest mode at most 1 point below the PyTorch float32 base's top-1, and on its runtime
+    SINF's fastest mode within 1 point of that runtime's own base."""
+    rt = load(REPO / "tests" / "data" / "runtime_bench_cifar100_vgg16_bn_sinf.json")
+    runs = {"PyTorch float32": report.load_bench(vgg), "openvino int8": report.load_bench(rt)}
+    for budget in (1.0, 2.0, 0.05):
+        got = report.best_combination(runs, budget)
+        cands = [("PyTorch float32", m, vgg[m]["throughput_ratio"], vgg[m]["top1"] - vgg["base"]["top1"])
+                 for m in ("base", "sinf", "exit", "cascade", "static") if vgg.get(m) and vgg[m].get("top1") is not None]
+        cands += [("openvino int8", m, rt[m]["throughput_ratio_vs_reference"], rt[m]["top1"] - rt["reference"]["top1"])
+                  for m in ("base", "sinf", "exit", "cascade", "static") if rt.get(m) and rt[m].get("top1") is not None]
+        label, mode, ratio, delta = max((c for c in cands if c[3] >= -budget), key=lambda c: c[2])
+        assert (got["label"], got["mode"]) == (label, mode), budget
+        assert got["vs_reference"] == pytest.approx(ratio) and got["top1_vs_reference"] == pytest.approx(delta)
+        run = vgg if label == "PyTorch float32" else rt
+        fam = [(run[m]["throughput_ratio"], m, run[m]["top1"] - run["base"]["top1"]) for m in ("sinf", "exit", "cascade")
+               if run.get(m) and run[m].get("top1") is not None and run[m]["top1"] - run["base"]["top1"] >= -budget]
+        if fam:
+            r, m, d = max(fam)
+            assert (got["sinf_mode"], got["sinf_vs_base"]) == (m, pytest.approx(r)) and got["sinf_top1_vs_base"] == pytest.approx(d)
+        else:
+            assert got["sinf_mode"] is None and got["sinf_vs_base"] is None
+    assert report.best_combination({"openvino int8": {**report.load_bench(rt), "reference": None}}, 1.0) is None
+
+
+def test_page_offers_the_bundles_runtime_benchmarks(monkeypatch, tmp_path):
+    """A runtime benchmark saved in the bundle's runtime/ folder is a choice on the page, titled with its
+    runtime; one of an earlier bench step is marked, one of another model is left out with a warning."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(RESNET_BUNDLE, bundle, ignore=shutil.ignore_patterns("runtime"))
+    rt = load(REPO / "tests" / "data" / "runtime_bench_cifar100_vgg16_bn_sinf.json")
+    (bundle / "runtime").mkdir()
+    key = json.loads((bundle / "manifest.json").read_text())["steps"]["bench"]["key"]
+    (bundle / "runtime" / "openvino_int8.json").write_text(json.dumps({**rt, "model": "cifar100_resnet56", "bundle_bench": key}))
+    (bundle / "runtime" / "onnxruntime_int8.json").write_text(json.dumps({**rt, "backend": "onnxruntime"}))  # VGG's
+    at = open_report(monkeypatch, bundle)
+    assert [w.value for w in at.warning if "left out" in w.value] == [
+        "runtime/onnxruntime_int8.json in the bundle is left out: a benchmark of cifar100_vgg16_bn_sinf, not of this "
+        "bundle's cifar100_resnet56"]
+    radio = at.radio(key="report_runtime")
+    assert radio.options == ["PyTorch float32 (bench.json)", "openvino int8 (runtime/openvino_int8.json)"]
+    assert [s.value for s in at.subheader][0] == "SINF speed-up report: cifar100_resnet56"
+    radio.set_value("openvino int8 (runtime/openvino_int8.json)").run()
+    assert not at.exception and [s.value for s in at.subheader][0] == "SINF speed-up report: cifar100_resnet56 on openvino int8"
+    assert "From the bundle's runtime/openvino_int8.json" in at.caption[0].value
+    assert not [w.value for w in at.warning if "earlier benchmark" in w.value]
+    (bundle / "runtime" / "openvino_int8.json").write_text(json.dumps({**rt, "model": "cifar100_resnet56", "bundle_bench": "old"}))
+    at = open_report(monkeypatch, bundle)
+    at.radio(key="report_runtime").set_value("openvino int8 (runtime/openvino_int8.json)").run()
+    assert [w.value for w in at.warning if "earlier benchmark" in w.value]

@@ -196,6 +196,12 @@ st.caption("Each batch goes through the base model and SINF back to back, in alt
 with st.form("batch_form"):
     n = st.slider("Test images", 50, min(5000, len(report)), min(2000, len(report)), 50, key="batch_n")
     bs = st.select_slider("Batch size", [1, 8, 32, 64, 128, 256], value=256, key="batch_bs")
+    select = runtimes.selection(src) if run.backend.is_default else None
+    with_select = select is not None and st.checkbox(
+        f"Also time network selection (the benchmark's chain {' -> '.join(select[1]['networks'])}, gate "
+        f"{', '.join(f'{t:.2f}' for t in select[1]['operating_point']['thresholds'])})", value=True, key="batch_select",
+        help="each network answers what its calibrated confidence accepts; the rest goes on to the next (PyTorch "
+             "float32, the chosen point of `sinf bench --chain`)")
     go = st.form_submit_button("Run", type="primary", key="batch_run", disabled=eng is None)
 if go and eng is not None:
     idx = np.random.default_rng(0).permutation(len(report))[:n]
@@ -204,6 +210,9 @@ if go and eng is not None:
     fns = {"base": run.base, "sinf": run.sinf}
     if not run.backend.is_default:  # the PyTorch float32 base as well: what the runtime itself gives
         fns["pytorch"] = studio.base_predict(src)
+    if with_select:
+        with ui.guard("Network selection is not available"):
+            fns["select"] = select[0]
     bar = st.progress(0.0, text="timing ...")
     live = st.empty()
 
@@ -217,6 +226,7 @@ if go and eng is not None:
     with torch.inference_mode():
         base_pred = torch.cat([runtimes.predictions(run.base(xb)) for xb in batches])
         results = [run.sinf(xb) for xb in batches]
+        chained = [fns["select"](xb) for xb in batches] if "select" in fns else None
     sinf_pred = torch.cat([r.pred for r in results])
     counts = {k: sum(r.counts()[k] for r in results) for k in MODE_NAMES}
     bar.empty()
@@ -231,7 +241,13 @@ if go and eng is not None:
         "pytorch": None if "pytorch" not in tp else {
             "ips": tp["pytorch"]["ips"],
             "base": spread([a / b for a, b in zip(tp["pytorch"]["seconds"], tp["base"]["seconds"])]),
-            "sinf": spread([a / b for a, b in zip(tp["pytorch"]["seconds"], tp["sinf"]["seconds"])])}}
+            "sinf": spread([a / b for a, b in zip(tp["pytorch"]["seconds"], tp["sinf"]["seconds"])])},
+        "select": None if chained is None else {
+            "top1": 100 * float((torch.cat([c.pred for c in chained]) == labels).double().mean()),
+            "ratio": tp["select"]["ratio"], "ips": tp["select"]["ips"], "networks": select[1]["networks"],
+            "answered": [float((torch.cat([c.stage for c in chained]) == k).double().mean())
+                         for k in range(len(select[1]["networks"]))],
+            "bench_ratio": select[1].get("throughput_ratio")}}
 res = st.session_state.get("batch_result")
 if res is not None:
     r = res["ratio"]
@@ -263,3 +279,16 @@ if res is not None:
                    f"images grouped by route before batching, on the machine that built the bundle).")
     st.plotly_chart(tuning_plots.paired_ratio_figure(res["ratios"], r["median"], "Paired speed ratio per batch", ref),
                     key="ratio_fig")
+    sel = res.get("select")
+    if sel is not None:
+        q = sel["ratio"]
+        s1, s2, s3 = st.columns(3)
+        s1.metric("Network selection accuracy", f"{sel['top1']:.2f} %", delta=f"{sel['top1'] - res['base_top1']:+.2f} points",
+                  border=True)
+        s2.metric("Network selection speed vs base (paired, median)", f"{q['median']:.2f}x",
+                  delta=f"IQR {q['q25']:.2f}-{q['q75']:.2f}x" + (" - too noisy to trust" if q["noisy"] else ""),
+                  delta_color="off", delta_arrow="off", border=True, help="every network that ran is timed")
+        s3.metric("Answered by each network", " / ".join(f"{100 * a:.0f} %" for a in sel["answered"]),
+                  delta=" -> ".join(sel["networks"]), delta_color="off", delta_arrow="off", border=True)
+        if sel.get("bench_ratio"):
+            st.caption(f"`sinf bench` measured {sel['bench_ratio']:.2f}x for this chain on the machine that built the bundle.")

@@ -26,6 +26,20 @@ if raw is not None:
         bench = report.load_bench(raw)
     except SinfError as exc:
         st.error(f"The bundle's benchmark (bench.json) cannot be read: {exc}")
+found = loaders.runtime_results(src)
+for rec in found:
+    if rec["problem"]:
+        st.warning(f"{rec['file']} in the bundle is left out: {rec['problem']}")
+runs = {"PyTorch float32 (bench.json)": {"bench": bench, "file": None, "stale": False}} if bench is not None else {}
+runs.update({f"{r['bench']['backend']} {r['bench']['precision']} ({r['file']})": r for r in found if r["bench"]})
+pick = st.radio("Runtime and precision", list(runs), horizontal=True, key="report_runtime",
+                help="`sinf bench MODEL --backend B --precision P` saves its result in the bundle's runtime/ "
+                     "folder") if len(runs) > 1 else next(iter(runs), None)
+if pick is not None and runs[pick]["file"] is not None:
+    bench, origin = runs[pick]["bench"], f"the bundle's {runs[pick]['file']}"
+    if runs[pick]["stale"]:
+        st.warning("This runtime benchmark ran the operating points of an earlier benchmark of this bundle; "
+                   "run it again for the current ones.")
 with st.expander("Load another benchmark file (`sinf bench MODEL --json` output)", expanded=bench is None):
     up = st.file_uploader("Benchmark JSON", type=["json"], key="bench_upload")
     if up is not None:

@@ -96,6 +96,7 @@ def _options(args) -> dict:
 
 
 def _run_on_runtime(args) -> int:
+    from ..artifacts import runtime_result_file
     from ..backends import check_backend
     from ..bundle import Bundle
     from ..io import write_json
@@ -109,9 +110,10 @@ def _run_on_runtime(args) -> int:
     result = run_runtime_benchmark(exp, bundle, args.backend, args.precision, threads=exp.runtime.threads,
                                    reference_rows=not args.no_reference_rows, on_progress=bars, log=bars.log)
     bars.close()
+    saved = write_json(Path(bundle.root) / runtime_result_file(args.backend, args.precision), result)
     if args.out:
         write_json(Path(args.out), result)
-    print(json.dumps(result) if args.json else format_runtime_table(result))
+    print(json.dumps(result) if args.json else format_runtime_table(result) + f"\nSaved in the bundle: {saved}")
     return 0
 
 

@@ -239,6 +239,39 @@ def routed_model_from_bundle(exp, bundle, mode: str | None = None) -> RoutedMode
                         input_shape=exp.input_shape, point=p)
 
 
+def static_net_from_bundle(exp, bundle) -> nn.Module | None:
+    """The benchmark's static network (one network pruned from its tap by one removed fraction, matched in
+    FLOPs), rebuilt as the benchmark built it: its global score on the fit split, its kept counts, mean
+    replacement and BatchNorm re-estimation on every cluster's samples as the benchmark's options say; an
+    eval ``StaticNet`` (images -> logits), or None when the benchmark has no static network."""
+    from .bench.inputs import _fit_stats, _global_scores
+    from .bench.options import BenchOptions
+    from .bench.static import StaticNet
+    from .runtime import Runtime
+    from .subgraph import SubgraphSpec, build_subgraph, keep_indices
+    from .tuning import bn_sample_set
+
+    bench = bundle.json(BENCH)
+    st = bench.get("static") if isinstance(bench.get("static"), Mapping) else None
+    if not st or not st.get("kept") or not st.get("score"):
+        return None
+    raw = bench.get("options") or {}
+    opts = BenchOptions(static_scores=(st["score"],), fill=raw.get("fill", DEFAULT_FILL),
+                        score_options=dict(raw.get("score_options") or {}))
+    rt = Runtime.resolve(None, exp.model)
+    scores = _global_scores(exp, opts, rt, lambda s, d, t: None)[st["score"]]
+    keep = keep_indices(scores, {k: int(v) for k, v in st["kept"].items()})
+    fill = None
+    if opts.fill == "mean":
+        stats = _fit_stats(exp, bundle, opts, rt, lambda s, d, t: None)
+        fill = {k: stats.group_mean(k, range(exp.hierarchy.num_classes)).tolist() for k in keep}
+    spec = SubgraphSpec(exp.model_name, st.get("tap"), keep, None, fill or {})
+    n_bn = int(raw.get("bn_samples") or 0)
+    if n_bn:
+        spec = bn_sample_set(exp, n_bn, int(raw.get("seed", 0))).estimate(spec)
+    return StaticNet(exp.model.eval(), st.get("tap"), build_subgraph(exp.model, spec)).eval()
+
+
 def routing_info(rm: RoutedModel, precision: str = "fp32") -> dict:
     """What a runtime needs besides the graphs (the manifest without files): tap, mode, thresholds,
     head temperatures, clusters with their classes and piece names, normalisation."""
@@ -362,6 +395,25 @@ def export_once(rm: RoutedModel, folder: str | Path, precision: str = "fp32",
     except (SinfError, KeyError):
         pass
     return export_onnx(rm, folder, precision, calibration if precision == "int8" else None, on_progress), True
+
+
+def export_network(net: nn.Module, path: str | Path, precision: str = "fp32",
+                   calibration: "CalibrationSet | None" = None, input_shape: Sequence[int] = (3, 32, 32)) -> Path:
+    """One whole network (images -> logits, e.g. the benchmark's static network) as one ONNX graph at
+    ``path``, BatchNorm folded; int8: quantized on ``calibration``'s images (the calibration split)."""
+    if precision not in PRECISIONS:
+        raise SinfError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and calibration is None:
+        raise SinfError("an int8 export needs calibration data (the calibration split's images)")
+    path = Path(path)
+    net = prepare_for_inference(net, fold_bn=True).cpu()
+    if precision == "fp32":
+        return export_module(net, _example(input_shape), path, "x", "logits")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export.") as tmp:
+        fp32 = export_module(net, _example(input_shape), Path(tmp) / path.name, "x", "logits")
+        quantize(fp32, path, calibration.images.numpy())
+    return path
 
 
 def read_manifest(folder: str | Path, verify: bool = True) -> dict:

@@ -114,6 +114,30 @@ def _export(rm, folder: Path, precision: str, calib_set, log: LogFn) -> Path:
     return folder
 
 
+def _static_session(exp, bundle, backend: str, precision: str, folder: Path, calib_set, threads: int, bs: int):
+    """The benchmark's static network (``export.static_net_from_bundle``) on ``backend``, exported as one
+    network (int8: quantized on the calibration images, as the base): (pool fn, batch-1 fn) over
+    normalised images -> predictions, or None when the benchmark has none."""
+    from .backends import OrtSession, OvSession, TorchSession
+    from .export import export_network, static_net_from_bundle
+    from .fusion import prepare_for_inference
+
+    net = static_net_from_bundle(exp, bundle)
+    if net is None:
+        return None
+    if backend == "torch":
+        sess = TorchSession(prepare_for_inference(net, fold_bn=True), precision)
+    else:
+        path = export_network(net, folder / "static.onnx", "int8" if precision == "int8" else "fp32", calib_set,
+                              exp.input_shape)
+        sess = OrtSession(path, threads) if backend == "onnxruntime" else OvSession(path, threads, precision)
+
+    def one(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(sess(np.ascontiguousarray(x.numpy()))).argmax(1)
+
+    return (lambda x: torch.cat([one(c) for c in x.split(bs)])), one
+
+
 def _reference_rows(model, bs: int, input_shape: tuple, log: LogFn) -> dict[str, tuple]:
     """What a PyTorch user tries first, on the reference's own readied module (channels_last): bf16
     autocast where the CPU has fast bf16, and ``torch.compile``; {name: (pool fn, batch-1 fn, note)}."""
@@ -198,6 +222,7 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
                 runtimes[m] = open_runtime(folder, backend, precision, threads=T)
             prog(f"export ({backend} {precision})", i + 1, len(modes))
         base_rt = runtimes[modes[0]]  # every export holds the base network; its session runs the base
+        static = _static_session(exp, bundle, backend, precision, work / f"static_{export_prec}", calib_set, T, bs)
 
         ref_model = prepare_for_inference(exp.model, fold_bn=True, channels_last=True)
 
@@ -220,6 +245,8 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
         for m in modes:
             pools[m] = lambda x, rt=runtimes[m]: rt.run_pool(x, bs).pred
             ones[m] = lambda x, rt=runtimes[m]: rt.run(x).pred
+        if static is not None:
+            pools["static"], ones["static"] = static
         notes = {}
         if reference_rows:
             for name, (pool_fn, one_fn, note) in _reference_rows(ref_model, bs, tuple(xc.shape[1:]), log).items():
@@ -254,7 +281,7 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
         sp = spread(vs_ref)
         r["throughput_ratio_vs_reference_q25_q75"] = [round(sp["q25"], 4), round(sp["q75"], 4)]
         r["latency_speedup_vs_reference"] = round(lat[REFERENCE]["median_ms"] / lat[name]["median_ms"], 4)
-        if name in ("base", *modes):
+        if name in ("base", "static", *modes):
             r["throughput_ratio"] = round(statistics.median(paired_ratios(tp, name, "base")), 4)
             r["latency_speedup"] = round(lat["base"]["median_ms"] / lat[name]["median_ms"], 4)
     ref = results.pop(REFERENCE)
@@ -272,10 +299,15 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
         else:
             results[m] = {"top1": None, "throughput_ips": None, "latency_ms_bs1": None, "flops": None, "params": None,
                           "note": "no operating point in the bundle's benchmark"}
-    results["static"] = {"top1": None, "throughput_ips": None, "latency_ms_bs1": None,
-                         "flops": (bench.get("static") or {}).get("flops"), "params": (bench.get("static") or {}).get("params"),
-                         "note": "the static network is not exported to the runtimes yet"}
-    for name in ("base", *MODES):
+    torch_static = bench.get("static") or {}
+    if "static" in results:
+        results["static"].update({k: torch_static.get(k) for k in ("flops", "params", "tap", "score", "r", "kept",
+                                                                    "matched_mode")})
+    else:
+        results["static"] = {"top1": None, "throughput_ips": None, "latency_ms_bs1": None,
+                             "flops": torch_static.get("flops"), "params": torch_static.get("params"),
+                             "note": "the bundle's benchmark has no static network"}
+    for name in ("base", "static", *MODES):
         r = results[name]
         if r.get("top1") is not None:
             r["top1_delta"] = round(r["top1"] - results["base"]["top1"], 4)

@@ -542,6 +542,10 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
     assert {"top1", "throughput_ips", "latency_ms_bs1", "flops", "params"} <= set(ref)
     assert rt["base"]["top1"] == ref["top1"] == bench["base"]["top1"]  # float32 on another runtime: same answers
     assert rt["base"]["flops"] == bench["base"]["flops"]
+    assert rt["bundle_bench"] == b.step_key("bench")
+    if (bench.get("static") or {}).get("kept"):  # the static network rebuilt and exported: the same answers
+        assert rt["static"]["top1"] == bench["static"]["top1"] and rt["static"]["throughput_ratio_vs_reference"] > 0
+        assert rt["static"]["kept"] == bench["static"]["kept"]
     for name in ("base", "sinf", "exit", "cascade", "static"):
         assert {"top1", "throughput_ips", "latency_ms_bs1", "flops", "params"} <= set(rt[name]), name
     for m in ("sinf", "exit", "cascade"):

@@ -374,3 +374,30 @@ def test_page_offers_the_bundles_runtime_benchmarks(monkeypatch, tmp_path):
     at = open_report(monkeypatch, bundle)
     at.radio(key="report_runtime").set_value("openvino int8 (runtime/openvino_int8.json)").run()
     assert [w.value for w in at.warning if "earlier benchmark" in w.value]
+
+
+@pytest.mark.realdata
+def test_home_headline_is_the_best_runtime_combination(monkeypatch, tmp_path, real_env):
+    """Home on the shipped ResNet-56 bundle with its OpenVINO int8 benchmark: the headline names the fastest
+    combination within 1 point of the PyTorch float32 base (the plain int8 base here) and says that no SINF mode
+    stays within 1 point of that runtime's base."""
+    from streamlit.testing.v1 import AppTest
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(RESNET_BUNDLE, bundle)
+    rt = load(bundle / "runtime" / "openvino_int8.json")
+    expect = report.best_combination({"PyTorch float32": report.load_bench(load(bundle / "bench.json")),
+                                      "openvino int8": report.load_bench(rt)}, 1.0)
+    monkeypatch.syspath_prepend(str(REPO))
+    monkeypatch.setenv("SINF_APP_MODEL", "cifar100_resnet56")
+    monkeypatch.setenv("SINF_APP_BUNDLE", str(bundle))
+    monkeypatch.setenv("SINF_CACHE_DIR", str(tmp_path / "cache"))
+    at = AppTest.from_file(str(REPO / "app" / "views" / "home.py"), default_timeout=300)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    info = [i.value for i in at.info if i.value.startswith("Best measured")]
+    assert expect["mode"] == "base" and expect["sinf_mode"] is None
+    assert info == [f"Best measured: **the base model on openvino int8**, **{expect['vs_reference']:.2f}x** the "
+                    f"PyTorch float32 base's throughput at {expect['top1_vs_reference']:+.2f} points top-1 (within 1 "
+                    "point); on openvino int8 no SINF mode stays within 1 point of that runtime's own base. Every "
+                    "runtime is on the Speed-up report page."]

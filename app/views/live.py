@@ -12,7 +12,7 @@ from app import runtimes, state, studio, ui
 from sinf_core import plots, tuning_plots
 from sinf_core.engine import MODE_NAMES
 from sinf_core.errors import SinfError
-from sinf_core.timing import NOISY_SPREAD, paired_stream, spread
+from sinf_core.timing import NOISY_SPREAD, paired_stream
 
 st.title("Live inference")
 st.markdown(
@@ -196,10 +196,10 @@ st.caption("Each batch goes through the base model and SINF back to back, in alt
 with st.form("batch_form"):
     n = st.slider("Test images", 50, min(5000, len(report)), min(2000, len(report)), 50, key="batch_n")
     bs = st.select_slider("Batch size", [1, 8, 32, 64, 128, 256], value=256, key="batch_bs")
-    select = runtimes.selection(src) if run.backend.is_default else None
+    select = runtimes.selection_record(src) if run.backend.is_default else None
     with_select = select is not None and st.checkbox(
-        f"Also time network selection (the benchmark's chain {' -> '.join(select[1]['networks'])}, gate "
-        f"{', '.join(f'{t:.2f}' for t in select[1]['operating_point']['thresholds'])})", value=True, key="batch_select",
+        f"Also time network selection (the benchmark's chain {' -> '.join(select['networks'])}, gate "
+        f"{', '.join(f'{t:.2f}' for t in select['operating_point']['thresholds'])})", value=True, key="batch_select",
         help="each network answers what its calibrated confidence accepts; the rest goes on to the next (PyTorch "
              "float32, the chosen point of `sinf bench --chain`)")
     go = st.form_submit_button("Run", type="primary", key="batch_run", disabled=eng is None)
@@ -212,7 +212,7 @@ if go and eng is not None:
         fns["pytorch"] = studio.base_predict(src)
     if with_select:
         with ui.guard("Network selection is not available"):
-            fns["select"] = select[0]
+            fns["select"] = runtimes.selection_runner(src)
     bar = st.progress(0.0, text="timing ...")
     live = st.empty()
 
@@ -238,16 +238,7 @@ if go and eng is not None:
         "base_ips": tp["base"]["ips"], "sinf_ips": tp["sinf"]["ips"], "ratio": tp["sinf"]["ratio"],
         "ratios": [a / b for a, b in zip(tp["base"]["seconds"], tp["sinf"]["seconds"])],
         "at_point": studio.at_point(src, cfg) and run.backend.is_default, "backend": run.backend.label,
-        "pytorch": None if "pytorch" not in tp else {
-            "ips": tp["pytorch"]["ips"],
-            "base": spread([a / b for a, b in zip(tp["pytorch"]["seconds"], tp["base"]["seconds"])]),
-            "sinf": spread([a / b for a, b in zip(tp["pytorch"]["seconds"], tp["sinf"]["seconds"])])},
-        "select": None if chained is None else {
-            "top1": 100 * float((torch.cat([c.pred for c in chained]) == labels).double().mean()),
-            "ratio": tp["select"]["ratio"], "ips": tp["select"]["ips"], "networks": select[1]["networks"],
-            "answered": [float((torch.cat([c.stage for c in chained]) == k).double().mean())
-                         for k in range(len(select[1]["networks"]))],
-            "bench_ratio": select[1].get("throughput_ratio")}}
+        **runtimes.batch_extras(tp, labels, chained, select)}
 res = st.session_state.get("batch_result")
 if res is not None:
     r = res["ratio"]

@@ -318,21 +318,31 @@ def tradeoff_figure(rows: Sequence[Mapping], title: str, x_key: str = "flops", y
 
 
 # ------------------------------------------------------------------------------- live inference
-def probability_bars_figure(probs: Sequence[float], names: Sequence[str], title: str, threshold: float | None = None,
-                            colors: Sequence[str] | None = None, top: int = 10, x_title: str = "probability") -> go.Figure:
-    """Horizontal bars of the ``top`` largest probabilities, largest on top; a dashed line at
-    ``threshold`` (gamma or tau)."""
-    p = np.asarray(probs, dtype=float)
-    order = np.argsort(-p, kind="stable")[:top][::-1]
-    fig = go.Figure(go.Bar(
-        x=p[order], y=[str(names[i]) for i in order], orientation="h",
-        marker_color=[colors[i] for i in order] if colors is not None else "#2E91E5",
-        hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-    ))
-    if threshold is not None:
-        fig.add_vline(x=threshold, line={"dash": "dash", "color": "black"}, annotation_text=f"threshold {threshold:.2f}")
-    fig.update_xaxes(range=[0, 1])
-    return _layout(fig, title, f"{x_title} (0-1)", None, height=60 + 28 * len(order))
+def probability_panels_figure(panels: Sequence[Mapping], title: str) -> go.Figure:
+    """Panels of horizontal bars side by side in one figure (one chart to draw instead of several): each
+    panel's ``top`` largest probabilities, largest on top, and a dashed line at its ``threshold`` (gamma or
+    tau). Each panel: {"probs", "names", "title", "threshold" (or None), "colors" (or None), "top", "x_title"}."""
+    from plotly.subplots import make_subplots
+
+    if not panels:
+        raise ValueError("a panels figure needs at least one panel")
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p["title"] for p in panels],
+                        horizontal_spacing=0.2)
+    rows = 0
+    for k, panel in enumerate(panels, start=1):
+        p = np.asarray(panel["probs"], dtype=float)
+        order = np.argsort(-p, kind="stable")[: int(panel.get("top", 10))][::-1]
+        rows = max(rows, len(order))
+        colors = panel.get("colors")
+        fig.add_trace(go.Bar(x=p[order], y=[str(panel["names"][i]) for i in order], orientation="h", showlegend=False,
+                             marker_color=[colors[i] for i in order] if colors is not None else "#2E91E5",
+                             hovertemplate="%{y}: %{x:.3f}<extra></extra>"), row=1, col=k)
+        fig.update_xaxes(range=[0, 1], title_text=f"{panel.get('x_title', 'probability')} (0-1)", row=1, col=k)
+        if panel.get("threshold") is not None:
+            t = float(panel["threshold"])
+            fig.add_vline(x=t, line={"dash": "dash", "color": "black"}, annotation_text=f"threshold {t:.2f}",
+                          row=1, col=k)
+    return _layout(fig, title, None, None, height=110 + 28 * rows)
 
 
 def running_figure(n: Sequence[int], sinf: Sequence[float], base: Sequence[float], title: str, y_title: str) -> go.Figure:

@@ -170,3 +170,20 @@ def test_class_matrix_names_the_clusters_when_too_many_classes():
     # many ungrouped items: one in k labelled
     many = plots.jaccard_heatmap(_sym(100), classes, "J")
     assert list(many.layout.xaxis.ticktext) == classes[::3] and "one in 3 labelled" in many.layout.xaxis.title.text
+
+
+def test_probability_panels_show_each_panels_top_entries_and_threshold():
+    from sinf_core.plots import probability_panels_figure
+
+    p1 = np.array([0.1, 0.6, 0.3])
+    p2 = np.linspace(0.0, 1.0, 12) / np.linspace(0.0, 1.0, 12).sum()
+    fig = probability_panels_figure([
+        {"probs": p1, "names": ["a", "b", "c"], "title": "route", "threshold": 0.5, "top": 2},
+        {"probs": p2, "names": [f"k{i}" for i in range(12)], "title": "base", "threshold": None, "top": 5}], "t")
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert [list(b.y) for b in bars] == [["c", "b"], ["k7", "k8", "k9", "k10", "k11"]]  # largest on top
+    assert list(bars[0].x) == [0.3, 0.6] and bars[1].xaxis == "x2"
+    assert [a.text for a in fig.layout.annotations if a.text.startswith("threshold")] == ["threshold 0.50"]
+    assert [s.x0 for s in fig.layout.shapes] == [0.5] and fig.layout.shapes[0].xref == "x"
+    with pytest.raises(ValueError):
+        probability_panels_figure([], "t")

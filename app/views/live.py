@@ -170,22 +170,21 @@ if image is not None:
                 rh, eh = hd["route"].get(cfg["tap"]), hd["exit"].get(cfg["tap"])
                 rp = rh.eval().proba(hs.contiguous())[0].numpy() if rh is not None else None
                 ep = eh.eval().proba(hs.contiguous())[0].numpy() if eh is not None else None
-            p1, p2 = st.columns(2)
-            if rp is not None:
-                p1.plotly_chart(plots.probability_bars_figure(
-                    rp, h.cluster_names, "Route probabilities (calibrated)",
-                    threshold=cfg["gamma"] if cfg["mode"] != "exit" else None,
-                    colors=plots.cluster_colors(h.num_clusters), x_title="router probability"), key="route_fig")
-            if ep is not None:
-                cl_colors = [plots.cluster_color(c) for c in h.cluster_of_class]
-                p2.plotly_chart(plots.probability_bars_figure(
-                    ep, h.class_names, "Exit head: top classes (calibrated)",
-                    threshold=cfg["tau"] if cfg["mode"] != "sinf" else None,
-                    colors=cl_colors, x_title="exit probability"), key="exit_fig")
-        base_p = torch.softmax(base_logits, 1)[0].numpy()
-        st.plotly_chart(plots.probability_bars_figure(
-            base_p, h.class_names, "Base model (PyTorch float32): top classes", colors=[plots.cluster_color(c) for c in h.cluster_of_class],
-            x_title="softmax probability", top=5), key="base_fig")
+    cl_colors = [plots.cluster_color(c) for c in h.cluster_of_class]
+    panels = []  # one figure for the three: one chart for the browser to draw on every visit
+    if eng is not None and rp is not None:
+        panels.append({"probs": rp, "names": h.cluster_names, "title": "Router: clusters (calibrated)",
+                       "threshold": cfg["gamma"] if cfg["mode"] != "exit" else None, "x_title": "router probability",
+                       "colors": plots.cluster_colors(h.num_clusters), "top": 10})
+    if eng is not None and ep is not None:
+        panels.append({"probs": ep, "names": h.class_names, "title": "Exit head: classes (calibrated)",
+                       "threshold": cfg["tau"] if cfg["mode"] != "sinf" else None, "x_title": "exit probability",
+                       "colors": cl_colors, "top": 10})
+    panels.append({"probs": torch.softmax(base_logits, 1)[0].numpy(), "names": h.class_names, "top": 5,
+                   "title": "Base model: classes", "x_title": "softmax probability",
+                   "colors": cl_colors})
+    st.plotly_chart(plots.probability_panels_figure(panels, "What each part is sure of on this image (the base model in PyTorch float32)"),
+                    key="probability_fig")
 
 # ------------------------------------------------------------------------------------ batch run
 st.subheader("Batch run on the report split")

@@ -183,8 +183,8 @@ if image is not None:
     panels.append({"probs": torch.softmax(base_logits, 1)[0].numpy(), "names": h.class_names, "top": 5,
                    "title": "Base model: classes", "x_title": "softmax probability",
                    "colors": cl_colors})
-    st.plotly_chart(plots.probability_panels_figure(panels, "What each part is sure of on this image (the base model in PyTorch float32)"),
-                    key="probability_fig")
+    st.plotly_chart(plots.probability_panels_figure(
+        panels, "What each part is sure of on this image (the base model in PyTorch float32)"), key="probability_fig")
 
 # ------------------------------------------------------------------------------------ batch run
 st.subheader("Batch run on the report split")

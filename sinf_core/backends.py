@@ -269,7 +269,7 @@ class RuntimeInference:
         exit_pred = None
         rest = None
         if self.mode != "sinf":
-            conf, exit_pred = _softmax_max(self.sessions["exit"](h) if first is None else first, self.exit_T)
+            conf, exit_pred = _softmax_max(first if self.front_head == "exit" else self.sessions["exit"](h), self.exit_T)
             exit_conf = conf
             exits = exit_decision(conf, self.tau)
             group = torch.where(exits, torch.full_like(group, K + 1), group)
@@ -277,8 +277,7 @@ class RuntimeInference:
                 rest = (~exits).nonzero().squeeze(1)
         if self.mode != "exit" and (rest is None or rest.numel()):
             hr = h if rest is None else h[rest.numpy()]
-            rconf, rcls = _softmax_max(first if self.mode == "sinf" and first is not None else self.sessions["route"](hr),
-                                       self.route_T)
+            rconf, rcls = _softmax_max(first if self.front_head == "route" else self.sessions["route"](hr), self.route_T)
             g = route_decision(rconf, rcls, self.gamma, self.has_sub)
             group, route, route_conf = merge_routes((group, route, route_conf), rest, (g, rcls, rconf))
         return h, group, route, route_conf, exit_conf, exit_pred
@@ -353,6 +352,14 @@ class RuntimeInference:
 # --------------------------------------------------------------------------------------------------
 
 
+def open_session(path: str | Path, backend: str, precision: str = "fp32", *, threads: int | None = None,
+                 device: str = "cpu", hint: str = DEFAULT_OPENVINO_HINT) -> Session:
+    """One ONNX graph as a session on ``backend`` ('onnxruntime' or 'openvino')."""
+    if backend == "onnxruntime":
+        return OrtSession(path, threads, device)
+    return OvSession(path, threads, precision, hint, device)
+
+
 def open_runtime(folder: str | Path, backend: str = "onnxruntime", precision: str | None = None, *,
                  threads: int | None = None, device: str = "cpu", hint: str = DEFAULT_OPENVINO_HINT,
                  pieces: Sequence[str] | None = None, mode: str | None = None, gamma: float | None = None,
@@ -376,12 +383,8 @@ def open_runtime(folder: str | Path, backend: str = "onnxruntime", precision: st
     if unknown:
         raise SinfError(f"the export at {folder} has no pieces {', '.join(unknown)}; it has {', '.join(man['pieces'])}")
 
-    def make(path: Path) -> Session:
-        if backend == "onnxruntime":
-            return OrtSession(path, threads, device)
-        return OvSession(path, threads, precision, hint, device)
-
-    sessions = {name: make(folder / man["pieces"][name]["file"]) for name in names}
+    sessions = {name: open_session(folder / man["pieces"][name]["file"], backend, precision, threads=threads,
+                                   device=device, hint=hint) for name in names}
     if pieces is not None and set(names) <= {"base"}:
         return _BaseOnly(sessions, man, backend, precision)
     return RuntimeInference(sessions, man, mode, gamma, tau, backend, precision, fused)

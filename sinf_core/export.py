@@ -361,19 +361,13 @@ def export_onnx(rm: RoutedModel, out: str | Path, precision: str = "fp32",
     if precision == "int8":
         feeds = calibration.feeds(rm)
     records: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export.") as tmp:
-        for i, (name, module) in enumerate(pieces.items()):
-            inp = rm.piece_input(name)
-            oname = rm.piece_output(name)
-            fname = onnx_file(name)
-            if precision == "fp32":
-                export_module(module, _example(shapes[inp]), out / fname, inp, oname)
-            else:
-                fp32 = export_module(module, _example(shapes[inp]), Path(tmp) / fname, inp, oname)
-                quantize(fp32, out / fname, feeds[name], **dict(quantizer_options or {}))
-            records[name] = {"file": fname, "sha256": sha256_file(out / fname), "input": inp, "output": oname,
-                             "input_shape": ["batch", *shapes[inp]]}
-            prog(f"export {precision}", i + 1, len(pieces))
+    for i, (name, module) in enumerate(pieces.items()):
+        inp, oname, fname = rm.piece_input(name), rm.piece_output(name), onnx_file(name)
+        _write_graph(module, _example(shapes[inp]), out / fname, inp, oname, None if feeds is None else feeds[name],
+                     quantizer_options)
+        records[name] = {"file": fname, "sha256": sha256_file(out / fname), "input": inp, "output": oname,
+                         "input_shape": ["batch", *shapes[inp]]}
+        prog(f"export {precision}", i + 1, len(pieces))
     manifest = routing_info(rm, precision)
     for name, rec in records.items():
         manifest["pieces"][name].update(rec)
@@ -381,6 +375,19 @@ def export_onnx(rm: RoutedModel, out: str | Path, precision: str = "fp32",
         manifest["quantization"] = {**calibration.summary(), **quantizer_settings(**dict(quantizer_options or {}))}
     write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def _write_graph(module: nn.Module, example: torch.Tensor, path: Path, input_name: str,
+                 output_name: str | Sequence[str], feed: np.ndarray | None = None,
+                 quantizer_options: Mapping | None = None) -> Path:
+    """``module`` as one ONNX graph at ``path``: float32, or with ``feed`` (its calibration inputs) int8,
+    quantized from a float32 graph written beside it first."""
+    if feed is None:
+        return export_module(module, example, path, input_name, output_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export.") as tmp:
+        fp32 = export_module(module, example, Path(tmp) / path.name, input_name, output_name)
+        return quantize(fp32, path, feed, **dict(quantizer_options or {}))
 
 
 def export_once(rm: RoutedModel, folder: str | Path, precision: str = "fp32",
@@ -405,15 +412,8 @@ def export_network(net: nn.Module, path: str | Path, precision: str = "fp32",
         raise SinfError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "int8" and calibration is None:
         raise SinfError("an int8 export needs calibration data (the calibration split's images)")
-    path = Path(path)
-    net = prepare_for_inference(net, fold_bn=True).cpu()
-    if precision == "fp32":
-        return export_module(net, _example(input_shape), path, "x", "logits")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export.") as tmp:
-        fp32 = export_module(net, _example(input_shape), Path(tmp) / path.name, "x", "logits")
-        quantize(fp32, path, calibration.images.numpy())
-    return path
+    return _write_graph(prepare_for_inference(net, fold_bn=True).cpu(), _example(input_shape), Path(path), "x", "logits",
+                        None if precision == "fp32" else calibration.images.numpy())
 
 
 def read_manifest(folder: str | Path, verify: bool = True) -> dict:

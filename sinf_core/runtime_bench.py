@@ -118,7 +118,7 @@ def _static_session(exp, bundle, backend: str, precision: str, folder: Path, cal
     """The benchmark's static network (``export.static_net_from_bundle``) on ``backend``, exported as one
     network (int8: quantized on the calibration images, as the base): (pool fn, batch-1 fn) over
     normalised images -> predictions, or None when the benchmark has none."""
-    from .backends import OrtSession, OvSession, TorchSession
+    from .backends import TorchSession, open_session
     from .export import export_network, static_net_from_bundle
     from .fusion import prepare_for_inference
 
@@ -130,7 +130,7 @@ def _static_session(exp, bundle, backend: str, precision: str, folder: Path, cal
     else:
         path = export_network(net, folder / "static.onnx", "int8" if precision == "int8" else "fp32", calib_set,
                               exp.input_shape)
-        sess = OrtSession(path, threads) if backend == "onnxruntime" else OvSession(path, threads, precision)
+        sess = open_session(path, backend, precision, threads=threads)
 
     def one(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(sess(np.ascontiguousarray(x.numpy()))).argmax(1)

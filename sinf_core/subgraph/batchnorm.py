@@ -43,16 +43,15 @@ def _batch_statistics(sub: Subgraph, h: torch.Tensor, batch_size: int, reuse: Fi
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the batches
         bn.train()
+    if not len(sub.units):
+        return []
     batches = [h[start : start + batch_size] for start in range(0, len(h), batch_size)]
-    if reuse is None or not len(sub.units):
-        for x in batches:
-            sub.features(x)
-        return _stats(sub.units)
 
     def first(unit: nn.Module):
         return [unit(x) for x in batches], _stats(unit)
 
-    outs, first_stats = reuse.outputs(reuse_key, sub.units[0], (h, batch_size), first)
+    outs, first_stats = first(sub.units[0]) if reuse is None else reuse.outputs(
+        reuse_key, sub.units[0], (h, batch_size), first)
     for x in outs:
         sub.features(x, 1)
     return first_stats + _stats(sub.units[1:])

@@ -10,7 +10,7 @@ errors included), on the runtime's own calibration outputs: an int8 router is no
 Every reported figure is on the report split; throughput ratios are paired per repetition.
 
 The JSON has, per contender (``base`` = the runtime's own base network, ``sinf``, ``exit``, ``cascade``,
-``static``): ``top1``, ``throughput_ips``, ``latency_ms_bs1``, ``flops``, ``params``, ratios against the
+``static``, ``select``: the benchmark's network selection, its cheaper networks on the runtime too): ``top1``, ``throughput_ips``, ``latency_ms_bs1``, ``flops``, ``params``, ratios against the
 same runtime's base and against the reference; ``reference`` (the PyTorch float32 base) and
 ``reference_rows`` (what a PyTorch user tries first: bf16 autocast where the CPU has fast bf16, and
 ``torch.compile``).
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .artifacts import BENCH, RUNTIME_DIR
-from .bench import (BENCH_FORMAT, ScheduleData, TapData, candidates_within_budget, head_cost, sweep_tap)
+from .bench import (BENCH_FORMAT, SELECT, ScheduleData, TapData, candidates_within_budget, head_cost, sweep_tap)
 from .cost import model_cost, module_cost, stem_cost, stem_output, tail_cost
 from .device import bf16_is_fast, hardware_info
 from .errors import SinfError
@@ -138,6 +138,86 @@ def _static_session(exp, bundle, backend: str, precision: str, folder: Path, cal
     return (lambda x: torch.cat([one(c) for c in x.split(bs)])), one
 
 
+class _RuntimeChain:
+    """The benchmark's network selection (``select``) on a runtime: each cheaper network of its chain
+    exported as one graph (int8: quantized on the calibration images, as the base), its gate's temperature
+    fitted and its threshold chosen again on this runtime's own calibration logits, with the benchmark's
+    rule (the cheapest expected-FLOPs point within the budget, ``budget_z`` included); the runtime's base
+    network answers what reaches it. ``chain`` serves it; ``info`` records the networks and the choice."""
+
+    def __init__(self, exp, torch_select: dict, base_rt, backend: str, precision: str, folder: Path, calib_set,
+                 threads: int, bs: int, xc: torch.Tensor, yc: torch.Tensor, base_calib_pred: torch.Tensor,
+                 options: dict, log: LogFn):
+        from .artifacts import safe_name
+        from .backends import TorchSession, open_session
+        from .bench.select import chain_networks
+        from .export import export_network
+        from .fusion import prepare_for_inference
+        from .selection import Gate, NetworkSelection, Stage, fit_gate, sweep_chain
+
+        names = list(torch_select["networks"][:-1])
+        nets = chain_networks(exp, names, "cpu")
+        self.costs = [model_cost(m, exp.input_shape) for _, m in nets] + [model_cost(exp.model, exp.input_shape)]
+        sessions = []
+        for name, net in nets:
+            if backend == "torch":
+                sessions.append(TorchSession(prepare_for_inference(net, fold_bn=True), precision))
+            else:
+                path = export_network(net, folder / f"{safe_name(name)}.onnx", "int8" if precision == "int8" else "fp32",
+                                      calib_set, exp.input_shape)
+                sessions.append(open_session(path, backend, precision, threads=threads))
+
+        def logits_of(sess):
+            return lambda x: torch.from_numpy(sess(np.ascontiguousarray(x.numpy())))
+
+        self.networks = [logits_of(s) for s in sessions]
+        stages, temps = [], []
+        for (name, _), f, c in zip(nets, self.networks, self.costs):
+            lg = torch.cat([f(x) for x in xc.split(bs)])
+            g = fit_gate(lg, yc)
+            conf, pred = g.confidence(lg)
+            stages.append(Stage(name, pred, float(c.flops), conf))
+            temps.append(g.temperature)
+        stages.append(Stage(exp.model_name, base_calib_pred, float(self.costs[-1].flops)))
+        self.names = [s.name for s in stages]
+        base_top1 = 100.0 * float((base_calib_pred == yc).double().mean())
+        points = sweep_chain(yc, base_calib_pred, stages)
+        cands = candidates_within_budget(points, base_top1, float(options["budget"]), 1, float(options["budget_z"]))
+        if cands:
+            p = cands[0]
+            thresholds = p["thresholds"]
+            self.choice = {"thresholds": thresholds, "within_budget": True, "calib_top1": round(p["top1"], 4),
+                           "calib_flops": round(p["flops"], 1), "answered": [round(v, 4) for v in p["answered"]]}
+        else:
+            thresholds = list(torch_select["operating_point"]["thresholds"])
+            self.choice = {"thresholds": thresholds, "within_budget": False,
+                           "note": "no point within the budget on this runtime's calibration outputs: the PyTorch "
+                                   "thresholds are kept"}
+        self.temperatures = temps
+        self.chain = NetworkSelection(self.networks, [Gate(t, th) for t, th in zip(temps, thresholds)],
+                                      lambda x: base_rt.run_base(x))
+        log(f"select: PyTorch thresholds {torch_select['operating_point']['thresholds']}; on {backend} {precision} "
+            f"calibration: {thresholds} (gate temperatures {[round(t, 3) for t in temps]})")
+
+    def pool(self, bs: int) -> Callable:
+        return lambda x: self.chain.run_pool(x, bs).pred
+
+    def one(self, x: torch.Tensor) -> torch.Tensor:
+        return self.chain.run(x).pred
+
+    def report(self, xr: torch.Tensor, yr: torch.Tensor, bs: int) -> dict:
+        """Report-split top-1, the share each network answered and the expected FLOPs (every network that
+        ran counts for the inputs that reached it)."""
+        res = self.chain.run_pool(xr, bs)
+        shares = res.shares() + [0.0] * (len(self.names) - len(res.shares()))
+        flops = sum((1.0 - sum(shares[:k])) * c.flops for k, c in enumerate(self.costs))
+        return {"top1": _top1(res.pred, yr), "answered": [round(v, 4) for v in shares], "flops": round(flops, 1),
+                "params": int(sum(c.params for c in self.costs)), "networks": self.names,
+                "gate_temperatures": [round(t, 4) for t in self.temperatures],
+                "operating_point": {"mode": "select", "networks": self.names, "thresholds": self.choice["thresholds"]},
+                "threshold_choice": self.choice}
+
+
 def _reference_rows(model, bs: int, input_shape: tuple, log: LogFn) -> dict[str, tuple]:
     """What a PyTorch user tries first, on the reference's own readied module (channels_last): bf16
     autocast where the CPU has fast bf16, and ``torch.compile``; {name: (pool fn, batch-1 fn, note)}."""
@@ -231,7 +311,8 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
                 return torch.cat([ref_model(c.contiguous(memory_format=torch.channels_last)).argmax(1) for c in x.split(bs)])
 
         # thresholds chosen again on this runtime's calibration outputs, against its own base
-        base_calib_top1 = _top1(base_rt.base_pool(xc, bs), yc)
+        base_calib_pred = base_rt.base_pool(xc, bs)
+        base_calib_top1 = _top1(base_calib_pred, yc)
         chosen = {}
         for m in modes:
             outs = calibration_outputs(runtimes[m], xc, bs)
@@ -247,6 +328,11 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
             ones[m] = lambda x, rt=runtimes[m]: rt.run(x).pred
         if static is not None:
             pools["static"], ones["static"] = static
+        chain = None
+        if (bench.get(SELECT) or {}).get("operating_point"):
+            chain = _RuntimeChain(exp, bench[SELECT], base_rt, backend, precision, work / f"select_{export_prec}",
+                                  calib_set, T, bs, xc, yc, base_calib_pred, opts, log)
+            pools[SELECT], ones[SELECT] = chain.pool(bs), chain.one
         notes = {}
         if reference_rows:
             for name, (pool_fn, one_fn, note) in _reference_rows(ref_model, bs, tuple(xc.shape[1:]), log).items():
@@ -260,6 +346,8 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
                 res = runtimes[name].run_pool(xr, bs)
                 results[name] = {"top1": _top1(res.pred, yr),
                                  **{k: round(v / len(yr), 4) for k, v in res.counts().items()}}
+            elif name == SELECT:
+                results[name] = chain.report(xr, yr, bs)
             else:
                 results[name] = {"top1": _top1(fn(xr), yr)}
             prog("report accuracy", i + 1, len(pools))
@@ -281,7 +369,7 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
         sp = spread(vs_ref)
         r["throughput_ratio_vs_reference_q25_q75"] = [round(sp["q25"], 4), round(sp["q75"], 4)]
         r["latency_speedup_vs_reference"] = round(lat[REFERENCE]["median_ms"] / lat[name]["median_ms"], 4)
-        if name in ("base", "static", *modes):
+        if name in ("base", "static", SELECT, *modes):
             r["throughput_ratio"] = round(statistics.median(paired_ratios(tp, name, "base")), 4)
             r["latency_speedup"] = round(lat["base"]["median_ms"] / lat[name]["median_ms"], 4)
     ref = results.pop(REFERENCE)
@@ -307,14 +395,17 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
         results["static"] = {"top1": None, "throughput_ips": None, "latency_ms_bs1": None,
                              "flops": torch_static.get("flops"), "params": torch_static.get("params"),
                              "note": "the bundle's benchmark has no static network"}
-    for name in ("base", "static", *MODES):
+    if SELECT not in results:
+        results[SELECT] = {"top1": None, "throughput_ips": None, "latency_ms_bs1": None, "flops": None, "params": None,
+                           "note": "the bundle's benchmark has no network selection (`--chain`)"}
+    for name in ("base", "static", SELECT, *MODES):
         r = results[name]
         if r.get("top1") is not None:
             r["top1_delta"] = round(r["top1"] - results["base"]["top1"], 4)
             r["top1_delta_vs_reference"] = round(r["top1"] - ref["top1"], 4)
     budget = float(opts["budget"])
     within = [m for m in modes if results[m]["top1_delta"] >= -budget]
-    out.update({name: results[name] for name in ("base", *MODES, "static")})
+    out.update({name: results[name] for name in ("base", *MODES, "static", SELECT)})
     out["best_mode"] = max(within, key=lambda m: results[m]["throughput_ratio"]) if within else None
     out["reference_rows"] = {name: {**results[name], "note": notes[name]} if name in results else {"note": notes[name]}
                              for name in notes}
@@ -355,7 +446,7 @@ def format_runtime_table(res: dict) -> str:
     ref = res["reference"]
     rows.append(("reference (torch fp32)", f"{ref['top1']:.2f}", f"{ref['throughput_ips']:.0f}", "", "1.00",
                  f"{ref['latency_ms_bs1']:.2f}", "1.00"))
-    entries = [(n, res[n]) for n in ("base", *MODES, "static")] + list(res.get("reference_rows", {}).items())
+    entries = [(n, res[n]) for n in ("base", *MODES, "static", SELECT) if n in res] + list(res.get("reference_rows", {}).items())
     for name, r in entries:
         if r.get("top1") is None:
             rows.append((name, "-", "-", "-", "-", "-", "-"))

@@ -474,6 +474,19 @@ def test_cli_rejects_a_negative_budget_before_loading_anything(capsys, tmp_path)
 # --------------------------------------------------------------------------------------------------
 
 
+def _register_tiny_small(tmp_path, monkeypatch) -> None:
+    """A second tiny network in the registry, 'tiny_small', as the cheaper network of a chain."""
+    from safetensors.torch import save_file
+
+    import sinf_core.models.registry as registry
+    from sinf_core.models.registry import MODELS, ModelEntry, Weights
+
+    save_file(make_tiny_resnet(seed=3).state_dict(), str(tmp_path / "tiny_small.safetensors"))
+    monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path)
+    monkeypatch.setitem(MODELS, "tiny_small", ModelEntry("tiny_small", lambda: make_tiny_resnet(seed=3), dataset="tiny",
+                                                         protocol="pretrained", weights=Weights(file="tiny_small.safetensors")))
+
+
 def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
     import sinf_core.clusters
     from sinf_core.pipeline import BuildSettings, build_bundle
@@ -485,8 +498,9 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
     settings = BuildSettings(
         methods=("l1", "random"), r_L_grid=(0.5,), k=3, stats_feature_sample=30,
         router={"epochs": 1, "batch_size": 32, "taps": ["layer2.0", "layer2.1"]}, bench=True,
-        bench_options={k: v for k, v in QUICK.items() if k not in ("taps", "score")},
+        bench_options={**{k: v for k, v in QUICK.items() if k not in ("taps", "score")}, "chain": ["tiny_small"]},
     )
+    _register_tiny_small(tmp_path, monkeypatch)
     b = build_bundle(exp, tmp_path / "b", settings)
     bench = b.json("bench.json")
     assert bench["taps"] == ["layer2.0", "layer2.1"]  # the bundle router's taps
@@ -552,7 +566,25 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
         if bench[m].get("operating_point"):
             assert rt[m]["operating_point"]["tap"] == bench[m]["operating_point"]["tap"]
             assert rt[m]["throughput_ratio_vs_reference"] > 0 and "threshold_choice" in rt[m]
-    assert "reference (torch fp32)" in format_runtime_table(rt)
+    # the benchmark's network selection on the runtime: the cheaper network exported too, its gate chosen
+    # again on the runtime's calibration logits; its answers are the chain's, recomputed in PyTorch
+    from sinf_core.models.registry import MODELS
+    from sinf_core.selection import Gate, NetworkSelection, argmax_of
+
+    sel = rt["select"]
+    assert bench["select"].get("operating_point") and sel["networks"] == ["tiny_small", "tiny_resnet"]
+    assert sel["gate_temperatures"][0] == pytest.approx(bench["select"]["gate_temperatures"][0], rel=1e-3)
+    assert sel["throughput_ratio"] > 0 and sel["latency_ms_bs1"] > 0 and "threshold_choice" in sel
+    small = MODELS["tiny_small"].build().eval()
+    chain = NetworkSelection([small], [Gate(sel["gate_temperatures"][0], sel["operating_point"]["thresholds"][0])],
+                             argmax_of(exp.model.eval()))
+    x, y = next(iterate_batches(exp.report_data(), len(exp.report_data())))
+    got = chain.run(x)
+    assert sel["top1"] == pytest.approx(100.0 * float((got.pred == y).double().mean()), abs=1e-3)
+    assert sel["answered"] == pytest.approx(got.shares() + [0.0] * (2 - len(got.shares())), abs=1e-4)
+    assert sel["flops"] == pytest.approx(model_cost(small).flops + sel["answered"][1] * bench["base"]["flops"], rel=1e-4)
+    table = format_runtime_table(rt)
+    assert "reference (torch fp32)" in table and "\nselect " in table
     with pytest.raises(SinfError, match="without --backend"):
         run_runtime_benchmark(exp, b, "torch", "fp32")
     with pytest.raises(SinfError, match="int8"):
@@ -584,17 +616,10 @@ def test_cli_timing_flags_reach_the_options():
 def test_network_selection_contender(tmp_path, monkeypatch):
     """``chain``: a cheaper network first; its gate chosen on calibration within the guarded budget, the
     result's report top-1, answered shares and FLOPs equal the chain recomputed by hand."""
-    from sinf_core.models.registry import MODELS, ModelEntry, Weights
+    from sinf_core.models.registry import MODELS
     from sinf_core.selection import Gate, NetworkSelection, argmax_of
 
-    from safetensors.torch import save_file
-
-    import sinf_core.models.registry as registry
-
-    save_file(make_tiny_resnet(seed=3).state_dict(), str(tmp_path / "tiny_small.safetensors"))
-    monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path)
-    monkeypatch.setitem(MODELS, "tiny_small", ModelEntry("tiny_small", lambda: make_tiny_resnet(seed=3), dataset="tiny",
-                                                         protocol="pretrained", weights=Weights(file="tiny_small.safetensors")))
+    _register_tiny_small(tmp_path, monkeypatch)
     exp = _tiny_experiment()
     opts = {**QUICK, "cache_dir": str(tmp_path), "chain": ["tiny_small"], "budget": 100.0, "budget_z": 0.0}
     res = run_benchmark(exp, None, opts)
@@ -626,16 +651,9 @@ def test_network_selection_contender(tmp_path, monkeypatch):
 def test_a_benchmark_with_select_renders_in_the_report(tmp_path, monkeypatch):
     """The report (validation, table, operating points, figures, Markdown, HTML, CSV) takes a benchmark
     that has the 'select' contender, and names its chain and gate."""
-    from safetensors.torch import save_file
-
-    import sinf_core.models.registry as registry
     from sinf_core import report
-    from sinf_core.models.registry import MODELS, ModelEntry, Weights
 
-    save_file(make_tiny_resnet(seed=3).state_dict(), str(tmp_path / "tiny_small.safetensors"))
-    monkeypatch.setattr(registry, "ASSETS_DIR", tmp_path)
-    monkeypatch.setitem(MODELS, "tiny_small", ModelEntry("tiny_small", lambda: make_tiny_resnet(seed=3), dataset="tiny",
-                                                         protocol="pretrained", weights=Weights(file="tiny_small.safetensors")))
+    _register_tiny_small(tmp_path, monkeypatch)
     res = run_benchmark(_tiny_experiment(), None, {**QUICK, "cache_dir": str(tmp_path), "chain": ["tiny_small"],
                                                    "budget": 100.0, "budget_z": 0.0})
     import json

@@ -25,10 +25,12 @@ from typing import Any, Mapping, Sequence
 from .artifacts import report_file
 from .errors import SinfError
 
-MODES = ("base", "reference", "sinf", "exit", "cascade", "static", "select")
+MODES = ("base", "reference", "sinf", "exit", "cascade", "static", "select", "select+sinf", "select+exit",
+         "select+cascade")
 MODE_LABELS = {
     "base": "base model", "reference": "PyTorch float32 base (the reference of a runtime benchmark)", "sinf": "SINF (router + subgraphs)", "exit": "early exit", "cascade": "cascade (exit, route, fall back)",
     "static": "static pruning (same expected FLOPs)", "select": "network selection (cheaper networks first)",
+    **{f"select+{m}": f"network selection, the last network as {m}" for m in ("sinf", "exit", "cascade")},
 }
 METRICS = ("top1", "latency_ms_bs1", "throughput_ips", "flops", "params")
 COLUMNS = [

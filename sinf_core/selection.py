@@ -131,14 +131,17 @@ class SelectionResult:
 class NetworkSelection:
     """A chain served: ``networks[:-1]`` return logits and are gated by ``gates`` (one per link);
     ``last`` maps the inputs that reach it to predicted classes [M] (a network's argmax, or a routed
-    engine's ``predict``). Inputs are normalised images; only unsure ones go on to the next network."""
+    engine's ``predict``); ``last_pool``, when given, maps all the inputs that reach it in throughput mode
+    (a routed engine's ``run_pool``, which groups over the whole pool), else ``last`` runs chunk by chunk.
+    Inputs are normalised images; only unsure ones go on to the next network."""
 
     def __init__(self, networks: Sequence[Callable[[torch.Tensor], torch.Tensor]], gates: Sequence[Gate],
-                 last: Callable[[torch.Tensor], torch.Tensor]):
+                 last: Callable[[torch.Tensor], torch.Tensor],
+                 last_pool: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if len(networks) != len(gates) or not networks:
             raise SinfError(f"network selection needs one gate per gated network, got {len(networks)} networks "
                             f"and {len(gates)} gates")
-        self.networks, self.gates, self.last = list(networks), list(gates), last
+        self.networks, self.gates, self.last, self.last_pool = list(networks), list(gates), last, last_pool
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> SelectionResult:
@@ -160,11 +163,35 @@ class NetworkSelection:
             pred[idx] = self.last(h).to(pred.device)
         return SelectionResult(pred.cpu(), stage.cpu())
 
+    @torch.inference_mode()
     def run_pool(self, images: torch.Tensor, batch_size: int | None = 256) -> SelectionResult:
-        if batch_size is None or batch_size >= images.shape[0]:
+        """Throughput mode, as the routed engine's: each network runs over all the inputs that reach it, in
+        chunks of ``batch_size`` (so the later networks see full batches of the unsure inputs, not the
+        unsure part of each batch); ``batch_size=None``: the input is one batch."""
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise SinfError(f"batch size must be a positive integer, got {batch_size!r}")
+        n = images.shape[0]
+        if batch_size is None or batch_size >= n:
             return self.run(images)
-        parts = [self.run(images[s : s + batch_size]) for s in range(0, images.shape[0], batch_size)]
-        return SelectionResult(torch.cat([p.pred for p in parts]), torch.cat([p.stage for p in parts]))
+        pred = torch.full((n,), -1, dtype=torch.long, device=images.device)
+        stage = torch.full((n,), len(self.networks), dtype=torch.long, device=images.device)
+        idx = torch.arange(n, device=images.device)
+        h = images
+        for k, (net, gate) in enumerate(zip(self.networks, self.gates)):
+            if idx.numel() == 0:
+                break
+            outs = [gate.confidence(net(c)) for c in h.split(batch_size)]
+            conf, p = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+            take = gate.accepts(conf)
+            pred[idx[take]] = p[take]
+            stage[idx[take]] = k
+            keep = ~take
+            idx, h = idx[keep], h[keep]
+        if idx.numel():
+            out = (self.last_pool(h) if self.last_pool is not None
+                   else torch.cat([self.last(c) for c in h.split(batch_size)]))
+            pred[idx] = out.to(pred.device)
+        return SelectionResult(pred.cpu(), stage.cpu())
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return self.run(images).pred

@@ -13,8 +13,8 @@ import torch
 
 from conftest import make_tiny_dataset, make_tiny_resnet, make_tiny_vgg
 from sinf_core.runtime import Runtime
-from sinf_core.bench import (CONTENDERS, BenchOptions, PathCosts, StaticNet, candidates_within_budget,
-                             channel_step_flops, decision_flops, expected_flops, interleaved_latency,
+from sinf_core.bench import (CONTENDERS, BenchOptions, format_table, PathCosts, StaticNet, candidates_within_budget,
+                             channel_step_flops, decision_flops, expected_flops, sample_flops, interleaved_latency,
                              interleaved_throughput, pareto_front, pick_fastest, run_benchmark, static_for_flops,
                              stem_features, sweep_tap, tap_sweep_data)
 from sinf_core.cost import Cost, count_flops, model_cost, module_cost, stem_output
@@ -114,9 +114,9 @@ def test_decision_flops_equal_a_per_sample_hand_count():
     f_exit, f_router = count_flops(exit_head, h1), count_flops(router, h1)
     f_tail = count_flops(lambda z: model.forward_tail(z, TAP), h1)
     f_sub = [count_flops(s, h1) for s in subs]
-    total = 0
+    per_sample = []
     for i in range(len(res)):
-        total += f_stem + f_exit
+        total = f_stem + f_exit
         mode = int(res.mode_per_sample[i])
         if mode != EXIT:
             total += f_router
@@ -124,9 +124,12 @@ def test_decision_flops_equal_a_per_sample_hand_count():
             total += f_sub[int(res.route[i])]
         elif mode == FALLBACK:
             total += f_tail
+        per_sample.append(total)
     costs = PathCosts(Cost(0, f_stem), Cost(0, f_tail), Cost(0, f_router), Cost(0, f_exit),
                       tuple(Cost(0, f) for f in f_sub))
-    assert decision_flops(costs, res.mode_per_sample, res.route) == pytest.approx(total / len(res), rel=1e-12)
+    assert decision_flops(costs, res.mode_per_sample, res.route) == pytest.approx(sum(per_sample) / len(res), rel=1e-12)
+    # per input, as a chain's last network is costed
+    assert sample_flops(costs, res.mode_per_sample, res.route).tolist() == pytest.approx(per_sample, rel=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -641,6 +644,19 @@ def test_network_selection_contender(tmp_path, monkeypatch):
     assert sel["params"] == model_cost(small).params + model_cost(exp.model).params
     assert op["top1"] >= res["sweep"]["base_calib_top1"] - 100.0
     assert "select" in res["sweep"]["screen"]
+    # the combinations: the last network runs a mode at that mode's own chosen point, the gate chosen for the pair
+    combos = [m for m in ("sinf", "exit", "cascade") if res[m].get("operating_point") and f"select+{m}" in res]
+    assert combos, "no combination was chosen with a 100-point budget"
+    for m in combos:
+        c = res[f"select+{m}"]
+        assert c["networks"] == ["tiny_small", f"tiny_resnet ({m})"]
+        assert c["last_operating_point"] == res[m]["operating_point"]
+        assert sum(c["answered"]) == pytest.approx(1.0, abs=1e-3) and c["params"] == model_cost(small).params + res[m]["params"]
+        assert c["flops"] >= f_small and c["throughput_ratio"] > 0 and c["latency_ms_bs1"] > 0
+        if c["answered"][1] == 0:  # the small network answered everything: it alone ran
+            assert c["flops"] == pytest.approx(f_small, rel=1e-6)
+    text = format_table(res)
+    assert all(f"select+{m}" in text for m in combos)
     # the chain is checked before anything runs
     with pytest.raises(SinfError, match="itself"):
         run_benchmark(exp, None, {**opts, "chain": ["tiny_resnet"]})

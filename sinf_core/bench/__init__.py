@@ -41,11 +41,11 @@ FLOPs), ``static`` (the static pruning comparator), ``contenders`` (every conten
 
 from ..timing import interleaved_latency, interleaved_throughput, paired_ratios  # noqa: F401  (re-exported)
 from .contenders import _Contenders, _images_on  # noqa: F401
-from .costs import PathCosts, decision_flops, expected_flops, head_cost  # noqa: F401
+from .costs import PathCosts, decision_flops, expected_flops, head_cost, sample_flops  # noqa: F401
 from .heads import _cache_root, _cached_heads, _head_params, default_bench_taps, fit_bench_heads  # noqa: F401
 from .inputs import _cluster_scores, _fit_stats, _global_scores, resolve_bn_samples, resolve_score  # noqa: F401
 from .metrics import _per_cluster, result_metrics  # noqa: F401
-from .options import (BENCH_FORMAT, BENCH_VERSION, CONTENDERS, MODES, SELECT, BenchOptions, LogFn,  # noqa: F401
+from .options import (BENCH_FORMAT, BENCH_VERSION, CONTENDERS, MODES, SELECT, SELECT_COMBOS, BenchOptions, LogFn,  # noqa: F401
                       ProgressFn)
 from .precompute import (_head_outputs, build_subgraphs, routed_predictions, stem_features,  # noqa: F401
                          tap_sweep_data)

@@ -83,6 +83,23 @@ def decision_flops(costs: PathCosts, mode_per_sample: torch.Tensor, route: torch
                           float((route >= 0).sum()) / n)
 
 
+def sample_flops(costs: PathCosts, mode_per_sample: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+    """float64 [N]: each input's FLOPs from its actual decisions, by the rule of ``expected_flops`` (stem and
+    exit head for every input, the router where it ran, the routed cluster's subgraph or the tail); their
+    mean is ``decision_flops``. What a routed engine costs per input as the last network of a chain."""
+    mode = mode_per_sample.long().cpu()
+    route = route.long().cpu()
+    out = torch.full((int(mode.shape[0]),), float(costs.stem.flops + (costs.exit.flops if costs.exit is not None else 0.0)),
+                     dtype=torch.float64)
+    if costs.router is not None:
+        out += (route >= 0).double() * float(costs.router.flops)
+    out += (mode == FALLBACK).double() * float(costs.tail.flops)
+    routed = mode == ROUTE
+    if routed.any():
+        out[routed] += torch.from_numpy(costs.sub_flops())[route[routed]]
+    return out
+
+
 def head_cost(head: nn.Module, model: SinfModel, tap: str, input_shape: Sequence[int] | None = None) -> Cost:
     """Parameters and per-image FLOPs of a head on the stem output at ``tap``."""
     with torch.no_grad():

@@ -14,6 +14,8 @@ from ..subgraph.spec import check_fill
 MODES = ("sinf", "exit", "cascade")
 CONTENDERS = ("base",) + MODES + ("static",)
 SELECT = "select"  # network selection (``bench.select``), a contender when the options name a chain
+# network selection whose last network runs a mode at that mode's chosen point (``select+exit``, ...)
+SELECT_COMBOS = tuple(f"{SELECT}+{m}" for m in MODES)
 BENCH_FORMAT = "sinf-bench"
 BENCH_VERSION = 1
 
@@ -181,7 +183,7 @@ class BenchOptions:
             get_score(s)
         if not self.static_scores:
             raise SinfError("give at least one global score for the static network")
-        pinnable = MODES + (SELECT, "static")
+        pinnable = MODES + (SELECT, "static") + SELECT_COMBOS
         if not isinstance(self.pinned, Mapping) or set(self.pinned) - set(pinnable):
             raise SinfError(f"pinned takes operating points of {list(pinnable)}, got {self.pinned!r}")
         if "static" in self.pinned and self.pinned["static"] not in MODES:

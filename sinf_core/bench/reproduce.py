@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from ..errors import SinfError
-from .options import MODES, SELECT
+from .options import MODES, SELECT, SELECT_COMBOS
 _POINT_KEYS = ("mode", "tap", "r_M", "r_L", "gamma", "tau")
 
 
@@ -28,7 +28,7 @@ def point_id(p: Mapping) -> tuple:
 def pinned_from(earlier: Mapping) -> dict:
     """{mode: operating point} chosen in an earlier result, and the mode its static network matched."""
     pins: dict[str, Any] = {}
-    for mode in MODES + (SELECT,):
+    for mode in MODES + (SELECT,) + SELECT_COMBOS:
         point = (earlier.get(mode) or {}).get("operating_point") if isinstance(earlier.get(mode), Mapping) else None
         if isinstance(point, Mapping):
             pins[mode] = {k: point[k] for k in _POINT_KEYS + ("thresholds",) if k in point}
@@ -63,7 +63,7 @@ def compare(earlier: Mapping, now: Mapping) -> dict:
     """Per contender: the earlier and the new point, calibration and report top-1; ``reproduced`` when
     every point and accuracy is the same (accuracies to 0.01 points, as results print them)."""
     rows, same_all = {}, True
-    for name in ("base",) + MODES + ("static", SELECT):
+    for name in ("base",) + MODES + ("static", SELECT) + SELECT_COMBOS:
         a, b = earlier.get(name), now.get(name)
         if not isinstance(a, Mapping) and not isinstance(b, Mapping):
             continue

@@ -31,8 +31,8 @@ from .costs import PathCosts
 from .heads import default_bench_taps, fit_bench_heads
 from .inputs import _cluster_scores, _fit_stats, _global_scores, resolve_bn_samples, resolve_score
 from .metrics import _per_cluster, result_metrics
-from .options import (BENCH_FORMAT, BENCH_VERSION, CONTENDERS, MODES, BenchOptions, LogFn, ProgressFn, recorded_options,
-                      runtime_overrides)
+from .options import (BENCH_FORMAT, BENCH_VERSION, CONTENDERS, MODES, SELECT_COMBOS, BenchOptions, LogFn, ProgressFn,
+                      recorded_options, runtime_overrides)
 from .precompute import stem_features, tap_sweep_data
 from .reproduce import pin_candidates
 from .select import SELECT, run_select
@@ -426,7 +426,7 @@ def _summary(r: BenchRun, tp: dict, lat: dict) -> dict:
         "format": BENCH_FORMAT, "version": BENCH_VERSION,
         "model": exp.model_name, "dataset": exp.train.name, "splits": exp.splits.summary(),
         **{name: results[name] for name in CONTENDERS},
-        **({SELECT: results[SELECT]} if SELECT in results else {}),
+        **{name: results[name] for name in (SELECT,) + SELECT_COMBOS if name in results},
         "best_mode": best_mode,
         "target": target,
         "hardware": hardware,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .options import CONTENDERS, MODES
+from .options import CONTENDERS, MODES, SELECT, SELECT_COMBOS
 from .sweep import _point_label
 
 
@@ -13,7 +13,7 @@ def format_table(result: dict) -> str:
              f"bf16 {result['hardware']['bf16']}",
              f"{'':<8} {'top1 %':>7} {'d top1':>7} {'MFLOPs':>8} {'x FLOPs':>8} {'params':>9} {'bs1 ms':>8} "
              f"{'x bs1':>6} {'img/s':>8} {'x img/s':>8} {'route%':>7} {'exit%':>6} {'fallb%':>7}"]
-    for name in CONTENDERS + tuple(k for k in ("select",) if k in result):
+    for name in CONTENDERS + tuple(k for k in (SELECT,) + SELECT_COMBOS if k in result):
         r = result[name]
         if r.get("throughput_ips") is None:
             lines.append(f"{name:<8} {'(no point within the budget)':>40}")
@@ -31,11 +31,12 @@ def format_table(result: dict) -> str:
         if op:
             lines.append(f"  {m}: {_point_label(op)}; route accuracy "
                          f"{result[m].get('route_accuracy')}; calibration top-1 {op['top1']:.2f} %")
-    sel = result.get("select") or {}
-    if sel.get("networks"):
-        op = sel["operating_point"]
-        lines.append(f"  select: {' -> '.join(sel['networks'])}, thresholds {op['thresholds']}, answered "
-                     f"{', '.join(f'{100 * a:.1f} %' for a in sel['answered'])}; calibration top-1 {op['top1']:.2f} %")
+    for name in (SELECT,) + SELECT_COMBOS:
+        sel = result.get(name) or {}
+        if sel.get("networks"):
+            op = sel["operating_point"]
+            lines.append(f"  {name}: {' -> '.join(sel['networks'])}, thresholds {op['thresholds']}, answered "
+                         f"{', '.join(f'{100 * a:.1f} %' for a in sel['answered'])}; calibration top-1 {op['top1']:.2f} %")
     st = result["static"]
     if st.get("score"):
         lines.append(f"  static: score {st['score']} from {st['tap']}, r = {st['r']:.3f}, matched to "

@@ -20,6 +20,7 @@ import numpy as np
 from . import artifacts as A
 from .bundle import Bundle, load_scores, score_methods, state_dict_sha256  # noqa: F401  (re-exported)
 from .config import DEFAULT_BN_SAMPLES, DEFAULT_FILL
+from .errors import SinfError
 from .experiment import Experiment
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
@@ -271,6 +272,9 @@ def build_bundle(
         if "score" not in s.bench_options and s.methods and not any(m.startswith("dcs") for m in s.methods):
             bench_opts["score"] = s.methods[0]  # no DCS variant built: 'auto' has nothing to choose from
         resolved = BenchOptions.from_dict(bench_opts).validate()  # a bad option fails here, before any work
+        if resolved.clusters != "hierarchy":
+            raise SinfError("a bundle's benchmark runs on the bundle's own clusters (the app and the runtimes rebuild "
+                            f"its points from them); benchmark {resolved.clusters} clusters with `sinf bench --clusters`")
         # keyed on every option and on how it runs, defaults included: a changed default reruns the benchmark
         bench_rt = exp.runtime.with_(**runtime_overrides(bench_opts))
         k_bench = run("bench", {"router": k_router, "scores": k_scores,

@@ -683,3 +683,27 @@ def test_a_benchmark_with_select_renders_in_the_report(tmp_path, monkeypatch):
     assert "select" in report.to_html(bench, "t", "s")
     assert "select" in report.to_csv(bench)
     assert len(report.figures(bench)) >= 3
+
+
+def test_benchmark_on_data_driven_clusters(tmp_path):
+    """``clusters='ward:K'``: the benchmark runs on K Ward clusters of the fit split's class prototypes (the
+    same assignment ``clusters.cluster_classes`` gives), its route heads and per-cluster results are for
+    those K clusters, and a bad value is a clear error before anything runs."""
+    from sinf_core.clusters import cluster_classes
+    from sinf_core.stats import cached_stats
+
+    exp = _tiny_experiment()
+    res = run_benchmark(exp, None, {**QUICK, "cache_dir": str(tmp_path), "clusters": "ward:2", "budget": 100.0})
+    info = res["clusters"]
+    assert info["method"] == "ward" and info["k"] == 2 and sum(info["sizes"]) == exp.hierarchy.num_classes
+    stats, _, _ = cached_stats(exp.model_name, exp.model, exp.train, "fit", indices=exp.splits.fit,
+                               rt=exp.runtime, root=str(tmp_path))
+    want = cluster_classes("ward", exp.train.class_names, 2, fit_stats=stats)
+    assert info["classes"] == want.to_json()
+    assert len(res["base"]["per_cluster"]) == 2
+    assert res["options"]["clusters"] == "ward:2"
+    plain = BenchOptions().to_json()
+    assert "clusters" not in plain  # the default is not recorded: keys of earlier results stay the same
+    for bad in ("ward", "ward:1", "kmeans:4", "ward:x"):
+        with pytest.raises(SinfError, match="clusters is 'hierarchy'"):
+            BenchOptions.from_dict({"clusters": bad}).validate()

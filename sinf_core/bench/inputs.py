@@ -8,7 +8,7 @@ import torch
 from ..artifacts import BN, GRID, STATS
 from ..config import DEFAULT_BN_SAMPLES
 from ..subgraph.batchnorm import check_bn_samples
-from .options import BenchOptions, ProgressFn
+from .options import BenchOptions, ProgressFn, parse_clusters
 
 
 def resolve_bn_samples(bundle, bn_samples: int | None) -> int:
@@ -84,3 +84,18 @@ def _global_scores(exp, opts: BenchOptions, rt, prog: ProgressFn) -> dict[str, d
                                  root=opts.cache_dir, rt=rt.with_(bf16=False),
                                  on_progress=lambda s, d, t: prog(f"global scores: {s}", d, t))
     return {m: res[m]["scores"][None] for m in opts.static_scores}
+
+
+def bench_clusters(exp, bundle, opts: BenchOptions, rt, prog: ProgressFn):
+    """(the experiment with ``opts.clusters`` as its hierarchy, a record of them for the result): the data
+    set's own clusters, or K Ward clusters of the fit split's class prototypes (its statistics: the
+    bundle's, else the cache)."""
+    from ..clusters import cluster_classes
+
+    method, k = parse_clusters(opts.clusters)
+    if method != "hierarchy":
+        stats = _fit_stats(exp, bundle, opts, rt, prog)
+        exp = exp.with_hierarchy(cluster_classes(method, exp.train.class_names, k, fit_stats=stats))
+    h = exp.hierarchy
+    return exp, {"method": method, "k": h.num_clusters, "sizes": [len(h.members(m)) for m in range(h.num_clusters)],
+                 "classes": None if method == "hierarchy" else h.to_json()}

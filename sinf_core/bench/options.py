@@ -73,6 +73,10 @@ class BenchOptions:
     ``score_options``: options of the filter scores (as in ``compute_all_scores``).
     ``chain``: registry names of cheaper networks run before this one, cheapest first (network selection,
     the ``select`` contender: each answers what its calibrated confidence is sure of); () = no ``select``.
+    ``clusters``: what a cluster is: 'hierarchy' (the data set's own, CIFAR-100's 20 superclasses) or
+    'ward:K' (K data-driven clusters, Ward on the fit split's class prototypes, ``clusters.ward_assignment``;
+    fewer, broader clusters route reliably at earlier taps). With other clusters than the data set's, a
+    bundle's router, stored heads and scores (made for its clusters) are not used: they are fitted anew.
     ``pinned``: {mode: operating point} served instead of the timing screen's choice among the mode's
     candidates, and {"static": mode} for the static network's match (``bench.reproduce``: an earlier
     run's choices, so that its accuracies can be compared on another machine).
@@ -109,6 +113,7 @@ class BenchOptions:
     score_options: dict = field(default_factory=dict)
     seed: int = 0
     chain: tuple[str, ...] = ()
+    clusters: str = "hierarchy"
     pinned: dict = field(default_factory=dict)
 
     @classmethod
@@ -128,7 +133,10 @@ class BenchOptions:
         return cls(**d)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["clusters"] == "hierarchy":  # the default is left out, so results and bundle keys of before stay the same
+            del d["clusters"]
+        return d
 
     def validate(self) -> "BenchOptions":
         """Raise SinfError for any value the benchmark cannot use; returns self."""
@@ -183,6 +191,7 @@ class BenchOptions:
             get_score(s)
         if not self.static_scores:
             raise SinfError("give at least one global score for the static network")
+        parse_clusters(self.clusters)
         pinnable = MODES + (SELECT, "static") + SELECT_COMBOS
         if not isinstance(self.pinned, Mapping) or set(self.pinned) - set(pinnable):
             raise SinfError(f"pinned takes operating points of {list(pinnable)}, got {self.pinned!r}")
@@ -191,3 +200,13 @@ class BenchOptions:
         if isinstance(self.chain, str) or not all(isinstance(n, str) and n for n in self.chain):
             raise SinfError(f"chain must list registry model names, cheapest first, got {self.chain!r}")
         return self
+
+
+def parse_clusters(text: str) -> tuple[str, int | None]:
+    """``clusters`` ('hierarchy' or 'ward:K') as (method, K); a clear error for anything else."""
+    if text == "hierarchy":
+        return "hierarchy", None
+    method, _, k = str(text).partition(":")
+    if method == "ward" and k.isdigit() and int(k) >= 2:
+        return "ward", int(k)
+    raise SinfError(f"clusters is 'hierarchy' (the data set's own) or 'ward:K' with K >= 2 (data-driven), got {text!r}")

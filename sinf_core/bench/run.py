@@ -29,7 +29,7 @@ from ..timing import interleaved_latency, interleaved_throughput, paired_ratios
 from .contenders import _Contenders, _images_on
 from .costs import PathCosts
 from .heads import default_bench_taps, fit_bench_heads
-from .inputs import _cluster_scores, _fit_stats, _global_scores, resolve_bn_samples, resolve_score
+from .inputs import _cluster_scores, _fit_stats, _global_scores, bench_clusters, resolve_bn_samples, resolve_score
 from .metrics import _per_cluster, result_metrics
 from .options import (BENCH_FORMAT, BENCH_VERSION, CONTENDERS, MODES, SELECT_COMBOS, BenchOptions, LogFn, ProgressFn,
                       recorded_options, runtime_overrides)
@@ -75,6 +75,8 @@ class BenchRun:
     input_shape: tuple
     hardware: dict
     t_start: float
+    cluster_bundle: Any = None  # the bundle where its router, heads and scores fit the clusters (else None)
+    clusters_info: dict = field(default_factory=dict)
     t0: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
     # heads
@@ -161,8 +163,12 @@ def _start(exp, bundle, opts: BenchOptions, rt: Runtime, prog: ProgressFn, log: 
         raise SinfError("the report split is empty: there is nothing to report the benchmark on")
     if len(exp.splits.fit) == 0:
         raise SinfError("the fit split is empty: the heads are trained on it")
+    exp, info = bench_clusters(exp, bundle, opts, rt, prog)
+    if info["method"] != "hierarchy":
+        log(f"clusters: {info['k']} by {info['method']} (sizes {info['sizes']}); the bundle's router, heads and "
+            "scores are for its own clusters and are not used")
     return BenchRun(exp, bundle, opts, rt, prog, log, model, calib, report, exp.input_shape,
-                    hardware_info(rt.device), t_start)
+                    hardware_info(rt.device), t_start, bundle if info["method"] == "hierarchy" else None, info)
 
 
 def _heads(r: BenchRun) -> None:
@@ -170,8 +176,8 @@ def _heads(r: BenchRun) -> None:
     r.t0 = time.perf_counter()
     model, opts = r.model, r.opts
     router = None
-    if r.bundle is not None:
-        router = RoutePredictor.load(r.bundle.root, ROUTER)
+    if r.cluster_bundle is not None:
+        router = RoutePredictor.load(r.cluster_bundle.root, ROUTER)
     taps = list(opts.taps) if opts.taps else default_bench_taps(model, None if router is None else router.taps_,
                                                                    r.input_shape)
     for t in taps:
@@ -181,7 +187,8 @@ def _heads(r: BenchRun) -> None:
     if not taps:
         raise SinfError("no swept tap leaves a prunable layer after it")
     r.taps = taps
-    r.route_heads, r.exit_heads, r.head_summary = fit_bench_heads(r.exp, taps, opts, router, r.prog, r.log, r.bundle)
+    r.route_heads, r.exit_heads, r.head_summary = fit_bench_heads(r.exp, taps, opts, router, r.prog, r.log,
+                                                                       r.cluster_bundle)
     r.lap("heads")
 
 
@@ -189,7 +196,7 @@ def _scores(r: BenchRun) -> None:
     """The subgraphs' cluster scores, the fill statistics and the BatchNorm samples."""
     exp, opts = r.exp, r.opts
     r.score_name = resolve_score(r.bundle, opts.score)
-    r.cluster_scores = _cluster_scores(exp, r.bundle, r.score_name, opts, r.rt, r.prog)
+    r.cluster_scores = _cluster_scores(exp, r.cluster_bundle, r.score_name, opts, r.rt, r.prog)
     r.fill_stats = _fit_stats(exp, r.bundle, opts, r.rt, r.prog) if opts.fill == "mean" else None
     n_bn = resolve_bn_samples(r.bundle, opts.bn_samples)
     r.opts = opts = replace(opts, bn_samples=n_bn)  # recorded as used
@@ -425,6 +432,7 @@ def _summary(r: BenchRun, tp: dict, lat: dict) -> dict:
     return {
         "format": BENCH_FORMAT, "version": BENCH_VERSION,
         "model": exp.model_name, "dataset": exp.train.name, "splits": exp.splits.summary(),
+        "clusters": r.clusters_info,
         **{name: results[name] for name in CONTENDERS},
         **{name: results[name] for name in (SELECT,) + SELECT_COMBOS if name in results},
         "best_mode": best_mode,

@@ -54,6 +54,9 @@ def add_arguments(p) -> None:
                    help="weight in [0, 1] of distillation from the base model in the heads' loss (default 0.9)")
     p.add_argument("--chain", help="network selection (contender 'select'): comma-separated registry models run "
                    "before this one, cheapest first, e.g. cifar100_resnet20")
+    p.add_argument("--clusters", default="hierarchy",
+                   help="what a cluster is: 'hierarchy' (the data set's own; default) or 'ward:K' (K data-driven "
+                        "clusters of the fit split's class prototypes; the bundle's router and scores are then not used)")
     p.add_argument("--cache-dir", help="cache root for scores and heads (default $SINF_CACHE_DIR or ~/.cache/sinf)")
     p.add_argument("--out", help="also write the JSON result to this file, and a Markdown report beside it (.md)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"],
@@ -81,7 +84,7 @@ def _options(args) -> dict:
                   "fold_bn": not args.no_fold_bn, "pool": args.pool, "throughput_reps": args.reps, "latency_calls": args.latency_calls,
                   "candidates_per_mode": args.candidates, "head_fit_samples": args.head_samples,
                   "head_epochs": args.head_epochs, "head_distill": args.head_distill, "cache_dir": args.cache_dir,
-                  "bn_samples": args.bn_samples,
+                  "bn_samples": args.bn_samples, "clusters": args.clusters,
                   "static_scores": [s.strip() for s in args.static_scores.split(",") if s.strip()]}
     if args.chain:
         opts["chain"] = [t.strip() for t in args.chain.split(",") if t.strip()]

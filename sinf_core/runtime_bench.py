@@ -251,10 +251,12 @@ def _reference_rows(model, bs: int, input_shape: tuple, log: LogFn) -> dict[str,
 
 def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir: str | Path | None = None,
                           threads: int | None = None, reps: int | None = None, latency_calls: int | None = None,
-                          calib_samples: int | None = None, reference_rows: bool = True,
+                          calib_samples: int | None = None, budget: float | None = None, reference_rows: bool = True,
                           on_progress: ProgressFn | None = None, log: LogFn = lambda s: None) -> dict:
     """Every contender of the bundle's benchmark on ``backend`` at ``precision`` beside the PyTorch float32
-    base; see the module docstring. ``work_dir`` keeps the exports (default: the bundle's ``runtime/``)."""
+    base; see the module docstring. ``work_dir`` keeps the exports (default: the bundle's ``runtime/``);
+    ``budget``: the accuracy budget (points) the thresholds are chosen again within (default: the bundle
+    benchmark's)."""
     from .backends import check_backend, open_runtime, torch_runtime
     from .data import normalise
     from .export import DEFAULT_CALIB_SAMPLES, calibration_set, routed_model_from_bundle
@@ -277,6 +279,10 @@ def run_runtime_benchmark(exp, bundle, backend: str, precision: str, *, work_dir
         if bench.get("model") not in (None, exp.model_name):
             raise SinfError(f"the bundle's benchmark is of {bench.get('model')!r}, not {exp.model_name!r}")
         opts = dict(bench["options"])
+        if budget is not None:
+            if not (isinstance(budget, (int, float)) and 0 <= float(budget) < float("inf")):
+                raise SinfError(f"the accuracy budget must be a finite number of points >= 0, got {budget!r}")
+            opts["budget"] = float(budget)
         bs, pool_n = int(opts["batch_size"]), int(opts["pool"])
         reps = int(reps or opts.get("throughput_reps") or 6)
         latency_calls = int(latency_calls or opts.get("latency_calls") or 200)

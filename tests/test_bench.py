@@ -553,7 +553,8 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
     from sinf_core.runtime_bench import format_runtime_table, run_runtime_benchmark
 
     rt = run_runtime_benchmark(exp, b, "onnxruntime", "fp32", work_dir=tmp_path / "rt", reps=2, latency_calls=3,
-                               reference_rows=False)
+                               reference_rows=False, budget=100.0)
+    assert rt["options"]["budget"] == 100.0  # the thresholds chosen again within the budget asked for
     assert rt["backend"] == "onnxruntime" and rt["precision"] == "fp32" and rt["model"] == "tiny_resnet"
     ref = rt["reference"]
     assert {"top1", "throughput_ips", "latency_ms_bs1", "flops", "params"} <= set(ref)
@@ -594,6 +595,8 @@ def test_build_writes_bench_json_and_caches_it(tmp_path, monkeypatch):
         run_runtime_benchmark(exp, b, "torch", "int8")
     with pytest.raises(SinfError, match="build the bundle with its benchmark"):
         run_runtime_benchmark(exp, None, "onnxruntime", "fp32")
+    with pytest.raises(SinfError, match="accuracy budget"):
+        run_runtime_benchmark(exp, b, "onnxruntime", "fp32", budget=-1.0)
 
 
 def test_cli_timing_flags_reach_the_options():

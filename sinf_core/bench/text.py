@@ -11,18 +11,18 @@ def format_table(result: dict) -> str:
     lines = [f"{result['model']} on {result['dataset']} (report split, {result['splits']['report']} images); "
              f"{result['hardware']['cpu']}, {result['hardware']['threads']} threads, torch {result['hardware']['torch']}, "
              f"bf16 {result['hardware']['bf16']}",
-             f"{'':<8} {'top1 %':>7} {'d top1':>7} {'MFLOPs':>8} {'x FLOPs':>8} {'params':>9} {'bs1 ms':>8} "
+             f"{'':<14} {'top1 %':>7} {'d top1':>7} {'MFLOPs':>8} {'x FLOPs':>8} {'params':>9} {'bs1 ms':>8} "
              f"{'x bs1':>6} {'img/s':>8} {'x img/s':>8} {'route%':>7} {'exit%':>6} {'fallb%':>7}"]
     for name in CONTENDERS + tuple(k for k in (SELECT,) + SELECT_COMBOS if k in result):
         r = result[name]
         if r.get("throughput_ips") is None:
-            lines.append(f"{name:<8} {'(no point within the budget)':>40}")
+            lines.append(f"{name:<14} {'(no point within the budget)':>40}")
             continue
 
         def pct(v):
             return "" if v is None else f"{100 * v:.1f}"
 
-        lines.append(f"{name:<8} {r['top1']:7.2f} {r['top1_delta']:+7.2f} {r['flops'] / 1e6:8.1f} {r['flops_ratio']:8.3f} "
+        lines.append(f"{name:<14} {r['top1']:7.2f} {r['top1_delta']:+7.2f} {r['flops'] / 1e6:8.1f} {r['flops_ratio']:8.3f} "
                      f"{r['params']:9d} {r['latency_ms_bs1']:8.2f} {r['latency_speedup']:6.2f} {r['throughput_ips']:8.1f} "
                      f"{r['throughput_ratio']:8.3f} {pct(r.get('route_rate')):>7} {pct(r.get('exit_rate')):>6} "
                      f"{pct(r.get('fallback_rate')):>7}")

@@ -22,8 +22,11 @@ def add_arguments(p) -> None:
                        "channels_last": "run every contender on contiguous (NCHW) tensors (default: channels_last, faster on CPU)",
                        "batch_size": "batch size of every pass and of the throughput runs",
                        "threads": "torch CPU threads for the whole benchmark (1 is steadier on a busy machine)"})
-    p.add_argument("--budget", type=float, default=2.0,
-                   help="accuracy budget: points of calibration top-1 below the base model (default 2.0)")
+    from ..bench import BenchOptions
+
+    p.add_argument("--budget", type=float, default=None,
+                   help=f"accuracy budget: points of calibration top-1 below the base model (default "
+                        f"{BenchOptions.budget}; with --backend / --precision: the bundle benchmark's)")
     p.add_argument("--bundle", help="a `sinf build` bundle folder whose router and scores to reuse")
     p.add_argument("--taps", help="comma-separated taps to sweep (default: the router's candidate taps whose stem "
                                   "holds 60-95 %% of the FLOPs)")
@@ -76,9 +79,10 @@ def add_arguments(p) -> None:
 
 
 def _options(args) -> dict:
+    from ..bench import BenchOptions
     from ..errors import SinfError
 
-    opts: dict = {"budget": args.budget, "budget_z": args.budget_z, "target_ratio": args.target_ratio,
+    opts: dict = {"budget": BenchOptions.budget if args.budget is None else args.budget, "budget_z": args.budget_z, "target_ratio": args.target_ratio,
                   "multiple_of": args.multiple_of or None, "score": args.score,
                   "static_match": args.static_match,
                   "fold_bn": not args.no_fold_bn, "pool": args.pool, "throughput_reps": args.reps, "latency_calls": args.latency_calls,
@@ -111,7 +115,7 @@ def _run_on_runtime(args) -> int:
     exp = open_from_args(args, bundle)  # at the bundle's image size
     bars = StageProgress(quiet=args.json)
     result = run_runtime_benchmark(exp, bundle, args.backend, args.precision, threads=exp.runtime.threads,
-                                   reference_rows=not args.no_reference_rows, on_progress=bars, log=bars.log)
+                                   budget=args.budget, reference_rows=not args.no_reference_rows, on_progress=bars, log=bars.log)
     bars.close()
     saved = write_json(Path(bundle.root) / runtime_result_file(args.backend, args.precision), result)
     if args.out:
